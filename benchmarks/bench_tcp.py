@@ -1,0 +1,263 @@
+"""TCP echo benchmark: the production network layer against asyncio streams and protocols.
+
+Run: ``python benchmarks/bench_tcp.py [--rounds 5] [--quick]``.
+
+Every measurement runs in its own subprocess (a fresh interpreter and event loop), and the
+variants are interleaved round by round so that drift of the machine (thermal, other load)
+hits all of them alike.  Client and server live in the same process on one event loop,
+talking over 127.0.0.1: a round trip therefore pays for both ends of the layer under test.
+
+Scenarios: ``size`` bytes per message, ``conns`` concurrent connections, each client sends
+one message, waits for the whole echo, repeats (``msgs`` round trips in total).  Reported:
+median round trips per second, median MB/s of payload (one direction), and the ratio to
+asyncio streams on the default loop.
+
+Variants:
+  streams/asyncio    asyncio.start_server/open_connection, write+drain, readexactly
+  streams/uvloop     the same on uvloop
+  protocol/asyncio   hand-written asyncio.BufferedProtocol, callback driven, no tasks:
+                     a ceiling for anything that exposes ``await recv(n)`` to tasks
+  runtime/asyncio    commonware_runtime.production.network (Sink.send / Stream.recv)
+  runtime/uvloop     the same on uvloop
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Awaitable, Callable
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "runtime"))
+
+VARIANTS = ["streams/asyncio", "protocol/asyncio", "runtime/asyncio", "streams/uvloop", "runtime/uvloop"]
+BASELINE = "streams/asyncio"
+WARMUP = 200
+
+
+# --- variants: each returns seconds for `rounds` round trips on each of `conns` connections ----
+
+
+async def bench_streams(size: int, conns: int, rounds: int) -> float:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                data = await reader.readexactly(size)
+                writer.write(data)
+                await writer.drain()
+        except asyncio.IncompleteReadError:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    msg = os.urandom(size)
+
+    async def client(count: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(count):
+            writer.write(msg)
+            await writer.drain()
+            if await reader.readexactly(size) != msg:
+                raise AssertionError("echo mismatch")
+        writer.close()
+
+    await asyncio.gather(*(client(WARMUP) for _ in range(conns)))
+    start = time.perf_counter()
+    await asyncio.gather(*(client(rounds) for _ in range(conns)))
+    elapsed = time.perf_counter() - start
+    server.close()
+    return elapsed
+
+
+class _EchoServerProtocol(asyncio.BufferedProtocol):
+    def __init__(self) -> None:
+        self.buf = bytearray(256 * 1024)
+        self.view = memoryview(self.buf)
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.transport.write(self.view[:nbytes].tobytes())
+
+
+class _EchoClientProtocol(asyncio.BufferedProtocol):
+    def __init__(self, msg: bytes, count: int, done: asyncio.Future[None]) -> None:
+        self.msg = msg
+        self.size = len(msg)
+        self.left = count
+        self.done = done
+        self.buf = bytearray(max(2 * len(msg), 256 * 1024))
+        self.view = memoryview(self.buf)
+        self.have = 0
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        transport.write(self.msg)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.view[self.have :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.have += nbytes
+        if self.have < self.size:
+            return
+        if self.view[: self.size] != self.msg:
+            raise AssertionError("echo mismatch")
+        self.have = 0
+        self.left -= 1
+        if self.left:
+            self.transport.write(self.msg)
+        else:
+            self.transport.close()
+            self.done.set_result(None)
+
+
+async def bench_protocol(size: int, conns: int, rounds: int) -> float:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(_EchoServerProtocol, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    msg = os.urandom(size)
+
+    async def client(count: int) -> None:
+        done: asyncio.Future[None] = loop.create_future()
+        await loop.create_connection(lambda: _EchoClientProtocol(msg, count, done), "127.0.0.1", port)
+        await done
+
+    await asyncio.gather(*(client(WARMUP) for _ in range(conns)))
+    start = time.perf_counter()
+    await asyncio.gather(*(client(rounds) for _ in range(conns)))
+    elapsed = time.perf_counter() - start
+    server.close()
+    return elapsed
+
+
+async def bench_runtime(size: int, conns: int, rounds: int) -> float:
+    from commonware_runtime.errors import RecvFailed
+    from commonware_runtime.metrics import RuntimeCounters
+    from commonware_runtime.production.network import NetworkConfig, bind, dial
+
+    config = NetworkConfig()
+    counters = RuntimeCounters()
+    listener = await bind(("127.0.0.1", 0), config, counters)
+
+    async def handle(sink: Any, stream: Any) -> None:
+        try:
+            while True:
+                await sink.send(await stream.recv(size))
+        except RecvFailed:
+            sink.close()
+            stream.close()
+
+    async def accept_loop() -> None:
+        while True:
+            _, sink, stream = await listener.accept()
+            asyncio.ensure_future(handle(sink, stream))
+
+    acceptor = asyncio.ensure_future(accept_loop())
+    msg = os.urandom(size)
+
+    async def client(count: int) -> None:
+        sink, stream = await dial(listener.local_addr(), config, counters)
+        for _ in range(count):
+            await sink.send(msg)
+            if await stream.recv(size) != msg:
+                raise AssertionError("echo mismatch")
+        sink.close()
+        stream.close()
+
+    await asyncio.gather(*(client(WARMUP) for _ in range(conns)))
+    start = time.perf_counter()
+    await asyncio.gather(*(client(rounds) for _ in range(conns)))
+    elapsed = time.perf_counter() - start
+    acceptor.cancel()
+    listener.close()
+    return elapsed
+
+
+BENCHES: dict[str, Callable[[int, int, int], Awaitable[float]]] = {
+    "streams": bench_streams,
+    "protocol": bench_protocol,
+    "runtime": bench_runtime,
+}
+
+
+def worker(variant: str, size: int, conns: int, rounds: int) -> None:
+    kind, loop_name = variant.split("/")
+    coro = BENCHES[kind](size, conns, rounds)
+    if loop_name == "uvloop":
+        import uvloop
+
+        elapsed = uvloop.run(coro)
+    else:
+        elapsed = asyncio.run(coro)
+    print(json.dumps({"seconds": elapsed}))
+
+
+# --- driver -------------------------------------------------------------------------------
+
+
+def measure(variant: str, size: int, conns: int, rounds: int) -> float:
+    out = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--worker", variant, str(size), str(conns), str(rounds)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5, help="repetitions of every measurement (default 5)")
+    parser.add_argument("--quick", action="store_true", help="fewer round trips (smoke run)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of variants")
+    parser.add_argument("--worker", nargs=4, metavar=("VARIANT", "SIZE", "CONNS", "ROUNDS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        variant, size, conns, rounds = args.worker
+        worker(variant, int(size), int(conns), int(rounds))
+        return
+
+    scale = 5 if args.quick else 1
+    # (label, message size, connections, round trips per connection)
+    scenarios = [
+        ("64 B x1", 64, 1, 20_000 // scale),
+        ("64 KiB x1", 64 * 1024, 1, 3_000 // scale),
+        ("64 B x16", 64, 16, 2_500 // scale),
+        ("64 KiB x16", 64 * 1024, 16, 250 // scale),
+    ]
+    variants = args.variants.split(",")
+    results: dict[tuple[str, str], list[float]] = {}
+    for r in range(args.rounds):
+        for label, size, conns, rounds in scenarios:
+            # Rotate the order each round so no variant always runs first or last.
+            order = variants[r % len(variants) :] + variants[: r % len(variants)]
+            for variant in order:
+                seconds = measure(variant, size, conns, rounds)
+                results.setdefault((label, variant), []).append(conns * rounds / seconds)
+        print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+
+    print(f"TCP echo, 127.0.0.1, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
+          f"median of {args.rounds} interleaved runs (each in its own process)\n")
+    print(f"| scenario | variant | round trips/s | MB/s | vs {BASELINE} |")
+    print("|---|---|---:|---:|---:|")
+    for label, size, _, _ in scenarios:
+        base = statistics.median(results[(label, BASELINE)]) if BASELINE in variants else None
+        for variant in variants:
+            rate = statistics.median(results[(label, variant)])
+            ratio = f"{rate / base:.2f}x" if base else "-"
+            print(f"| {label} | {variant} | {rate:,.0f} | {rate * size / 1e6:,.1f} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Validation and normalisation of arguments shared by both runtimes.
+
+Every public call validates its input here *before* any effect, so a bad value
+raises ``TypeError``/``ValueError`` naming the value at the call site (SPEC 3).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import timedelta
+from typing import Union
+
+from .errors import PartitionNameInvalid
+
+Duration = Union[float, int, timedelta]
+Address = Union[tuple[str, int], str]
+
+_LABEL = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
+_PARTITION = re.compile(r"[A-Za-z0-9_-]+\Z")
+U64_MAX = (1 << 64) - 1
+NS_PER_SECOND = 1_000_000_000
+
+
+def duration_ns(value: Duration, what: str = "duration") -> int:
+    """Convert seconds (float/int) or a ``timedelta`` to integer nanoseconds (>= 0)."""
+    if isinstance(value, timedelta):
+        ns = (value.days * 86_400 + value.seconds) * NS_PER_SECOND + value.microseconds * 1_000
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ValueError(f"{what} must be finite, got {value!r}")
+        ns = round(value * NS_PER_SECOND)
+    else:
+        raise TypeError(f"{what} must be seconds (float) or timedelta, got {type(value).__name__} {value!r}")
+    if ns < 0:
+        raise ValueError(f"{what} must not be negative, got {value!r}")
+    return ns
+
+
+def duration_seconds(value: Duration, what: str = "duration") -> float:
+    return duration_ns(value, what) / NS_PER_SECOND
+
+
+def optional_duration_ns(value: Duration | None, what: str) -> int | None:
+    return None if value is None else duration_ns(value, what)
+
+
+def timestamp_ns(value: float | int, what: str = "deadline") -> int:
+    """A point in time as seconds since the UNIX epoch (may be any finite float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{what} must be seconds since the epoch (float), got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{what} must be finite, got {value!r}")
+    return round(value * NS_PER_SECOND)
+
+
+def check_label(label: object) -> str:
+    if not isinstance(label, str):
+        raise TypeError(f"label must be a str, got {type(label).__name__} {label!r}")
+    if not _LABEL.match(label):
+        raise ValueError(f"label {label!r} is invalid: labels match [A-Za-z][A-Za-z0-9_]*")
+    if label == "runtime":
+        raise ValueError("label 'runtime' is reserved for the runtime's own metrics")
+    return label
+
+
+def join_label(prefix: str, label: str) -> str:
+    return f"{prefix}_{label}" if prefix else label
+
+
+def check_partition(partition: object) -> str:
+    if not isinstance(partition, str):
+        raise TypeError(f"partition must be a str, got {type(partition).__name__} {partition!r}")
+    if not _PARTITION.match(partition):
+        raise PartitionNameInvalid(f"partition name {partition!r} is invalid: partitions match [A-Za-z0-9_-]+")
+    return partition
+
+
+def check_blob_name(name: object) -> bytes:
+    if isinstance(name, (bytearray, memoryview)):
+        name = bytes(name)
+    if not isinstance(name, bytes):
+        raise TypeError(f"blob name must be bytes, got {type(name).__name__} {name!r}")
+    if not name:
+        raise ValueError("blob name must not be empty")
+    return name
+
+
+def check_offset(offset: object, what: str = "offset") -> int:
+    if isinstance(offset, bool) or not isinstance(offset, int):
+        raise TypeError(f"{what} must be an int, got {type(offset).__name__} {offset!r}")
+    if offset < 0:
+        raise ValueError(f"{what} must not be negative, got {offset}")
+    return offset
+
+
+def check_data(data: object, what: str = "data") -> bytes | bytearray | memoryview:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"{what} must be bytes-like, got {type(data).__name__}")
+    return data
+
+
+def check_count(n: object, what: str = "n") -> int:
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"{what} must be an int, got {type(n).__name__} {n!r}")
+    if n < 0:
+        raise ValueError(f"{what} must not be negative, got {n}")
+    return n
+
+
+def parse_address(addr: object) -> tuple[str, int]:
+    """Accept ``(host, port)`` or ``"host:port"`` (``"[v6]:port"`` too)."""
+    if isinstance(addr, str):
+        host, sep, port_text = addr.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"address {addr!r} is not 'host:port'")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        try:
+            port = int(port_text)
+        except ValueError:
+            raise ValueError(f"address {addr!r} has a non-numeric port") from None
+    elif isinstance(addr, tuple) and len(addr) >= 2:
+        host, port = addr[0], addr[1]
+        if not isinstance(host, str):
+            raise TypeError(f"address host must be a str, got {host!r} in {addr!r}")
+        if isinstance(port, bool) or not isinstance(port, int):
+            raise TypeError(f"address port must be an int, got {port!r} in {addr!r}")
+    else:
+        raise TypeError(f"address must be (host, port) or 'host:port', got {addr!r}")
+    if not 0 <= port <= 65535:
+        raise ValueError(f"address port {port} out of range 0..65535 in {addr!r}")
+    return host, port
+
+
+def format_address(addr: tuple[str, int]) -> str:
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

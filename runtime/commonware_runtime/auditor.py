@@ -1,0 +1,78 @@
+"""The auditor: a running SHA-256 over the semantic events of a deterministic run.
+
+Only meaning enters the hash (task ids and labels, virtual times, payloads, RNG
+draws, metric names); never reprs, ``id()`` or addresses, so the same seed gives the
+same state in any process, under any ``PYTHONHASHSEED`` and on any Python version.
+
+Scheduling decisions are the hot path: they are appended to an ``array`` and folded
+into the hash in bulk the next time another event or ``state()`` needs them.  Because
+SHA-256 is a stream hash, this gives exactly the digest of hashing every event as it
+happened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from array import array
+from typing import Union
+
+Field = Union[bytes, bytearray, memoryview, str, int]
+
+_BIG_ENDIAN = sys.byteorder == "big"
+
+
+class Auditor:
+    __slots__ = ("_hash", "_decisions", "_events")
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self._decisions = array("I")
+        self._events = 0
+
+    # Exposed so the event loop can bind ``auditor.decision = arr.append`` style fast paths.
+    @property
+    def decisions(self) -> array:
+        return self._decisions
+
+    def _fold_decisions(self) -> None:
+        decisions = self._decisions
+        if decisions:
+            if _BIG_ENDIAN:
+                decisions.byteswap()
+            self._hash.update(b"D")
+            self._hash.update(len(decisions).to_bytes(4, "little"))
+            self._hash.update(decisions.tobytes())
+            del decisions[:]
+
+    def event(self, tag: str, *fields: Field) -> None:
+        """Fold one event into the hash: a tag and length-prefixed fields."""
+        self._fold_decisions()
+        parts = [b"E", tag.encode(), b"\x00"]
+        for field in fields:
+            if isinstance(field, int):
+                data = str(field).encode()
+                parts.append(b"i")
+            elif isinstance(field, str):
+                data = field.encode()
+                parts.append(b"s")
+            else:
+                data = bytes(field)
+                parts.append(b"b")
+            parts.append(len(data).to_bytes(8, "little"))
+            parts.append(data)
+        self._hash.update(b"".join(parts))
+        self._events += 1
+
+    def state(self) -> str:
+        """Hex digest of everything audited so far."""
+        self._fold_decisions()
+        return self._hash.copy().hexdigest()
+
+    def fork(self) -> "Auditor":
+        """A copy that continues from this state (used by crash checkpoints)."""
+        self._fold_decisions()
+        other = Auditor()
+        other._hash = self._hash.copy()
+        other._events = self._events
+        return other

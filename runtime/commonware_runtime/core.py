@@ -1,0 +1,255 @@
+"""What both runtimes share: per-runner state and the runtime-independent half of ``Context``.
+
+``RuntimeCore`` holds the registry, counters, stop state and panic policy of one
+runner.  ``BaseContext`` implements the spawner, shutdown, labels and metrics once, on
+plain asyncio tasks; ``deterministic.Context`` and ``production.Context`` add the
+clock, network, storage and randomness that differ (the runtime isolation rule:
+protocol code sees one API).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from typing import Any, Awaitable, Callable, TypeVar
+
+from .arguments import Duration, check_label, duration_seconds, join_label, optional_duration_ns
+from .errors import Timeout
+from .metrics import Metrics, RuntimeCounters
+from .signal import Signal, _State
+from .tasks import Handle, TaskRecord, drive
+
+T = TypeVar("T")
+logger = logging.getLogger("commonware_runtime")
+
+
+class RuntimeCore:
+    """State shared by every context of one runner."""
+
+    def __init__(self, *, catch_panics: bool, deterministic: bool) -> None:
+        self.catch_panics = catch_panics
+        self.metrics = Metrics(deterministic=deterministic, on_register=self._on_register)
+        self.counters: RuntimeCounters = self.metrics.counters
+        self.stop_state = _State()
+        self.holds = 0
+        self.stop_waiters: list[asyncio.Future[None]] = []
+        self.panic: BaseException | None = None
+        self.root: Handle[Any] | None = None
+
+    def _on_register(self, name: str, kind: str) -> None:
+        """Hook for the auditor (deterministic runtime)."""
+
+    def new_task(self, handle: Handle[Any], awaitable: Awaitable[Any]) -> None:
+        handle._task = asyncio.get_running_loop().create_task(drive(self, handle, awaitable), name=handle.name)
+
+    def task_failed(self, handle: Handle[Any], exc: BaseException) -> None:
+        name = handle.name or "<unlabeled>"
+        if handle is self.root:
+            return  # the root's failure propagates from start(); nothing to log or stop here
+        if self.catch_panics and isinstance(exc, Exception):
+            logger.error("task %r raised %s: %s", name, type(exc).__name__, exc, exc_info=exc)
+            return
+        if self.panic is None:
+            self.panic = exc
+            self.on_panic()
+
+    def on_panic(self) -> None:
+        """Stop the run so start() can raise the panic (both runtimes stop their loop)."""
+        asyncio.get_running_loop().stop()
+
+    # -- shutdown -------------------------------------------------------------------------
+
+    def hold(self, record: TaskRecord | None) -> Signal:
+        signal = Signal(self.stop_state, self._release)
+        if self.stop_state.value is not None and record is None:
+            return signal
+        self.holds += 1
+        if record is not None:
+            if record.signals is None:
+                record.signals = [signal]
+            else:
+                record.signals.append(signal)
+        return signal
+
+    def _release(self, signal: Signal) -> None:
+        self.holds -= 1
+        if self.stop_waiters:
+            waiters, self.stop_waiters = self.stop_waiters, []
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+
+    def release_signals(self, record: TaskRecord) -> None:
+        signals, record.signals = record.signals, None
+        for signal in signals or ():
+            signal.release()
+
+    async def stop(self, value: int, timeout: Duration | None, caller: TaskRecord | None) -> None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"stop value must be an int, got {type(value).__name__} {value!r}")
+        deadline = None if timeout is None else duration_seconds(timeout, "timeout")
+        self.stop_state.resolve(value)
+
+        def own_holds() -> int:
+            # The caller may hold a signal itself; waiting for its own release would deadlock.
+            if caller is None or caller.signals is None:
+                return 0
+            return sum(1 for s in caller.signals if not s.released)
+
+        async def drained() -> None:
+            loop = asyncio.get_running_loop()
+            while self.holds - own_holds() > 0:
+                fut: asyncio.Future[None] = loop.create_future()
+                self.stop_waiters.append(fut)
+                await fut
+
+        if deadline is None:
+            await drained()
+            return
+        try:
+            async with asyncio.timeout(deadline):
+                await drained()
+        except TimeoutError:
+            raise Timeout(
+                f"stop({value}) timed out after {deadline}s with {self.holds - own_holds()} signal(s) still held"
+            ) from None
+
+
+class BaseContext:
+    """The runtime-independent half of ``Context``."""
+
+    __slots__ = ("_core", "_label", "_record")
+
+    def __init__(self, core: RuntimeCore, label: str, record: TaskRecord | None) -> None:
+        self._core = core
+        self._label = label
+        self._record = record
+
+    def _derive(self, label: str, record: TaskRecord | None) -> "BaseContext":
+        clone = object.__new__(type(self))
+        clone._core = self._core
+        clone._label = label
+        clone._record = record
+        return clone
+
+    # -- labels ---------------------------------------------------------------------------
+
+    @property
+    def label(self) -> str:
+        return self._label
+
+    def with_label(self, label: str) -> "BaseContext":
+        return self._derive(join_label(self._label, check_label(label)), self._record)
+
+    # -- spawner --------------------------------------------------------------------------
+
+    def _spawn(self, fn: Callable[[Any], Awaitable[T]], parent: TaskRecord | None) -> Handle[T]:
+        if not callable(fn):
+            raise TypeError(f"spawn expects a callable taking the context, got {fn!r}")
+        record = TaskRecord(self._label)
+        handle: Handle[T] = Handle(record)
+        awaitable = fn(self._derive(self._label, record))
+        if not inspect.isawaitable(awaitable):
+            raise TypeError(f"spawned function {fn!r} must return an awaitable, got {type(awaitable).__name__}")
+        if parent is not None:
+            parent.adopt(handle)
+        self._core.new_task(handle, awaitable)
+        return handle
+
+    def spawn(self, fn: Callable[[Any], Awaitable[T]]) -> Handle[T]:
+        """Start ``fn(ctx)`` as a new task with its own context; it runs even if never awaited."""
+        return self._spawn(fn, None)
+
+    def spawn_child(self, fn: Callable[[Any], Awaitable[T]]) -> Handle[T]:
+        """Like ``spawn``, but aborted when the spawning task finishes or is aborted."""
+        return self._spawn(fn, self._record)
+
+    def spawn_blocking(self, fn: Callable[[Any], T], dedicated: bool = False) -> Handle[T]:
+        """Run the plain function ``fn(ctx)`` off the event loop; returns a Handle."""
+        if not callable(fn):
+            raise TypeError(f"spawn_blocking expects a callable taking the context, got {fn!r}")
+        if not isinstance(dedicated, bool):
+            raise TypeError(f"dedicated must be a bool, got {dedicated!r}")
+        record = TaskRecord(self._label)
+        handle: Handle[T] = Handle(record)
+        ctx = self._derive(self._label, record)
+        self._core.new_task(handle, self._run_blocking(fn, ctx, dedicated))
+        return handle
+
+    async def _run_blocking(self, fn: Callable[[Any], T], ctx: "BaseContext", dedicated: bool) -> T:
+        raise NotImplementedError
+
+    def spawn_ref(self) -> Callable[[Awaitable[T]], Handle[T]]:
+        """A one-shot spawner taking an awaitable; a second use raises RuntimeError."""
+        used = False
+
+        def spawner(awaitable: Awaitable[T]) -> Handle[T]:
+            nonlocal used
+            if used:
+                raise RuntimeError("spawn_ref() spawner was already used; take a new one for each task")
+            if not inspect.isawaitable(awaitable):
+                raise TypeError(f"spawn_ref spawner expects an awaitable, got {type(awaitable).__name__}")
+            used = True
+            return self._spawn(lambda _ctx: awaitable, None)
+
+        return spawner
+
+    def spawn_blocking_ref(self, dedicated: bool = False) -> Callable[[Callable[[], T]], Handle[T]]:
+        """A one-shot spawner taking a zero-argument function; a second use raises RuntimeError."""
+        used = False
+
+        def spawner(fn: Callable[[], T]) -> Handle[T]:
+            nonlocal used
+            if used:
+                raise RuntimeError("spawn_blocking_ref() spawner was already used; take a new one for each task")
+            if not callable(fn):
+                raise TypeError(f"spawn_blocking_ref spawner expects a callable, got {fn!r}")
+            used = True
+            return self.spawn_blocking(lambda _ctx: fn(), dedicated)
+
+        return spawner
+
+    # -- shutdown -------------------------------------------------------------------------
+
+    async def stop(self, value: int, timeout: Duration | None = None) -> None:
+        """Resolve every ``stopped()`` signal with ``value`` and wait until all are released."""
+        if timeout is not None:
+            optional_duration_ns(timeout, "timeout")
+        await self._core.stop(value, timeout, self._record)
+
+    def stopped(self) -> Signal:
+        """A signal resolving to the stop value, held until released or its task ends."""
+        return self._core.hold(self._record)
+
+    # -- clock (shared parts) -------------------------------------------------------------
+
+    def current(self) -> float:
+        raise NotImplementedError
+
+    async def sleep(self, duration: Duration) -> None:
+        await asyncio.sleep(duration_seconds(duration, "duration"))
+
+    async def timeout(self, duration: Duration, awaitable: Awaitable[T]) -> T:
+        """Await ``awaitable``; raise ``Timeout`` if it takes longer than ``duration``."""
+        seconds = duration_seconds(duration, "duration")
+        if not inspect.isawaitable(awaitable):
+            raise TypeError(f"timeout expects an awaitable, got {type(awaitable).__name__}")
+        try:
+            async with asyncio.timeout(seconds):
+                return await awaitable
+        except TimeoutError:
+            raise Timeout(f"operation did not finish within {seconds}s") from None
+
+    # -- metrics --------------------------------------------------------------------------
+
+    def register(self, name: str, help: str, kind: type, **kwargs: Any) -> Any:
+        """Register a prometheus_client metric named ``<label>_<name>`` in the runner's registry."""
+        return self._core.metrics.register(self._label, name, help, kind, **kwargs)
+
+    def encode(self) -> str:
+        """Prometheus text exposition of every metric of this runner."""
+        return self._core.metrics.encode()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__module__}.{type(self).__name__} label={self._label!r}>"

@@ -1,0 +1,19 @@
+"""The deterministic runtime: seeded scheduling on virtual time, simulated network and storage."""
+
+from .context import Context
+from .loop import EventLoop, UnsupportedOperation
+from .runner import Checkpoint, Config, Runner
+from .trace import Recorder, Replayer, ReplayDivergence, Schedule
+
+__all__ = [
+    "Checkpoint",
+    "Config",
+    "Context",
+    "EventLoop",
+    "Recorder",
+    "ReplayDivergence",
+    "Replayer",
+    "Runner",
+    "Schedule",
+    "UnsupportedOperation",
+]

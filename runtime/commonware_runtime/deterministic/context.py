@@ -1,0 +1,186 @@
+"""The deterministic runtime's ``Context``: virtual clock, simulated network and storage."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, TypeVar
+
+from ..arguments import NS_PER_SECOND, Address, Duration, duration_ns, timestamp_ns
+from ..auditor import Auditor
+from ..core import BaseContext, RuntimeCore
+from ..tasks import TaskRecord
+from .loop import EventLoop, derive_seed
+from .rng import AuditedRandom
+
+if TYPE_CHECKING:
+    from .network import Listener, Network, Sink, Stream
+    from .storage import Blob, Storage, StorageFaults
+
+T = TypeVar("T")
+DEFAULT_HOST = "127.0.0.1"
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class DeterministicCore(RuntimeCore):
+    """Per-run state of the deterministic runtime."""
+
+    def __init__(
+        self,
+        *,
+        loop: EventLoop,
+        seed: int,
+        catch_panics: bool,
+        start_ns: int,
+        user_rng_state: Any = None,
+        fault_rng_state: Any = None,
+        storage: "Storage | None" = None,
+    ) -> None:
+        self.loop = loop
+        self.auditor: Auditor = loop.auditor
+        self.start_ns = start_ns
+        super().__init__(catch_panics=catch_panics, deterministic=True)
+        self.rng = AuditedRandom(derive_seed(seed, "user"), self.auditor)
+        if user_rng_state is not None:
+            random.Random.setstate(self.rng, user_rng_state)
+        self.fault_rng = random.Random(derive_seed(seed, "faults"))
+        if fault_rng_state is not None:
+            self.fault_rng.setstate(fault_rng_state)
+        self._network: "Network | None" = None
+        self._storage: "Storage | None" = storage
+
+    # Built on first use: most runs touch neither, and building costs a little per run.
+    @property
+    def network(self) -> "Network":
+        if self._network is None:
+            from .network import Network
+
+            self._network = Network(auditor=self.auditor, counters=self.counters, rng=self.fault_rng)
+        return self._network
+
+    @property
+    def storage(self) -> "Storage":
+        if self._storage is None:
+            from .storage import Storage
+
+            self._storage = Storage(auditor=self.auditor, counters=self.counters, rng=self.fault_rng)
+        return self._storage
+
+    def _on_register(self, name: str, kind: str) -> None:
+        self.auditor.event("metric", name, kind)
+
+    def on_panic(self) -> None:
+        self.loop.stop()
+
+
+class Context(BaseContext):
+    """Everything a task of the deterministic runtime can do."""
+
+    __slots__ = ("_host",)
+    _core: DeterministicCore
+
+    def __init__(self, core: DeterministicCore, label: str = "", record: TaskRecord | None = None, host: str = DEFAULT_HOST) -> None:
+        super().__init__(core, label, record)
+        self._host = host
+
+    def _derive(self, label: str, record: TaskRecord | None) -> "Context":
+        clone = super()._derive(label, record)
+        clone._host = self._host  # type: ignore[attr-defined]
+        return clone  # type: ignore[return-value]
+
+    def with_label(self, label: str) -> "Context":
+        return super().with_label(label)  # type: ignore[return-value]
+
+    # -- simulated hosts ------------------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        return self._host
+
+    def with_host(self, ip: str) -> "Context":
+        """The same context placed on simulated host ``ip``: dials originate there."""
+        if not isinstance(ip, str) or not ip:
+            raise TypeError(f"host must be a non-empty str (an IP address), got {ip!r}")
+        clone = self._derive(self._label, self._record)
+        clone._host = ip
+        return clone
+
+    # -- spawner --------------------------------------------------------------------------
+
+    async def _run_blocking(self, fn: Callable[[Any], T], ctx: BaseContext, dedicated: bool) -> T:
+        # Inline, in the task's first step: blocking work is ordered by the scheduler like any other.
+        return fn(ctx)
+
+    # -- clock ----------------------------------------------------------------------------
+
+    def current(self) -> float:
+        core = self._core
+        return (core.start_ns + core.loop._now_ns) / NS_PER_SECOND
+
+    async def sleep(self, duration: Duration) -> None:
+        await self._sleep_until_ns(self._core.loop._now_ns + duration_ns(duration, "duration"))
+
+    async def sleep_until(self, deadline: float) -> None:
+        """Sleep until the wall-clock instant ``deadline`` (seconds since the epoch)."""
+        await self._sleep_until_ns(timestamp_ns(deadline, "deadline") - self._core.start_ns)
+
+    async def _sleep_until_ns(self, when_ns: int) -> None:
+        loop = self._core.loop
+        if when_ns <= loop._now_ns:
+            return
+        fut: asyncio.Future[None] = loop.create_future()
+        timer = loop.call_at_ns(when_ns, _wake, fut)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+
+    # -- randomness -----------------------------------------------------------------------
+
+    @property
+    def rng(self) -> random.Random:
+        """Seeded from the run's seed on its own stream: scheduling changes never shift it."""
+        return self._core.rng
+
+    # -- network --------------------------------------------------------------------------
+
+    async def bind(self, addr: Address) -> "Listener":
+        return await self._core.network.bind(self._host, addr)
+
+    async def dial(self, addr: Address) -> "tuple[Sink, Stream]":
+        return await self._core.network.dial(self._host, addr)
+
+    @property
+    def network(self) -> "Network":
+        """Fault controls of the simulated network (latency, partitions, crashes)."""
+        return self._core.network
+
+    # -- storage --------------------------------------------------------------------------
+
+    async def open(self, partition: str, name: bytes) -> "tuple[Blob, int]":
+        return await self._core.storage.open(partition, name)
+
+    async def remove(self, partition: str, name: bytes | None = None) -> None:
+        await self._core.storage.remove(partition, name)
+
+    async def scan(self, partition: str) -> list[bytes]:
+        return await self._core.storage.scan(partition)
+
+    @property
+    def storage_faults(self) -> "StorageFaults":
+        return self._core.storage.faults
+
+    # -- audit ----------------------------------------------------------------------------
+
+    def auditor(self) -> Auditor:
+        return self._core.auditor
+
+    def storage_audit(self) -> str:
+        return self._core.storage.audit()
+
+
+_ = Awaitable

@@ -1,0 +1,429 @@
+"""``EventLoop``: a real asyncio event loop on virtual time with seeded scheduling.
+
+The run loop works in *rounds*.  A round takes every callback that was ready when it
+began and runs them in an order drawn from the scheduler's seeded RNG (swap-remove
+from a list: O(1) per decision however many are ready).  Callbacks made ready during a
+round wait for the next one, so a task that keeps yielding cannot starve the others.
+
+Virtual time is an integer number of nanoseconds.  Each round after the first
+advances it by ``cycle``; when nothing is ready it jumps straight to the next timer,
+so ``sleep(3600)`` costs nothing.  Timer callbacks run the moment their deadline is
+reached (in deadline order, ties in creation order), before the round's random
+choices, so a task sleeping until ``t`` observes exactly ``t``.
+
+Every decision is folded into the auditor as the chosen task's stable id (ids are
+handed out in creation order, which is itself deterministic).  The scheduler never
+looks at ``id()``, addresses, hashes or set order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import os
+import random
+import threading
+import types
+from typing import Any, Callable, Iterable
+
+from ..arguments import NS_PER_SECOND
+from ..auditor import Auditor
+from ..errors import RuntimeStalled, RuntimeTimeout
+
+__all__ = ["EventLoop", "UnsupportedOperation", "derive_seed", "MARK_TIME", "MARK_SPAWN"]
+
+# Markers interleaved with task ids in the auditor's decision stream.
+MARK_TIME = 0xFFFFFFFF
+MARK_SPAWN = 0xFFFFFFFE
+LOOP_CALLBACK = 0  # decisions that run a plain callback rather than a task step
+
+
+def derive_seed(seed: int, stream: str) -> int:
+    """Independent, reproducible sub-seeds: one stream each for scheduling, user RNG, faults."""
+    import hashlib
+
+    digest = hashlib.sha256(f"commonware:{stream}:{seed}".encode()).digest()
+    return int.from_bytes(digest[:16], "little")
+
+
+class UnsupportedOperation(NotImplementedError):
+    """Real I/O was requested on the deterministic event loop."""
+
+
+class _Task(asyncio.Task):  # type: ignore[type-arg]
+    """An asyncio Task that carries its stable id and label (C Tasks have no __dict__)."""
+
+    __slots__ = ("_cw_id", "_cw_label")
+
+
+class EventLoop(asyncio.BaseEventLoop):
+    """A deterministic ``asyncio.AbstractEventLoop``.
+
+    ``EventLoop(seed=7)`` can be handed to ``asyncio.Runner(loop_factory=...)``; asyncio's
+    primitives run on it unchanged and on virtual time.
+    """
+
+    def __init__(
+        self,
+        seed: int = 42,
+        *,
+        cycle: float = 0.001,
+        timeout: float | None = None,
+        auditor: Auditor | None = None,
+        scheduler: random.Random | None = None,
+        now_ns: int = 0,
+    ) -> None:
+        super().__init__()
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
+        self.seed = seed
+        self._cycle_ns = _to_ns(cycle, "cycle")
+        if self._cycle_ns == 0:
+            raise ValueError("cycle must be positive, got 0: time must advance while tasks keep running")
+        self._deadline_ns = None if timeout is None else _to_ns(timeout, "timeout")
+        self._ready: list[asyncio.Handle] = []  # type: ignore[assignment]
+        self._timers: list[tuple[int, int, asyncio.TimerHandle]] = []
+        self._timer_seq = 0
+        self._now_ns = now_ns
+        self._started = False
+        self._last_audited_ns = -1
+        self.auditor = auditor if auditor is not None else Auditor()
+        self._scheduler = scheduler if scheduler is not None else random.Random(derive_seed(seed, "scheduler"))
+        self._next_id = 1
+        self._labels: dict[str, int] = {}
+        self.task_labels: list[str] = [""]  # stable id -> label; id 0 is "a loop callback"
+        self.steps = 0
+        self.recorder: Any = None  # a trace.Recorder while recording
+        self.replayer: Any = None  # a trace.Replayer while replaying
+        self._run_batch = self._run_batch_random
+
+    # -- time -----------------------------------------------------------------------------
+
+    def time(self) -> float:
+        return self._now_ns / NS_PER_SECOND
+
+    @property
+    def now_ns(self) -> int:
+        return self._now_ns
+
+    def call_at(self, when: float, callback: Callable[..., object], *args: Any, context: Any = None) -> asyncio.TimerHandle:
+        if when is None:
+            raise TypeError("when cannot be None")
+        self._check_closed()
+        timer = asyncio.TimerHandle(when, callback, args, self, context)
+        if timer._source_traceback:
+            del timer._source_traceback[-1]
+        self._push_timer(round(when * NS_PER_SECOND), timer)
+        return timer
+
+    def call_at_ns(self, when_ns: int, callback: Callable[..., object], *args: Any) -> asyncio.TimerHandle:
+        """Schedule at an exact virtual instant (the runtime's own clock uses this)."""
+        self._check_closed()
+        timer = asyncio.TimerHandle(when_ns / NS_PER_SECOND, callback, args, self, None)
+        self._push_timer(when_ns, timer)
+        return timer
+
+    def _push_timer(self, when_ns: int, timer: asyncio.TimerHandle) -> None:
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (when_ns, self._timer_seq, timer))
+        timer._scheduled = True  # type: ignore[attr-defined]
+
+    def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
+        self._timer_cancelled_count += 1
+        timers = self._timers
+        # Timeouts that finish early leave cancelled timers behind: compact when they dominate.
+        if self._timer_cancelled_count > 256 and self._timer_cancelled_count * 2 > len(timers):
+            timers[:] = [t for t in timers if not t[2]._cancelled]
+            heapq.heapify(timers)
+            self._timer_cancelled_count = 0
+
+    # -- scheduling -----------------------------------------------------------------------
+
+    def _call_soon(self, callback: Callable[..., object], args: Any, context: Any) -> asyncio.Handle:
+        handle = asyncio.Handle(callback, args, self, context)
+        if handle._source_traceback:
+            del handle._source_traceback[-1]
+        self._ready.append(handle)
+        return handle
+
+    def call_soon_threadsafe(self, callback: Callable[..., object], *args: Any, context: Any = None) -> asyncio.Handle:
+        if self._thread_id is not None and threading.get_ident() != self._thread_id:
+            raise UnsupportedOperation(
+                "call_soon_threadsafe() from another thread: the deterministic event loop runs on one thread only"
+            )
+        return self.call_soon(callback, *args, context=context)
+
+    def _write_to_self(self) -> None:
+        """Nothing to wake: the loop never blocks on a selector."""
+
+    def create_task(self, coro: Any, *, name: str | None = None, context: Any = None) -> asyncio.Task[Any]:
+        self._check_closed()
+        if self._task_factory is not None:
+            task = self._task_factory(self, coro) if context is None else self._task_factory(self, coro, context=context)
+            if not isinstance(task, _Task):
+                return task  # type: ignore[no-any-return]
+        else:
+            task = _Task(coro, loop=self, name=name, context=context)
+            if task._source_traceback:
+                del task._source_traceback[-1]
+        tid = self._next_id
+        self._next_id = tid + 1
+        label = "task" if name is None else name
+        task._cw_id = tid
+        task._cw_label = label
+        self.task_labels.append(label)
+        index = self._labels.get(label)
+        if index is None:
+            index = self._labels[label] = len(self._labels)
+            self.auditor.event("label", index, label)
+        decisions = self.auditor.decisions
+        decisions.append(MARK_SPAWN)
+        decisions.append(tid)
+        decisions.append(index)
+        return task
+
+    def run_in_executor(self, executor: Any, func: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """Executors run inline, at the call, so their effects are ordered deterministically."""
+        self._check_closed()
+        future = self.create_future()
+        try:
+            future.set_result(func(*args))
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - delivered through the future
+            future.set_exception(exc)
+        return future
+
+    def set_default_executor(self, executor: Any) -> None:
+        """Accepted for compatibility; executors always run inline here."""
+
+    def _run_once(self) -> None:
+        now = self._now_ns
+        if self._started:
+            now += self._cycle_ns
+        else:
+            self._started = True
+        timers = self._timers
+        if not self._ready:
+            while timers and timers[0][2]._cancelled:
+                heapq.heappop(timers)
+                self._timer_cancelled_count = max(0, self._timer_cancelled_count - 1)
+            if timers:
+                if timers[0][0] > now:
+                    now = timers[0][0]
+            elif self._stopping:
+                return
+            else:
+                raise self.stalled()
+        if self._deadline_ns is not None and now > self._deadline_ns:
+            self._now_ns = now
+            raise RuntimeTimeout(
+                f"virtual time {now / NS_PER_SECOND:.9f}s passed the deadline of {self._deadline_ns / NS_PER_SECOND}s "
+                f"after {self.steps} scheduling decisions"
+            )
+        self._now_ns = now
+        while timers and timers[0][0] <= now:
+            timer = heapq.heappop(timers)[2]
+            timer._scheduled = False  # type: ignore[attr-defined]
+            if timer._cancelled:
+                self._timer_cancelled_count = max(0, self._timer_cancelled_count - 1)
+            else:
+                timer._run()
+        batch = self._ready
+        if not batch:
+            return
+        self._ready = []
+        if now != self._last_audited_ns:
+            self._last_audited_ns = now
+            decisions = self.auditor.decisions
+            decisions.append(MARK_TIME)
+            decisions.append(now & 0xFFFFFFFF)
+            decisions.append(now >> 32)
+        self._run_batch(batch)
+
+    def _run_batch_random(self, batch: list[asyncio.Handle]) -> None:
+        rand = self._scheduler.random
+        record = self.auditor.decisions.append
+        task_type = _Task
+        n = len(batch)
+        self.steps += n
+        while n:
+            if n == 1:
+                handle = batch.pop()
+            else:
+                i = int(rand() * n)
+                handle = batch[i]
+                last = batch.pop()
+                if last is not handle:
+                    batch[i] = last
+            n -= 1
+            if handle._cancelled:
+                record(LOOP_CALLBACK)
+                continue
+            owner = getattr(handle._callback, "__self__", None)
+            record(owner._cw_id if type(owner) is task_type else LOOP_CALLBACK)
+            handle._run()
+
+    def _run_batch_recording(self, batch: list[asyncio.Handle]) -> None:
+        schedule = self.recorder.schedule
+        self.recorder.round(self.steps, self._now_ns, self.auditor)
+        pick = schedule.picks.append
+        record_id = schedule.ids.append
+        rand = self._scheduler.random
+        record = self.auditor.decisions.append
+        task_type = _Task
+        n = len(batch)
+        self.steps += n
+        while n:
+            i = 0 if n == 1 else int(rand() * n)
+            handle = batch[i]
+            last = batch.pop()
+            if last is not handle:
+                batch[i] = last
+            n -= 1
+            pick(i)
+            if handle._cancelled:
+                tid = LOOP_CALLBACK
+            else:
+                owner = getattr(handle._callback, "__self__", None)
+                tid = owner._cw_id if type(owner) is task_type else LOOP_CALLBACK
+            record(tid)
+            record_id(tid)
+            if not handle._cancelled:
+                handle._run()
+
+    def _run_batch_replay(self, batch: list[asyncio.Handle]) -> None:
+        replayer = self.replayer
+        step = self.steps
+        replayer.check_round(step, self._now_ns, self.auditor)
+        picks = replayer.schedule.picks
+        ids = replayer.schedule.ids
+        total = len(picks)
+        record = self.auditor.decisions.append
+        n = len(batch)
+        self.steps += n
+        while n:
+            if step >= total:
+                raise replayer.diverged(step, self._now_ns, 0, n, self.owner_id(batch[0]), self.label_of(batch[0]))
+            i = picks[step]
+            if i >= n:
+                raise replayer.diverged(step, self._now_ns, i, n, None, "")
+            handle = batch[i]
+            tid = self.owner_id(handle)
+            if tid != ids[step]:
+                raise replayer.diverged(step, self._now_ns, i, n, tid, self.label_of(handle))
+            last = batch.pop()
+            if last is not handle:
+                batch[i] = last
+            n -= 1
+            step += 1
+            record(tid)
+            if not handle._cancelled:
+                handle._run()
+
+    def label_of(self, handle: asyncio.Handle) -> str:
+        tid = self.owner_id(handle)
+        return self.task_labels[tid] if tid else "<callback>"
+
+    def start_recording(self, recorder: Any) -> None:
+        schedule = recorder.begin(self.seed)
+        schedule.labels = self.task_labels  # shared: labels appear as tasks are created
+        self.recorder = recorder
+        self._run_batch = self._run_batch_recording
+
+    def start_replay(self, replayer: Any) -> None:
+        self.replayer = replayer
+        self._run_batch = self._run_batch_replay
+
+    def owner_id(self, handle: asyncio.Handle) -> int:
+        if handle._cancelled:
+            return LOOP_CALLBACK
+        owner = getattr(handle._callback, "__self__", None)
+        return owner._cw_id if type(owner) is _Task else LOOP_CALLBACK  # type: ignore[no-any-return]
+
+    # -- failure reports --------------------------------------------------------------------
+
+    def blocked_tasks(self) -> list[asyncio.Task[Any]]:
+        tasks = [t for t in asyncio.all_tasks(self) if not t.done()]
+        tasks.sort(key=lambda t: getattr(t, "_cw_id", 0))
+        return tasks
+
+    def stalled(self) -> RuntimeStalled:
+        lines = [
+            f"runtime stalled at virtual time {self._now_ns / NS_PER_SECOND:.9f}s after {self.steps} scheduling "
+            f"decisions: no task is ready and no timer is pending. Blocked tasks:"
+        ]
+        for task in self.blocked_tasks():
+            label = getattr(task, "_cw_label", task.get_name()) or "<root>"
+            lines.append(f"  - {label!r} (task id {getattr(task, '_cw_id', 0)}) awaiting {await_site(task)}")
+        if len(lines) == 1:
+            lines.append("  (none: the awaited future can only be completed from outside the loop)")
+        return RuntimeStalled("\n".join(lines))
+
+    # -- real I/O is not simulated here ---------------------------------------------------
+
+    def _unsupported(self, name: str) -> UnsupportedOperation:
+        return UnsupportedOperation(
+            f"{name}() is real I/O, which the deterministic event loop does not perform; use the "
+            f"runtime Context's simulated network and storage instead"
+        )
+
+
+def await_site(task: asyncio.Task[Any]) -> str:
+    """Where a task is suspended: the innermost frame of its coroutine chain, and what it awaits."""
+    coro: Any = task.get_coro()
+    frame = None
+    awaited: Any = None
+    while coro is not None:
+        f = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None) or getattr(coro, "ag_frame", None)
+        if f is not None:
+            frame = f
+        nxt = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None) or getattr(coro, "ag_await", None)
+        if nxt is None or isinstance(nxt, (asyncio.Future,)):
+            awaited = nxt
+            break
+        if not isinstance(nxt, (types.CoroutineType, types.GeneratorType, types.AsyncGeneratorType)) and not hasattr(
+            nxt, "cr_frame"
+        ):
+            awaited = nxt
+            break
+        coro = nxt
+    what = type(awaited).__name__ if awaited is not None else "?"
+    if what == "FutureIter":  # the C future's iterator: name what a user awaited
+        what = "Future"
+    if frame is None:
+        return what
+    code = frame.f_code
+    return f"{what} at {os.path.basename(code.co_filename)}:{frame.f_lineno} in {code.co_name}()"
+
+
+def _to_ns(value: Any, what: str) -> int:
+    from ..arguments import duration_ns
+
+    return duration_ns(value, what)
+
+
+def _install_unsupported(names: Iterable[str]) -> None:
+    for name in names:
+
+        def method(self: EventLoop, *args: Any, __name: str = name, **kwargs: Any) -> Any:
+            raise self._unsupported(__name)
+
+        method.__name__ = name
+        method.__doc__ = f"Not supported: {name}() is real I/O."
+        setattr(EventLoop, name, method)
+
+
+_install_unsupported(
+    [
+        "getaddrinfo", "getnameinfo", "create_connection", "create_server", "sendfile", "start_tls",
+        "create_unix_connection", "create_unix_server", "connect_accepted_socket", "create_datagram_endpoint",
+        "connect_read_pipe", "connect_write_pipe", "subprocess_shell", "subprocess_exec",
+        "add_reader", "remove_reader", "add_writer", "remove_writer",
+        "sock_recv", "sock_recv_into", "sock_recvfrom", "sock_recvfrom_into", "sock_sendall", "sock_sendto",
+        "sock_connect", "sock_accept", "sock_sendfile", "add_signal_handler", "remove_signal_handler",
+        "_make_socket_transport", "_make_ssl_transport", "_make_datagram_transport",
+        "_make_read_pipe_transport", "_make_write_pipe_transport", "_make_subprocess_transport",
+    ]
+)
+

@@ -1,0 +1,277 @@
+"""``deterministic.Config`` and ``deterministic.Runner``: one seeded, virtual-time run."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Awaitable, Callable, TypeVar
+
+from ..arguments import NS_PER_SECOND, duration_ns, timestamp_ns
+from ..auditor import Auditor
+from ..errors import Closed, RuntimeStalled, RuntimeTimeout
+from ..tasks import _ABORTED, _ERR, _OK, Handle, TaskRecord, drive
+from .context import Context, DeterministicCore
+from .loop import EventLoop, derive_seed
+from .trace import Recorder, Replayer, Schedule
+
+T = TypeVar("T")
+logger = logging.getLogger("commonware_runtime")
+
+
+@dataclass(frozen=True)
+class Config:
+    """How a deterministic run is built. Durations are float seconds or ``timedelta``."""
+
+    seed: int = 42
+    cycle: float | timedelta = 0.001
+    timeout: float | timedelta | None = None
+    catch_panics: bool = False
+    start_time: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise TypeError(f"seed must be an int, got {type(self.seed).__name__} {self.seed!r}")
+        if self.seed < 0:
+            raise ValueError(f"seed must not be negative, got {self.seed}")
+        if duration_ns(self.cycle, "cycle") == 0:
+            raise ValueError(f"cycle must be positive, got {self.cycle!r}")
+        if self.timeout is not None:
+            duration_ns(self.timeout, "timeout")
+        if not isinstance(self.catch_panics, bool):
+            raise TypeError(f"catch_panics must be a bool, got {self.catch_panics!r}")
+        timestamp_ns(self.start_time, "start_time")
+
+    def with_seed(self, seed: int) -> "Config":
+        return dataclasses.replace(self, seed=seed)
+
+    def with_cycle(self, cycle: float | timedelta) -> "Config":
+        return dataclasses.replace(self, cycle=cycle)
+
+    def with_timeout(self, timeout: float | timedelta | None) -> "Config":
+        return dataclasses.replace(self, timeout=timeout)
+
+    def with_catch_panics(self, catch_panics: bool) -> "Config":
+        return dataclasses.replace(self, catch_panics=catch_panics)
+
+    def with_start_time(self, start_time: float) -> "Config":
+        return dataclasses.replace(self, start_time=start_time)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (seconds as floats), e.g. for a trace file."""
+        def seconds(v: Any) -> Any:
+            return None if v is None else duration_ns(v) / NS_PER_SECOND
+
+        return {
+            "seed": self.seed,
+            "cycle": seconds(self.cycle),
+            "timeout": seconds(self.timeout),
+            "catch_panics": self.catch_panics,
+            "start_time": self.start_time,
+        }
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The state a crashed run leaves behind; ``Runner.from_checkpoint`` restarts on it.
+
+    Durable storage survives (unsynced bytes do not); virtual time, the seed streams and
+    the auditor continue where the crashed run stopped.
+    """
+
+    config: Config
+    now_ns: int
+    scheduler_state: Any
+    user_rng_state: Any
+    fault_rng_state: Any
+    auditor: Auditor
+    storage: Any
+    restarts: int
+
+    @property
+    def time(self) -> float:
+        return (timestamp_ns(self.config.start_time) + self.now_ns) / NS_PER_SECOND
+
+
+class Runner:
+    """Runs one root task on a fresh deterministic runtime. A Runner is used once."""
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        recorder: Recorder | None = None,
+        replay: Schedule | None = None,
+    ) -> None:
+        if config is None:
+            config = Config()
+        if not isinstance(config, Config):
+            raise TypeError(f"config must be a deterministic.Config, got {type(config).__name__}")
+        if recorder is not None and replay is not None:
+            raise ValueError("a run can record or replay, not both")
+        self.config = config
+        self.recorder = recorder
+        self.replay = replay
+        self._checkpoint: Checkpoint | None = None
+        self._used = False
+        self.auditor_state: str | None = None
+        self.steps = 0
+
+    @classmethod
+    def seeded(cls, seed: int) -> "Runner":
+        return cls(Config(seed=seed))
+
+    @classmethod
+    def timed(cls, timeout: float | timedelta) -> "Runner":
+        return cls(Config(timeout=timeout))
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint) -> "Runner":
+        if not isinstance(checkpoint, Checkpoint):
+            raise TypeError(f"expected a deterministic.Checkpoint, got {type(checkpoint).__name__}")
+        runner = cls(checkpoint.config)
+        runner._checkpoint = checkpoint
+        return runner
+
+    def start(self, main: Callable[[Context], Awaitable[T]]) -> T:
+        """Run ``main(context)`` to completion and return its value."""
+        value, _ = self._run(main, crash=False)
+        return value
+
+    def start_and_recover(self, main: Callable[[Context], Awaitable[T]]) -> tuple[T, Checkpoint]:
+        """Run ``main(context)``, then crash: unsynced storage is lost. Returns (value, checkpoint)."""
+        value, checkpoint = self._run(main, crash=True)
+        assert checkpoint is not None
+        return value, checkpoint
+
+    # -----------------------------------------------------------------------------------------
+
+    def _build(self) -> DeterministicCore:
+        config = self.config
+        cp = self._checkpoint
+        if cp is None:
+            auditor = Auditor()
+            loop = EventLoop(config.seed, cycle=config.cycle, timeout=config.timeout, auditor=auditor)
+            auditor.event("start", config.seed)
+            return DeterministicCore(
+                loop=loop, seed=config.seed, catch_panics=config.catch_panics, start_ns=timestamp_ns(config.start_time)
+            )
+        auditor = cp.auditor.fork()
+        loop = EventLoop(config.seed, cycle=config.cycle, timeout=config.timeout, auditor=auditor, now_ns=cp.now_ns)
+        loop._scheduler.setstate(cp.scheduler_state)
+        auditor.event("restart", cp.restarts + 1, cp.now_ns)
+        return DeterministicCore(
+            loop=loop,
+            seed=config.seed,
+            catch_panics=config.catch_panics,
+            start_ns=timestamp_ns(config.start_time),
+            user_rng_state=cp.user_rng_state,
+            fault_rng_state=cp.fault_rng_state,
+            storage=cp.storage,
+        )
+
+    def _run(self, main: Callable[[Context], Awaitable[T]], crash: bool) -> tuple[T, Checkpoint | None]:
+        if self._used:
+            raise RuntimeError("a deterministic.Runner runs once; build a new one for another run")
+        if not callable(main):
+            raise TypeError(f"main must be an async function taking the context, got {main!r}")
+        self._used = True
+        core = self._build()
+        loop = core.loop
+        if self.recorder is not None:
+            loop.start_recording(self.recorder)
+        elif self.replay is not None:
+            loop.start_replay(Replayer(self.replay))
+        record = TaskRecord("")
+        handle: Handle[T] = Handle(record)
+        core.root = handle
+        context = Context(core, "", record)
+        error: BaseException | None = None
+        checkpoint: Checkpoint | None = None
+        try:
+            awaitable = main(context)
+            task = loop.create_task(drive(core, handle, awaitable), name="root")
+            handle._task = task
+            try:
+                loop.run_until_complete(task)
+            except RuntimeError as exc:
+                if core.panic is None or "Event loop stopped" not in str(exc):
+                    raise
+            if core.panic is not None:
+                raise core.panic
+            if handle._state == _ERR:
+                raise handle._value
+            if handle._state == _ABORTED:
+                raise Closed("the root task was cancelled")
+            assert handle._state == _OK
+            value: T = handle._value
+            self._teardown(loop)
+            if crash:
+                checkpoint = Checkpoint(
+                    config=self.config,
+                    now_ns=loop._now_ns,
+                    scheduler_state=loop._scheduler.getstate(),
+                    user_rng_state=core.rng.getstate(),
+                    fault_rng_state=core.fault_rng.getstate(),
+                    auditor=core.auditor.fork(),
+                    storage=core.storage.crash(),
+                    restarts=0 if self._checkpoint is None else self._checkpoint.restarts + 1,
+                )
+            return value, checkpoint
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self.steps = loop.steps
+            self.auditor_state = core.auditor.state()
+            if self.recorder is not None and self.recorder.schedule is not None:
+                schedule = self.recorder.schedule
+                schedule.steps = loop.steps
+                schedule.auditor = self.auditor_state
+                schedule.labels = list(loop.task_labels)
+                if error is not None:
+                    schedule.outcome = "failed"
+                    schedule.error = {"type": type(error).__name__, "message": str(error)}
+            if self.replay is not None and error is None and loop.steps != self.replay.steps:
+                error_msg = (
+                    f"replay diverged: the run ended after {loop.steps} steps, the trace recorded {self.replay.steps}"
+                )
+                self._close(loop)
+                from .trace import ReplayDivergence
+
+                raise ReplayDivergence(
+                    error_msg, step=loop.steps, time_ns=loop._now_ns, expected=f"{self.replay.steps} steps",
+                    actual=f"{loop.steps} steps",
+                )
+            self._close(loop)
+
+    @staticmethod
+    def _teardown(loop: EventLoop) -> None:
+        """Cancel whatever still runs after the root returned, and let it unwind."""
+        pending = loop.blocked_tasks()
+        if not pending:
+            return
+        for task in pending:
+            task.cancel()
+        try:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        except (RuntimeStalled, RuntimeTimeout) as exc:
+            # A task that refuses cancellation cannot be unwound; say so rather than hang.
+            logger.warning("tasks still running after the root finished could not be cancelled: %s", exc)
+
+    @staticmethod
+    def _close(loop: EventLoop) -> None:
+        for task in asyncio.all_tasks(loop):
+            task._log_destroy_pending = False  # type: ignore[attr-defined]
+        if not loop.is_closed():
+            if not loop.is_running():
+                try:
+                    loop.run_until_complete(loop.shutdown_asyncgens())
+                except Exception as exc:  # noqa: BLE001 - reported, teardown goes on
+                    logger.warning("shutting down async generators failed: %s", exc)
+            loop.close()
+
+
+_ = derive_seed

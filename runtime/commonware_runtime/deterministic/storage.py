@@ -1,0 +1,620 @@
+"""Simulated storage of the deterministic runtime: in memory, with a crash model and faults.
+
+Durability model (SPEC section 6)
+---------------------------------
+Every blob keeps two images: the *current* one (what reads see, including unsynced
+writes) and the *durable* one (the contents as of the last successful ``sync``), plus
+the log of writes and resizes applied since that sync.  ``Storage.crash()`` builds the
+storage a restarted process would see from the durable images, optionally replaying
+part of each log on top (``StorageFaults.crash_unsynced``):
+
+- ``"lose"``: every unsynced write and resize is lost;
+- ``"prefix"``: a seeded number of the logged operations survives, in order, and the
+  first lost write may survive torn (a seeded, strictly partial prefix of its bytes);
+- ``"subset"``: each logged operation independently survives with probability 1/2,
+  replayed in the original order (write-back caches reorder and drop writes).
+
+Creating and removing partitions and blobs is durable at once (as if the directory
+were fsynced after every metadata change): a blob created but never synced survives a
+crash with its durable size, usually 0.
+
+Faults draw only from the fault stream ``rng`` given to :class:`Storage`, and only when
+the matching rate is positive, so a run without faults consumes nothing from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import random
+from dataclasses import dataclass
+from typing import Mapping, Union
+
+from ..arguments import U64_MAX, check_blob_name, check_count, check_data, check_offset, check_partition
+from ..auditor import Auditor
+from ..errors import (
+    BlobInsufficientLength,
+    BlobMissing,
+    BlobOpenFailed,
+    BlobResizeFailed,
+    BlobSyncFailed,
+    Closed,
+    OffsetOverflow,
+    PartitionCorrupt,
+    PartitionMissing,
+    ReadFailed,
+    WriteFailed,
+)
+from ..metrics import RuntimeCounters
+
+__all__ = ["StorageFaults", "Storage", "Blob", "CRASH_MODES"]
+
+BytesLike = Union[bytes, bytearray, memoryview]
+
+CRASH_MODES = ("lose", "prefix", "subset")
+_RATE_FIELDS = (
+    "open_rate",
+    "read_rate",
+    "write_rate",
+    "sync_rate",
+    "resize_rate",
+    "remove_rate",
+    "scan_rate",
+    "partial_write_rate",
+)
+
+# Log entry kinds.  A log entry is (kind, offset_or_length, payload).
+_WRITE = 0
+_RESIZE = 1
+_LogEntry = tuple[int, int, bytes]
+
+
+def _check_rate(field: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"StorageFaults.{field} must be a probability (float), got {type(value).__name__} {value!r}")
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ValueError(f"StorageFaults.{field} must be in [0, 1], got {value!r}")
+    return float(value)
+
+
+@dataclass
+class StorageFaults:
+    """Fault controls of the simulated storage; mutable while the runtime runs.
+
+    Each ``*_rate`` is the probability that one operation of that kind fails with its
+    error.  ``partial_write_rate`` is the probability that a *failing* write of at least
+    two bytes first applied a seeded, strictly partial prefix of its bytes (unsynced).
+    ``crash_unsynced`` picks what survives a crash of the unsynced operations: ``"lose"``,
+    ``"prefix"`` or ``"subset"`` (see the module documentation).
+    """
+
+    open_rate: float = 0.0
+    read_rate: float = 0.0
+    write_rate: float = 0.0
+    sync_rate: float = 0.0
+    resize_rate: float = 0.0
+    remove_rate: float = 0.0
+    scan_rate: float = 0.0
+    partial_write_rate: float = 0.0
+    crash_unsynced: str = "lose"
+
+    def __setattr__(self, field: str, value: object) -> None:
+        # Validating here covers both construction (dataclass __init__ assigns) and later
+        # mutation; unknown names are refused so a typo cannot silently disable a fault.
+        if field in _RATE_FIELDS:
+            value = _check_rate(field, value)
+        elif field == "crash_unsynced":
+            if not isinstance(value, str):
+                raise TypeError(f"StorageFaults.crash_unsynced must be a str, got {type(value).__name__} {value!r}")
+            if value not in CRASH_MODES:
+                raise ValueError(f"StorageFaults.crash_unsynced must be one of {CRASH_MODES}, got {value!r}")
+        else:
+            raise AttributeError(f"StorageFaults has no field {field!r}")
+        object.__setattr__(self, field, value)
+
+
+def _where(partition: str, name: bytes) -> str:
+    return f"blob {name!r} in partition {partition!r}"
+
+
+def _apply_write(buf: bytearray, offset: int, payload: bytes) -> None:
+    if not payload:
+        # Like pwrite(2): writing nothing does not extend the blob, even past its end.
+        return
+    size = len(buf)
+    if offset >= size:
+        if offset > size:
+            buf.extend(bytes(offset - size))
+        buf.extend(payload)
+    else:
+        buf[offset : offset + len(payload)] = payload
+
+
+def _apply_resize(buf: bytearray, length: int) -> None:
+    size = len(buf)
+    if length < size:
+        del buf[length:]
+    elif length > size:
+        buf.extend(bytes(length - size))
+
+
+def _replay(buf: bytearray, entries: list[_LogEntry]) -> None:
+    for kind, position, payload in entries:
+        if kind == _WRITE:
+            _apply_write(buf, position, payload)
+        else:
+            _apply_resize(buf, position)
+
+
+class _BlobState:
+    """The contents of one blob, shared by every handle opened on it."""
+
+    __slots__ = ("partition", "name", "current", "durable", "log", "log_bytes", "handles", "removed")
+
+    def __init__(self, partition: str, name: bytes, contents: bytes = b"") -> None:
+        self.partition = partition
+        self.name = name
+        self.current = bytearray(contents)
+        self.durable = bytearray(contents)
+        self.log: list[_LogEntry] = []
+        self.log_bytes = 0
+        # Open handles by serial number (insertion ordered, never keyed by id()).
+        self.handles: dict[int, Blob] = {}
+        self.removed = False
+
+    def record(self, entry: _LogEntry) -> None:
+        self.log.append(entry)
+        self.log_bytes += len(entry[2])
+
+    def make_durable(self) -> None:
+        if not self.log:
+            return
+        if self.log_bytes >= len(self.current):
+            # Copying the whole image is cheaper than replaying a log that outweighs it.
+            self.durable = bytearray(self.current)
+        else:
+            _replay(self.durable, self.log)
+        self.log.clear()
+        self.log_bytes = 0
+
+
+class _Keep:
+    """Sentinel: keep the crashed storage's binding."""
+
+
+_KEEP = _Keep()
+
+
+class Storage:
+    """In-memory storage of one deterministic run.
+
+    ``rng`` is the run's *fault* stream (separate from the scheduler's).  ``image`` (a
+    mapping partition -> blob name -> bytes) seeds the contents, all durable, e.g. from
+    :meth:`durable_image` of a crashed run.
+    """
+
+    def __init__(
+        self,
+        *,
+        auditor: Auditor | None,
+        counters: RuntimeCounters,
+        rng: random.Random,
+        faults: StorageFaults | None = None,
+        image: Mapping[str, Mapping[bytes, BytesLike]] | None = None,
+    ) -> None:
+        if auditor is not None and not isinstance(auditor, Auditor):
+            raise TypeError(f"auditor must be an Auditor or None, got {type(auditor).__name__}")
+        if not isinstance(counters, RuntimeCounters):
+            raise TypeError(f"counters must be RuntimeCounters, got {type(counters).__name__}")
+        if not isinstance(rng, random.Random):
+            raise TypeError(f"rng must be a random.Random, got {type(rng).__name__}")
+        if faults is None:
+            faults = StorageFaults()
+        elif not isinstance(faults, StorageFaults):
+            raise TypeError(f"faults must be StorageFaults or None, got {type(faults).__name__}")
+        partitions: dict[str, dict[bytes, _BlobState]] = {}
+        if image is not None:
+            for partition in sorted(image):
+                partition = check_partition(partition)
+                blobs: dict[bytes, _BlobState] = {}
+                source = image[partition]
+                for raw_name in sorted(source):
+                    name = check_blob_name(raw_name)
+                    blobs[name] = _BlobState(partition, name, check_data(source[raw_name], f"image[{partition!r}][{name!r}]"))
+                partitions[partition] = blobs
+        self._auditor = auditor
+        self._counters = counters
+        self._rng = rng
+        self._faults = faults
+        self._partitions = partitions
+        self._crashed = False
+        self._next_handle = 0
+
+    # -- properties -----------------------------------------------------------------
+
+    @property
+    def faults(self) -> StorageFaults:
+        """The live fault controls (``context.storage_faults``)."""
+        return self._faults
+
+    @faults.setter
+    def faults(self, value: StorageFaults) -> None:
+        if not isinstance(value, StorageFaults):
+            raise TypeError(f"faults must be StorageFaults, got {type(value).__name__}")
+        self._faults = value
+
+    @property
+    def crashed(self) -> bool:
+        """True once :meth:`crash` was called: every operation then raises ``Closed``."""
+        return self._crashed
+
+    # -- internals ------------------------------------------------------------------
+
+    def _check_alive(self, op: str) -> None:
+        if self._crashed:
+            raise Closed(f"storage {op} after a crash: this storage belongs to the crashed process")
+
+    def _fault(self, rate: float, op: str, partition: str, name: bytes) -> bool:
+        if rate <= 0.0:
+            return False
+        failed = self._rng.random() < rate
+        if self._auditor is not None:
+            self._auditor.event("storage.fault", op, partition, name, int(failed))
+        return failed
+
+    def _drop(self, state: _BlobState) -> None:
+        state.removed = True
+        for handle in list(state.handles.values()):
+            handle._release("removed")
+
+    # -- operations -----------------------------------------------------------------
+
+    async def open(self, partition: str, name: BytesLike) -> tuple["Blob", int]:
+        """Open (creating if needed, durably) a blob; returns the handle and its current size."""
+        partition = check_partition(partition)
+        name = check_blob_name(name)
+        self._check_alive("open")
+        if self._fault(self._faults.open_rate, "open", partition, name):
+            raise BlobOpenFailed(f"injected fault: open of {_where(partition, name)} failed")
+        await asyncio.sleep(0)
+        self._check_alive("open")
+        blobs = self._partitions.get(partition)
+        if blobs is None:
+            blobs = self._partitions[partition] = {}
+        state = blobs.get(name)
+        created = state is None
+        if state is None:
+            state = blobs[name] = _BlobState(partition, name)
+        handle = Blob(self, state, self._next_handle)
+        self._next_handle += 1
+        state.handles[handle._serial] = handle
+        self._counters.storage["open_blobs"] += 1
+        size = len(state.current)
+        if self._auditor is not None:
+            self._auditor.event("storage.open", partition, name, size, int(created))
+        return handle, size
+
+    async def remove(self, partition: str, name: BytesLike | None = None) -> None:
+        """Remove one blob, or the whole partition when ``name`` is None (durable at once).
+
+        Open handles of removed blobs are closed: their later operations raise ``Closed``.
+        An injected fault raises ``WriteFailed`` (removal is a mutation of storage; the
+        ``*Missing`` errors are kept for things that really are missing).
+        """
+        partition = check_partition(partition)
+        blob_name = None if name is None else check_blob_name(name)
+        self._check_alive("remove")
+        if self._fault(self._faults.remove_rate, "remove", partition, blob_name or b""):
+            what = f"partition {partition!r}" if blob_name is None else _where(partition, blob_name)
+            raise WriteFailed(f"injected fault: remove of {what} failed")
+        await asyncio.sleep(0)
+        self._check_alive("remove")
+        blobs = self._partitions.get(partition)
+        if blobs is None:
+            raise PartitionMissing(f"partition {partition!r} does not exist")
+        if blob_name is None:
+            for existing in sorted(blobs):
+                self._drop(blobs[existing])
+            del self._partitions[partition]
+            if self._auditor is not None:
+                self._auditor.event("storage.remove", partition)
+            return
+        state = blobs.get(blob_name)
+        if state is None:
+            raise BlobMissing(f"{_where(partition, blob_name)} does not exist")
+        self._drop(state)
+        del blobs[blob_name]
+        if self._auditor is not None:
+            self._auditor.event("storage.remove", partition, blob_name)
+
+    async def scan(self, partition: str) -> list[bytes]:
+        """The names of the partition's blobs, sorted.  An injected fault raises ``PartitionCorrupt``."""
+        partition = check_partition(partition)
+        self._check_alive("scan")
+        if self._fault(self._faults.scan_rate, "scan", partition, b""):
+            raise PartitionCorrupt(f"injected fault: scan of partition {partition!r} failed")
+        await asyncio.sleep(0)
+        self._check_alive("scan")
+        blobs = self._partitions.get(partition)
+        if blobs is None:
+            raise PartitionMissing(f"partition {partition!r} does not exist")
+        names = sorted(blobs)
+        if self._auditor is not None:
+            self._auditor.event("storage.scan", partition, *names)
+        return names
+
+    # -- durability -----------------------------------------------------------------
+
+    def audit(self) -> str:
+        """Hex SHA-256 of the durable contents (what survives a crash that loses unsynced data)."""
+        digest = hashlib.sha256()
+        for partition in sorted(self._partitions):
+            encoded = partition.encode()
+            digest.update(b"P" + len(encoded).to_bytes(8, "little") + encoded)
+            blobs = self._partitions[partition]
+            for name in sorted(blobs):
+                durable = blobs[name].durable
+                digest.update(b"B" + len(name).to_bytes(8, "little") + name + len(durable).to_bytes(8, "little"))
+                digest.update(durable)
+        return digest.hexdigest()
+
+    def durable_image(self) -> dict[str, dict[bytes, bytes]]:
+        """A copy of the durable contents: partition -> blob name -> bytes, sorted."""
+        return {
+            partition: {name: bytes(blobs[name].durable) for name in sorted(blobs)}
+            for partition, blobs in sorted(self._partitions.items())
+        }
+
+    def _survivor(self, state: _BlobState, mode: str) -> bytearray:
+        image = bytearray(state.durable)
+        log = state.log
+        if mode == "lose" or not log:
+            return image
+        rng = self._rng
+        if mode == "prefix":
+            kept = rng.randrange(len(log) + 1)
+            _replay(image, log[:kept])
+            torn = 0
+            if kept < len(log):
+                kind, offset, payload = log[kept]
+                if kind == _WRITE and len(payload) >= 2:
+                    torn = rng.randrange(len(payload))
+                    _apply_write(image, offset, payload[:torn])
+            if self._auditor is not None:
+                self._auditor.event("storage.crash.prefix", state.partition, state.name, len(log), kept, torn)
+        else:
+            mask = bytes(rng.getrandbits(1) for _ in log)
+            _replay(image, [entry for entry, keep in zip(log, mask) if keep])
+            if self._auditor is not None:
+                self._auditor.event("storage.crash.subset", state.partition, state.name, mask)
+        return image
+
+    def crash(
+        self,
+        *,
+        auditor: Auditor | None | _Keep = _KEEP,
+        counters: RuntimeCounters | _Keep = _KEEP,
+        rng: random.Random | _Keep = _KEEP,
+        faults: StorageFaults | _Keep = _KEEP,
+    ) -> "Storage":
+        """The storage a restarted process would see; this one and its handles become closed.
+
+        Synced bytes survive; unsynced ones per ``faults.crash_unsynced`` (seeded draws from
+        this storage's fault stream).  The new storage reuses this one's auditor, counters,
+        fault stream and fault controls unless given others.  Calling ``crash`` again on a
+        crashed storage is allowed and draws a new survivor image from the same frozen state.
+        """
+        mode = self._faults.crash_unsynced
+        if self._auditor is not None:
+            self._auditor.event("storage.crash", mode)
+        image: dict[str, dict[bytes, bytearray]] = {}
+        for partition in sorted(self._partitions):
+            blobs = self._partitions[partition]
+            image[partition] = {name: self._survivor(blobs[name], mode) for name in sorted(blobs)}
+        if not self._crashed:
+            self._crashed = True
+            for partition in sorted(self._partitions):
+                blobs = self._partitions[partition]
+                for name in sorted(blobs):
+                    for handle in list(blobs[name].handles.values()):
+                        handle._release("crashed")
+        return Storage(
+            auditor=self._auditor if isinstance(auditor, _Keep) else auditor,
+            counters=self._counters if isinstance(counters, _Keep) else counters,
+            rng=self._rng if isinstance(rng, _Keep) else rng,
+            faults=self._faults if isinstance(faults, _Keep) else faults,
+            image=image,
+        )
+
+
+class Blob:
+    """A handle on one blob.  Handles of the same blob share its contents."""
+
+    __slots__ = ("_storage", "_state", "_serial", "_closed")
+
+    def __init__(self, storage: Storage, state: _BlobState, serial: int) -> None:
+        self._storage = storage
+        self._state = state
+        self._serial = serial
+        # None while open, else why it closed: "closed", "removed" or "crashed".
+        self._closed: str | None = None
+
+    def __repr__(self) -> str:
+        state = self._state
+        status = f"size={len(state.current)}" if self._closed is None else self._closed
+        return f"<Blob {state.partition}/{state.name!r} {status}>"
+
+    @property
+    def partition(self) -> str:
+        return self._state.partition
+
+    @property
+    def name(self) -> bytes:
+        return self._state.name
+
+    @property
+    def closed(self) -> bool:
+        return self._closed is not None
+
+    @property
+    def size(self) -> int:
+        """Current logical size, including unsynced writes and resizes."""
+        return len(self._live("size").current)
+
+    def _live(self, op: str) -> _BlobState:
+        reason = self._closed
+        if reason is not None:
+            where = _where(self._state.partition, self._state.name)
+            if reason == "removed":
+                raise Closed(f"{op} on {where}: the blob was removed")
+            if reason == "crashed":
+                raise Closed(f"{op} on {where}: the storage crashed")
+            raise Closed(f"{op} on {where}: the handle is closed")
+        return self._state
+
+    def _release(self, reason: str) -> None:
+        if self._closed is not None:
+            return
+        self._closed = reason
+        state = self._state
+        del state.handles[self._serial]
+        storage = self._storage
+        storage._counters.storage["open_blobs"] -= 1
+        if reason == "closed" and storage._auditor is not None:
+            storage._auditor.event("storage.close", state.partition, state.name)
+
+    async def read_at(self, n_or_buffer: int | bytearray | memoryview, offset: int) -> bytes | bytearray | memoryview:
+        """Read exactly n bytes at ``offset`` (or fill the given writable buffer and return it)."""
+        buffer: bytearray | memoryview | None = None
+        if isinstance(n_or_buffer, (bytearray, memoryview)):
+            buffer = n_or_buffer
+            with memoryview(buffer) as view:
+                if view.readonly:
+                    raise TypeError("read_at buffer must be writable, got a read-only memoryview")
+                if not view.c_contiguous:
+                    raise TypeError("read_at buffer must be C-contiguous")
+                n = view.nbytes
+        elif isinstance(n_or_buffer, int) and not isinstance(n_or_buffer, bool):
+            n = check_count(n_or_buffer, "n")
+        else:
+            raise TypeError(
+                f"read_at takes a byte count (int) or a writable buffer (bytearray, memoryview), "
+                f"got {type(n_or_buffer).__name__}"
+            )
+        offset = check_offset(offset)
+        if offset + n > U64_MAX:
+            raise OffsetOverflow(f"read of {n} bytes at offset {offset} overflows u64 in {_where(self.partition, self.name)}")
+        self._live("read")
+        storage = self._storage
+        if storage._fault(storage._faults.read_rate, "read", self._state.partition, self._state.name):
+            raise ReadFailed(f"injected fault: read of {_where(self._state.partition, self._state.name)} failed")
+        await asyncio.sleep(0)
+        state = self._live("read")
+        end = offset + n
+        size = len(state.current)
+        if end > size:
+            raise BlobInsufficientLength(
+                f"read of {_where(state.partition, state.name)} at offset {offset} length {n} "
+                f"passes its end (size {size})"
+            )
+        auditor = storage._auditor
+        result: bytes | bytearray | memoryview
+        with memoryview(state.current) as source, source[offset:end] as part:
+            if buffer is None:
+                result = part.tobytes()
+                if auditor is not None:
+                    auditor.event("storage.read", state.partition, state.name, offset, result)
+            else:
+                with memoryview(buffer) as target, target.cast("B") as flat:
+                    flat[:] = part
+                    if auditor is not None:
+                        auditor.event("storage.read", state.partition, state.name, offset, flat)
+                result = buffer
+        counters = storage._counters.storage
+        counters["reads"] += 1
+        counters["bytes_read"] += n
+        return result
+
+    async def write_at(self, data: BytesLike, offset: int) -> None:
+        """Write all of ``data`` at ``offset`` (not durable until :meth:`sync`); gaps read as zeros."""
+        payload = bytes(check_data(data))  # snapshot now: the caller may reuse its buffer
+        offset = check_offset(offset)
+        if offset + len(payload) > U64_MAX:
+            raise OffsetOverflow(
+                f"write of {len(payload)} bytes at offset {offset} overflows u64 in {_where(self.partition, self.name)}"
+            )
+        state = self._live("write")
+        storage = self._storage
+        faults = storage._faults
+        if storage._fault(faults.write_rate, "write", state.partition, state.name):
+            detail = ""
+            if faults.partial_write_rate > 0.0 and len(payload) >= 2:
+                partial = storage._rng.random() < faults.partial_write_rate
+                applied = storage._rng.randrange(1, len(payload)) if partial else 0
+                if storage._auditor is not None:
+                    storage._auditor.event("storage.partial_write", state.partition, state.name, offset, applied)
+                if applied:
+                    prefix = payload[:applied]
+                    _apply_write(state.current, offset, prefix)
+                    state.record((_WRITE, offset, prefix))
+                    detail = f" after applying {applied} of {len(payload)} bytes"
+            raise WriteFailed(
+                f"injected fault: write of {len(payload)} bytes at offset {offset} to "
+                f"{_where(state.partition, state.name)} failed{detail}"
+            )
+        await asyncio.sleep(0)
+        state = self._live("write")
+        _apply_write(state.current, offset, payload)
+        state.record((_WRITE, offset, payload))
+        counters = storage._counters.storage
+        counters["writes"] += 1
+        counters["bytes_written"] += len(payload)
+        if storage._auditor is not None:
+            storage._auditor.event("storage.write", state.partition, state.name, offset, payload)
+
+    async def resize(self, length: int) -> None:
+        """Truncate or zero-extend to ``length`` bytes (not durable until :meth:`sync`)."""
+        length = check_offset(length, "length")
+        if length > U64_MAX:
+            raise OffsetOverflow(f"resize to {length} bytes overflows u64 in {_where(self.partition, self.name)}")
+        state = self._live("resize")
+        storage = self._storage
+        if storage._fault(storage._faults.resize_rate, "resize", state.partition, state.name):
+            raise BlobResizeFailed(f"injected fault: resize of {_where(state.partition, state.name)} to {length} failed")
+        await asyncio.sleep(0)
+        state = self._live("resize")
+        _apply_resize(state.current, length)
+        state.record((_RESIZE, length, b""))
+        if storage._auditor is not None:
+            storage._auditor.event("storage.resize", state.partition, state.name, length)
+
+    async def sync(self) -> None:
+        """Make every earlier write and resize of this blob (through any handle) durable."""
+        state = self._live("sync")
+        storage = self._storage
+        if storage._fault(storage._faults.sync_rate, "sync", state.partition, state.name):
+            raise BlobSyncFailed(f"injected fault: sync of {_where(state.partition, state.name)} failed")
+        await asyncio.sleep(0)
+        state = self._live("sync")
+        state.make_durable()
+        storage._counters.storage["syncs"] += 1
+        if storage._auditor is not None:
+            storage._auditor.event("storage.sync", state.partition, state.name)
+
+    async def close(self) -> None:
+        """Sync, then close the handle; later operations raise ``Closed``.
+
+        Idempotent: closing a handle that is already closed (or whose blob was removed,
+        or whose storage crashed) does nothing.  If the sync fails the handle is closed
+        anyway (as Python files do) and the sync error propagates.
+        """
+        if self._closed is not None:
+            return
+        try:
+            await self.sync()
+        except Closed:
+            # Closed meanwhile (concurrent close, removal or crash): nothing left to do.
+            return
+        finally:
+            self._release("closed")

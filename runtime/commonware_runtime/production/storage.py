@@ -1,0 +1,735 @@
+"""Production storage: one real file per blob (SPEC section 2, Storage).
+
+Layout
+------
+A blob lives at ``directory/partition/<hex(name)>``.  The file name is the lowercase hex
+of the blob name, so no name (``b"../"``, ``b"/etc/passwd"``, ``b"\\x00"``...) can form a
+path separator, a dot-dot component or a NUL byte: nothing escapes the partition.  The
+partition itself is validated by :func:`arguments.check_partition` (``[A-Za-z0-9_-]+``).
+Partition directories and blob files are opened with ``O_NOFOLLOW``, so a symlink planted
+inside the storage directory cannot redirect a blob elsewhere.
+
+Long names.  Most filesystems limit one path component to 255 bytes, i.e. a 127-byte
+name.  A name whose hex is longer than 255 characters is split: every full 252-character
+chunk of the hex becomes a directory named ``<chunk>.d``, and the remainder (at most 255
+characters) is the file, e.g. ``partition/<252 hex>.d/<252 hex>.d/<rest>``.  Directory
+components never look like blob files (they end in ``.d``) and the split is canonical, so
+``scan`` returns the original name and a long name never collides with a short one.
+Every path is walked component by component with ``dir_fd``, so names of any length work
+(no ``PATH_MAX`` limit).  Removing a long-named blob prunes the directories it leaves empty.
+
+Durability
+----------
+``sync`` is ``fdatasync`` (``F_FULLFSYNC`` on macOS, ``fsync`` elsewhere).  Creating a
+partition fsyncs the storage directory; creating a blob file fsyncs its directory; removing
+a blob or a partition fsyncs the directory that held it.  A failed ``sync`` poisons the
+blob: Linux may clear the error and drop the dirty pages, so a later ``sync`` could report
+success for lost writes; instead every later operation raises ``BlobSyncFailed`` until the
+blob is reopened.  ``close`` waits for the blob's in-flight thread-pool operations (even
+those whose awaiting task was cancelled), syncs, then closes the descriptor, so a
+descriptor number is never reused under a running ``pread``/``pwrite``.
+
+Hot paths (measured by ``benchmarks/bench_storage.py``)
+-------------------------------------------------------
+* Reads up to 1 MiB first try ``os.preadv(fd, [buf], offset, os.RWF_NOWAIT)`` inline on
+  the event loop.  On a page-cache hit this completes without blocking and costs a few
+  microseconds, where a thread-pool round trip costs tens of microseconds.  On a miss the
+  kernel answers ``EAGAIN`` immediately (having already started the read-ahead), or a short
+  count when only part of the range is cached; the rest is then read in the executor.
+* Writes up to 1 MiB try ``os.pwritev(..., os.RWF_NOWAIT)`` inline the same way.  Many
+  filesystems (ext4 among them) reject buffered ``RWF_NOWAIT`` writes with
+  ``EOPNOTSUPP``; the first such answer switches inline writes off for this ``Storage``,
+  after which every write goes to the executor.  A short inline write is completed in
+  the executor.  Writes never block the loop: either the kernel copies into the page cache
+  without waiting, or the write is handed off.
+* ``fdatasync``/``fsync``, ``ftruncate``, open/create, remove and scan always run in the
+  executor.
+* Inline operations never suspend the calling task, so a task reading a cached file in a
+  loop could starve the event loop.  Like tokio's cooperative budget, after 128 inline
+  operations or 8 MiB moved inline without passing through the executor, the next
+  operation yields to the loop once (``asyncio.sleep(0)``).
+* aiofiles is not used: every aiofiles call is one ``run_in_executor`` hop plus wrapper
+  overhead, it has no positional ``pread``/``pwrite`` (a positional read is ``seek`` then
+  ``read``), and composite operations (open = mkdir + open + fstat + directory fsync) are
+  cheaper as one executor hop.  The benchmark compares it.
+* Platforms without ``RWF_NOWAIT`` (anything but Linux) use the executor for every read
+  and write.
+
+Concurrency follows commonware: two handles opened on the same blob are independent file
+descriptors with independently tracked sizes; writing through both is undefined.
+Operations on one handle may run concurrently; overlapping concurrent writes land in an
+unspecified order.
+
+Error mapping (always ``from`` the ``OSError``; messages name partition and blob)
+------------------------------------------------------------------------------------
+open: ``PartitionCreationFailed`` (storage or partition directory), ``BlobOpenFailed``
+(the file, or a directory of a long name); read: ``ReadFailed``; write: ``WriteFailed``;
+resize: ``BlobResizeFailed``; sync/close: ``BlobSyncFailed``; remove: ``PartitionMissing`` /
+``BlobMissing`` when absent, ``WriteFailed`` (blob) or ``PartitionCorrupt`` (partition)
+when the filesystem refuses; scan: ``PartitionMissing``, or ``PartitionCorrupt`` when the
+partition holds anything that is not a blob of this layout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import errno
+import os
+import re
+import shutil
+import stat
+import sys
+import warnings
+from typing import Any, Callable, TypeVar
+
+from ..arguments import U64_MAX, check_blob_name, check_count, check_offset, check_partition
+from ..errors import (
+    BlobInsufficientLength,
+    BlobMissing,
+    BlobOpenFailed,
+    BlobResizeFailed,
+    BlobSyncFailed,
+    Closed,
+    OffsetOverflow,
+    PartitionCorrupt,
+    PartitionCreationFailed,
+    PartitionMissing,
+    ReadFailed,
+    WriteFailed,
+)
+from ..metrics import RuntimeCounters
+
+__all__ = ["Storage", "Blob", "INLINE_MAX", "NAME_MAX", "CHUNK"]
+
+T = TypeVar("T")
+
+#: Longest single path component written (the common filesystem limit).
+NAME_MAX = 255
+#: Hex characters per directory component of a long name (plus the ``.d`` suffix).
+CHUNK = 252
+_DIR_SUFFIX = ".d"
+#: Largest read or write attempted inline with RWF_NOWAIT (a 1 MiB cached copy takes
+#: ~20 us, still well under one executor round trip).
+INLINE_MAX = 1 << 20
+#: Cooperative budget: inline operations / bytes before a forced yield to the loop.
+_BUDGET_OPS = 128
+_BUDGET_BYTES = 8 << 20
+
+_RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None) if hasattr(os, "preadv") else None
+_HEX_FILE = re.compile(r"(?:[0-9a-f]{2})+\Z")
+_HEX_DIR = re.compile(r"[0-9a-f]{%d}\.d\Z" % CHUNK)
+_NOT_SUPPORTED = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS}
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_FILE_FLAGS = os.O_RDWR | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+def _datasync(fd: int) -> None:
+    if hasattr(os, "fdatasync"):
+        os.fdatasync(fd)
+    elif sys.platform == "darwin":
+        import fcntl
+
+        # macOS fsync does not flush the drive's cache; F_FULLFSYNC does.
+        fcntl.fcntl(fd, fcntl.F_FULLFSYNC)  # type: ignore[attr-defined]
+    else:
+        os.fsync(fd)
+
+
+def _fsync_dir(fd: int) -> None:
+    os.fsync(fd)
+
+
+def name_components(name: bytes) -> tuple[list[str], str]:
+    """Directories and file name of a blob name (see the module docstring)."""
+    rest = name.hex()
+    dirs: list[str] = []
+    while len(rest) > NAME_MAX:
+        dirs.append(rest[:CHUNK] + _DIR_SUFFIX)
+        rest = rest[CHUNK:]
+    return dirs, rest
+
+
+def describe(partition: str, name: bytes) -> str:
+    """``partition/hexname`` for messages, shortened for very long names."""
+    text = name.hex()
+    if len(text) > 64:
+        text = f"{text[:64]}...({len(name)} bytes)"
+    return f"{partition}/{text}"
+
+
+# ----------------------------------------------------------------------------------------
+# Blocking helpers: run in the executor.  They raise the SPEC errors themselves so that the
+# mapping lives next to the system call that failed.
+# ----------------------------------------------------------------------------------------
+
+
+def _open_partition(root: str, partition: str, create: bool) -> int:
+    """Open (optionally create) the partition directory; returns its fd."""
+    path = os.path.join(root, partition)
+    try:
+        return os.open(path, _DIR_FLAGS | _NOFOLLOW)
+    except FileNotFoundError:
+        if not create:
+            raise
+    except OSError as exc:
+        if not create:
+            raise
+        raise PartitionCreationFailed(f"cannot open partition {partition!r} at {path!r}: {exc}") from exc
+    try:
+        if not os.path.isdir(root):
+            os.makedirs(root, exist_ok=True)
+            parent = os.open(os.path.dirname(os.path.abspath(root)), _DIR_FLAGS)
+            try:
+                _fsync_dir(parent)
+            finally:
+                os.close(parent)
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            pass  # created concurrently: the other creator fsyncs, and so do we below
+        root_fd = os.open(root, _DIR_FLAGS)
+        try:
+            _fsync_dir(root_fd)
+        finally:
+            os.close(root_fd)
+        return os.open(path, _DIR_FLAGS | _NOFOLLOW)
+    except OSError as exc:
+        raise PartitionCreationFailed(f"cannot create partition {partition!r} at {path!r}: {exc}") from exc
+
+
+def _walk(part_fd: int, dirs: list[str], create: bool) -> list[int]:
+    """Open the chain of long-name directories below ``part_fd``; returns their fds
+    (outermost first).  On error, closes what it opened and re-raises."""
+    fds: list[int] = []
+    try:
+        parent = part_fd
+        for component in dirs:
+            try:
+                fd = os.open(component, _DIR_FLAGS | _NOFOLLOW, dir_fd=parent)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                try:
+                    os.mkdir(component, dir_fd=parent)
+                except FileExistsError:
+                    pass
+                _fsync_dir(parent)
+                fd = os.open(component, _DIR_FLAGS | _NOFOLLOW, dir_fd=parent)
+            fds.append(fd)
+            parent = fd
+        return fds
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+
+
+def _open_blob(root: str, partition: str, name: bytes) -> tuple[int, int]:
+    part_fd = _open_partition(root, partition, create=True)
+    what = describe(partition, name)
+    try:
+        dirs, file_name = name_components(name)
+        try:
+            dir_fds = _walk(part_fd, dirs, create=True)
+        except OSError as exc:
+            raise BlobOpenFailed(f"cannot create the directories of blob {what}: {exc}") from exc
+        try:
+            dir_fd = dir_fds[-1] if dir_fds else part_fd
+            try:
+                try:
+                    fd = os.open(file_name, _FILE_FLAGS, dir_fd=dir_fd)
+                except FileNotFoundError:
+                    try:
+                        fd = os.open(file_name, _FILE_FLAGS | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=dir_fd)
+                    except FileExistsError:
+                        fd = os.open(file_name, _FILE_FLAGS, dir_fd=dir_fd)
+                    else:
+                        try:
+                            _fsync_dir(dir_fd)
+                        except BaseException:
+                            os.close(fd)
+                            raise
+            except OSError as exc:
+                raise BlobOpenFailed(f"cannot open blob {what}: {exc}") from exc
+            try:
+                info = os.fstat(fd)
+                if not stat.S_ISREG(info.st_mode):
+                    raise BlobOpenFailed(f"cannot open blob {what}: not a regular file")
+            except OSError as exc:
+                os.close(fd)
+                raise BlobOpenFailed(f"cannot stat blob {what}: {exc}") from exc
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd, info.st_size
+        finally:
+            for d in dir_fds:
+                os.close(d)
+    finally:
+        os.close(part_fd)
+
+
+def _remove_partition(root: str, partition: str) -> None:
+    path = os.path.join(root, partition)
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError as exc:
+        raise PartitionMissing(f"partition {partition!r} does not exist") from exc
+    except OSError as exc:
+        raise PartitionCorrupt(f"cannot inspect partition {partition!r}: {exc}") from exc
+    if not stat.S_ISDIR(info.st_mode):
+        raise PartitionCorrupt(f"partition {partition!r} at {path!r} is not a directory")
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError as exc:
+        raise PartitionMissing(f"partition {partition!r} does not exist") from exc
+    except OSError as exc:
+        raise PartitionCorrupt(f"cannot remove partition {partition!r}: {exc}") from exc
+    try:
+        root_fd = os.open(root, _DIR_FLAGS)
+        try:
+            _fsync_dir(root_fd)
+        finally:
+            os.close(root_fd)
+    except OSError as exc:
+        raise PartitionCorrupt(f"removed partition {partition!r} but could not sync {root!r}: {exc}") from exc
+
+
+def _remove_blob(root: str, partition: str, name: bytes) -> None:
+    what = describe(partition, name)
+    try:
+        part_fd = _open_partition(root, partition, create=False)
+    except FileNotFoundError as exc:
+        raise PartitionMissing(f"partition {partition!r} does not exist (removing blob {what})") from exc
+    except OSError as exc:
+        raise PartitionCorrupt(f"cannot open partition {partition!r} (removing blob {what}): {exc}") from exc
+    try:
+        dirs, file_name = name_components(name)
+        try:
+            dir_fds = _walk(part_fd, dirs, create=False)
+        except FileNotFoundError as exc:
+            raise BlobMissing(f"blob {what} does not exist") from exc
+        except OSError as exc:
+            raise WriteFailed(f"cannot remove blob {what}: {exc}") from exc
+        try:
+            parents = [part_fd, *dir_fds]
+            try:
+                os.unlink(file_name, dir_fd=parents[-1])
+            except FileNotFoundError as exc:
+                raise BlobMissing(f"blob {what} does not exist") from exc
+            except OSError as exc:
+                raise WriteFailed(f"cannot remove blob {what}: {exc}") from exc
+            try:
+                _fsync_dir(parents[-1])
+                # Prune long-name directories left empty, innermost first.
+                for depth in range(len(dirs) - 1, -1, -1):
+                    try:
+                        os.rmdir(dirs[depth], dir_fd=parents[depth])
+                    except OSError as exc:
+                        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                            break  # another blob shares this prefix: keep it
+                        raise
+                    _fsync_dir(parents[depth])
+            except OSError as exc:
+                raise BlobSyncFailed(f"removed blob {what} but could not sync its directory: {exc}") from exc
+        finally:
+            for d in dir_fds:
+                os.close(d)
+    finally:
+        os.close(part_fd)
+
+
+def _scan(root: str, partition: str) -> list[bytes]:
+    try:
+        part_fd = _open_partition(root, partition, create=False)
+    except FileNotFoundError as exc:
+        raise PartitionMissing(f"partition {partition!r} does not exist") from exc
+    except OSError as exc:
+        raise PartitionCorrupt(f"cannot open partition {partition!r}: {exc}") from exc
+    names: list[bytes] = []
+    try:
+        _scan_dir(partition, part_fd, "", names)
+    except OSError as exc:
+        raise PartitionCorrupt(f"cannot list partition {partition!r}: {exc}") from exc
+    finally:
+        os.close(part_fd)
+    names.sort()
+    return names
+
+
+def _scan_dir(partition: str, dir_fd: int, prefix: str, out: list[bytes]) -> None:
+    # scandir(fd) duplicates the descriptor itself, so ours stays open and valid.
+    with os.scandir(dir_fd) as entries:
+        listed = [(entry.name, entry.is_dir(follow_symlinks=False), entry.is_file(follow_symlinks=False)) for entry in entries]
+    for entry_name, is_dir, is_file in listed:
+        if is_dir and _HEX_DIR.match(entry_name):
+            child = os.open(entry_name, _DIR_FLAGS | _NOFOLLOW, dir_fd=dir_fd)
+            try:
+                _scan_dir(partition, child, prefix + entry_name[:CHUNK], out)
+            finally:
+                os.close(child)
+            continue
+        if is_file and _HEX_FILE.match(entry_name):
+            name = bytes.fromhex(prefix + entry_name)
+            dirs, file_name = name_components(name)
+            if "".join(d[:CHUNK] for d in dirs) == prefix and file_name == entry_name:
+                out.append(name)
+                continue
+        kind = "directory" if is_dir else "file" if is_file else "special file"
+        where = f"{prefix[:32]}.../" if prefix else ""
+        raise PartitionCorrupt(f"partition {partition!r} holds {kind} {where}{entry_name!r} that is not a blob of this layout")
+
+
+def _read_into(fd: int, view: memoryview, offset: int) -> int:
+    """Fill ``view`` from ``offset``; returns the bytes read (short only at end of file)."""
+    done = 0
+    total = len(view)
+    while done < total:
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n == 0:
+            break
+        done += n
+    return done
+
+
+def _pread_exact(fd: int, n: int, offset: int) -> bytes:
+    data = os.pread(fd, n, offset)
+    if len(data) == n or not data:
+        return data
+    # Short read (signal or concurrent truncation): complete it into one buffer.
+    buf = bytearray(n)
+    buf[: len(data)] = data
+    got = len(data) + _read_into(fd, memoryview(buf)[len(data) :], offset + len(data))
+    return bytes(buf[:got])
+
+
+def _write_all(fd: int, view: memoryview, offset: int) -> None:
+    done = 0
+    total = len(view)
+    while done < total:
+        done += os.pwrite(fd, view[done:], offset + done)
+
+
+def _write_failed_size(fd: int) -> int | None:
+    try:
+        return os.fstat(fd).st_size
+    except OSError:
+        return None
+
+
+# ----------------------------------------------------------------------------------------
+
+
+class Storage:
+    """Blobs as files under ``directory`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        counters: RuntimeCounters,
+        executor: concurrent.futures.Executor,
+    ) -> None:
+        if not isinstance(directory, (str, os.PathLike)):
+            raise TypeError(f"storage directory must be a str or os.PathLike, got {type(directory).__name__} {directory!r}")
+        directory = os.fspath(directory)
+        if not isinstance(directory, str):
+            raise TypeError(f"storage directory must be a text path, got {directory!r}")
+        if not directory or "\x00" in directory:
+            raise ValueError(f"storage directory {directory!r} is not a valid path")
+        if not isinstance(counters, RuntimeCounters):
+            raise TypeError(f"counters must be RuntimeCounters, got {type(counters).__name__}")
+        if not isinstance(executor, concurrent.futures.Executor):
+            raise TypeError(f"executor must be a concurrent.futures.Executor, got {type(executor).__name__}")
+        self.directory = os.path.abspath(directory)
+        self.counters = counters
+        self.executor = executor
+        #: Inline RWF_NOWAIT reads/writes; switched off at the first EOPNOTSUPP.
+        self.nowait_reads = _RWF_NOWAIT is not None
+        self.nowait_writes = _RWF_NOWAIT is not None
+        self._budget_ops = 0
+        self._budget_bytes = 0
+
+    def __repr__(self) -> str:
+        return f"Storage({self.directory!r})"
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        self._budget_ops = self._budget_bytes = 0
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def open(self, partition: str, name: bytes) -> tuple["Blob", int]:
+        """Open or create a blob; returns it and its current size."""
+        partition = check_partition(partition)
+        name = check_blob_name(name)
+        fd, size = await self._run(_open_blob, self.directory, partition, name)
+        self.counters.storage["open_blobs"] += 1
+        return Blob(self, partition, name, fd, size), size
+
+    async def remove(self, partition: str, name: bytes | None = None) -> None:
+        """Remove a blob, or the whole partition when ``name`` is None."""
+        partition = check_partition(partition)
+        if name is None:
+            await self._run(_remove_partition, self.directory, partition)
+        else:
+            await self._run(_remove_blob, self.directory, partition, check_blob_name(name))
+
+    async def scan(self, partition: str) -> list[bytes]:
+        """Names of the partition's blobs, sorted."""
+        partition = check_partition(partition)
+        return await self._run(_scan, self.directory, partition)
+
+    def _spend(self, nbytes: int) -> bool:
+        """Charge one inline operation; True when the task should yield to the loop."""
+        self._budget_ops += 1
+        self._budget_bytes += nbytes
+        if self._budget_ops >= _BUDGET_OPS or self._budget_bytes >= _BUDGET_BYTES:
+            self._budget_ops = self._budget_bytes = 0
+            return True
+        return False
+
+
+class Blob:
+    """An open blob: a file descriptor plus its tracked size."""
+
+    __slots__ = ("_storage", "partition", "name", "_fd", "_size", "_pending", "_poisoned", "_closing")
+
+    def __init__(self, storage: Storage, partition: str, name: bytes, fd: int, size: int) -> None:
+        self._storage = storage
+        self.partition = partition
+        self.name = name
+        self._fd = fd
+        self._size = size
+        # Executor futures still running on our fd, tracked on the future itself so a
+        # cancelled awaiter does not hide a pread that is still in flight.
+        self._pending: set[concurrent.futures.Future[Any]] = set()
+        self._poisoned: BaseException | None = None
+        self._closing = False
+
+    def __repr__(self) -> str:
+        state = "closed" if self._fd < 0 else f"size={self._size}"
+        return f"<Blob {describe(self.partition, self.name)} {state}>"
+
+    @property
+    def size(self) -> int:
+        """Bytes in the blob as seen through this handle (writes and resizes included)."""
+        return self._size
+
+    def _check_open(self) -> int:
+        if self._closing or self._fd < 0:
+            raise Closed(f"blob {describe(self.partition, self.name)} is closed")
+        if self._poisoned is not None:
+            raise BlobSyncFailed(
+                f"blob {describe(self.partition, self.name)}: an earlier sync failed, so writes may have been lost; reopen it"
+            ) from self._poisoned
+        return self._fd
+
+    async def _offload(self, fn: Callable[..., T], *args: Any) -> T:
+        storage = self._storage
+        storage._budget_ops = storage._budget_bytes = 0
+        future = storage.executor.submit(fn, *args)
+        self._pending.add(future)
+        future.add_done_callback(self._pending.discard)
+        return await asyncio.wrap_future(future)
+
+    async def read_at(self, n_or_buffer: int | bytearray | memoryview, offset: int) -> Any:
+        """Read exactly ``n`` bytes at ``offset`` (returns ``bytes``), or fill the given
+        writable buffer and return it.  Past the end raises ``BlobInsufficientLength``."""
+        target: bytearray | memoryview | None
+        if isinstance(n_or_buffer, int) and not isinstance(n_or_buffer, bool):
+            n = check_count(n_or_buffer, "read length")
+            target = None
+        elif isinstance(n_or_buffer, (bytearray, memoryview)):
+            target = n_or_buffer
+            if isinstance(target, memoryview):
+                if target.readonly:
+                    raise TypeError("read_at buffer must be writable, got a read-only memoryview")
+                if not target.contiguous:
+                    raise TypeError("read_at buffer must be a contiguous memoryview")
+            n = target.nbytes if isinstance(target, memoryview) else len(target)
+        else:
+            raise TypeError(f"read_at takes a length (int) or a writable buffer, got {type(n_or_buffer).__name__}")
+        offset = check_offset(offset)
+        if offset + n > U64_MAX:
+            raise OffsetOverflow(f"blob {describe(self.partition, self.name)}: offset {offset} + length {n} overflows u64")
+        fd = self._check_open()
+        if offset + n > self._size:
+            raise BlobInsufficientLength(
+                f"blob {describe(self.partition, self.name)}: read of {n} bytes at offset {offset} "
+                f"passes the end (size {self._size})"
+            )
+        if n == 0:
+            return b"" if target is None else target
+        storage = self._storage
+        buf = bytearray(n) if target is None else target
+        view = memoryview(buf).cast("B") if isinstance(buf, memoryview) else memoryview(buf)
+        got = 0
+        if storage.nowait_reads and n <= INLINE_MAX:
+            try:
+                got = os.preadv(fd, [view], offset, _RWF_NOWAIT)  # type: ignore[arg-type]
+            except BlockingIOError:
+                got = 0
+            except OSError as exc:
+                if exc.errno not in _NOT_SUPPORTED:
+                    raise ReadFailed(f"blob {describe(self.partition, self.name)}: read of {n} bytes at {offset} failed: {exc}") from exc
+                storage.nowait_reads = False
+            if got == n:
+                counters = storage.counters.storage
+                counters["reads"] += 1
+                counters["bytes_read"] += n
+                if storage._spend(n):
+                    await asyncio.sleep(0)
+                return bytes(buf) if target is None else target
+        try:
+            if got == 0 and target is None:
+                data = await self._offload(_pread_exact, fd, n, offset)
+                got = len(data)
+            else:
+                data = None
+                got += await self._offload(_read_into, fd, view[got:], offset + got)
+        except OSError as exc:
+            raise ReadFailed(f"blob {describe(self.partition, self.name)}: read of {n} bytes at {offset} failed: {exc}") from exc
+        if got < n:
+            raise BlobInsufficientLength(
+                f"blob {describe(self.partition, self.name)}: read of {n} bytes at offset {offset} "
+                f"found only {got} (the file is shorter than its tracked size {self._size})"
+            )
+        counters = storage.counters.storage
+        counters["reads"] += 1
+        counters["bytes_read"] += n
+        if target is not None:
+            return target
+        return data if data is not None else bytes(buf)
+
+    async def write_at(self, data: bytes | bytearray | memoryview, offset: int) -> None:
+        """Write all of ``data`` at ``offset``; a gap past the end reads back as zeros."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"write_at data must be bytes-like, got {type(data).__name__}")
+        view = memoryview(data)
+        if not view.contiguous:
+            raise TypeError("write_at data must be contiguous")
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
+        offset = check_offset(offset)
+        n = len(view)
+        end = offset + n
+        if end > U64_MAX:
+            raise OffsetOverflow(f"blob {describe(self.partition, self.name)}: offset {offset} + length {n} overflows u64")
+        fd = self._check_open()
+        if n == 0:
+            return
+        storage = self._storage
+        done = 0
+        if storage.nowait_writes and n <= INLINE_MAX:
+            try:
+                done = os.pwritev(fd, [view], offset, _RWF_NOWAIT)  # type: ignore[arg-type]
+            except BlockingIOError:
+                done = 0
+            except OSError as exc:
+                if exc.errno not in _NOT_SUPPORTED:
+                    self._after_failed_write(fd)
+                    raise WriteFailed(f"blob {describe(self.partition, self.name)}: write of {n} bytes at {offset} failed: {exc}") from exc
+                storage.nowait_writes = False
+            if done == n:
+                self._wrote(n, end)
+                if storage._spend(n):
+                    await asyncio.sleep(0)
+                return
+        try:
+            await self._offload(_write_all, fd, view[done:], offset + done)
+        except OSError as exc:
+            self._after_failed_write(fd)
+            raise WriteFailed(f"blob {describe(self.partition, self.name)}: write of {n} bytes at {offset} failed: {exc}") from exc
+        self._wrote(n, end)
+
+    def _wrote(self, n: int, end: int) -> None:
+        counters = self._storage.counters.storage
+        counters["writes"] += 1
+        counters["bytes_written"] += n
+        if end > self._size:
+            self._size = end
+
+    def _after_failed_write(self, fd: int) -> None:
+        # A failed write may have extended the file partway: re-read the true size.
+        size = _write_failed_size(fd)
+        if size is not None and self._fd == fd:
+            self._size = size
+
+    async def resize(self, length: int) -> None:
+        """Truncate or extend (with zeros) to ``length`` bytes; durable after ``sync``."""
+        length = check_count(length, "length")
+        if length > U64_MAX:
+            raise OffsetOverflow(f"blob {describe(self.partition, self.name)}: length {length} overflows u64")
+        fd = self._check_open()
+        try:
+            await self._offload(os.ftruncate, fd, length)
+        except OSError as exc:
+            self._after_failed_write(fd)
+            raise BlobResizeFailed(f"blob {describe(self.partition, self.name)}: resize to {length} failed: {exc}") from exc
+        self._size = length
+
+    async def sync(self) -> None:
+        """Make every earlier write and resize durable (``fdatasync``)."""
+        fd = self._check_open()
+        try:
+            await self._offload(_datasync, fd)
+        except OSError as exc:
+            self._poisoned = exc
+            raise BlobSyncFailed(f"blob {describe(self.partition, self.name)}: sync failed: {exc}") from exc
+        self._storage.counters.storage["syncs"] += 1
+
+    async def close(self) -> None:
+        """Wait for in-flight operations, sync, close.  Idempotent; later operations raise ``Closed``."""
+        if self._closing or self._fd < 0:
+            return
+        self._closing = True
+        fd = self._fd
+        storage = self._storage
+        failure: BaseException | None = self._poisoned
+        try:
+            pending = list(self._pending)
+            if pending:
+                await asyncio.wait([asyncio.wrap_future(f) for f in pending])
+            if failure is None:
+                try:
+                    await self._offload(_datasync, fd)
+                    storage.counters.storage["syncs"] += 1
+                except OSError as exc:
+                    failure = exc
+        finally:
+            if self._pending:
+                # Cancelled while waiting: a thread may still use fd; close it once it is idle.
+                self._close_when_idle(fd)
+            else:
+                self._fd = -1
+                os.close(fd)
+            storage.counters.storage["open_blobs"] -= 1
+        if failure is not None:
+            raise BlobSyncFailed(
+                f"blob {describe(self.partition, self.name)}: closed, but a sync failed so writes may be lost: {failure}"
+            ) from failure
+
+    def _close_when_idle(self, fd: int) -> None:
+        remaining = list(self._pending)
+        left = [len(remaining)]
+
+        def finished(_: concurrent.futures.Future[Any]) -> None:
+            left[0] -= 1
+            if left[0] == 0:
+                os.close(fd)
+
+        self._fd = -1
+        for future in remaining:
+            future.add_done_callback(finished)
+
+    def __del__(self) -> None:
+        # An unclosed blob: release the descriptor (without syncing) like an unclosed file.
+        fd = getattr(self, "_fd", -1)
+        if fd >= 0 and not getattr(self, "_closing", True) and not self._pending:
+            self._fd = -1
+            try:
+                os.close(fd)
+            finally:
+                self._storage.counters.storage["open_blobs"] -= 1
+            warnings.warn(f"blob {describe(self.partition, self.name)} was never closed", ResourceWarning, stacklevel=2)

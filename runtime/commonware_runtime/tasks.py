@@ -1,0 +1,146 @@
+"""Task handles and the driver coroutine that every spawned task runs inside.
+
+The driver records the outcome *in the handle itself* and wakes the handle's waiters
+directly, so joining a task costs one scheduler hop (like awaiting an asyncio Task)
+while cancelling a joiner never cancels the task it joins ("dropping a handle cancels
+nothing").  Exceptions are captured rather than left in the asyncio Task, so asyncio
+never logs "exception was never retrieved" for a failure the runtime already reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, Awaitable, Generator, Generic, TypeVar
+
+from .errors import Closed, Exited
+
+if TYPE_CHECKING:
+    from .core import RuntimeCore
+    from .signal import Signal
+
+T = TypeVar("T")
+
+_PENDING, _OK, _ERR, _ABORTED = 0, 1, 2, 3
+
+
+class TaskRecord:
+    """What the runtime knows of one spawned task: its name, children and held stop signals."""
+
+    __slots__ = ("name", "children", "signals", "handle")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.children: list[Handle[Any]] | None = None
+        self.signals: list[Signal] | None = None
+        self.handle: Handle[Any] | None = None
+
+    def adopt(self, child: "Handle[Any]") -> None:
+        children = self.children
+        if children is None:
+            self.children = [child]
+            return
+        # Long-lived parents spawn many short children: drop finished ones now and then
+        # so the list stays proportional to the live children.
+        if len(children) >= 64 and len(children) & (len(children) - 1) == 0:
+            children[:] = [c for c in children if not c.done()]
+        children.append(child)
+
+    def abort_children(self) -> None:
+        children, self.children = self.children, None
+        if children:
+            for child in children:
+                child.abort()
+
+
+class Handle(Generic[T]):
+    """Awaitable handle to a spawned task.
+
+    ``await handle`` returns the task's value, raises ``Closed`` if the task was aborted
+    and ``Exited`` (``__cause__`` = the original exception) if it raised.
+    """
+
+    __slots__ = ("_task", "_record", "_state", "_value", "_waiters")
+
+    def __init__(self, record: TaskRecord) -> None:
+        self._task: asyncio.Task[Any] | None = None
+        self._record = record
+        self._state = _PENDING
+        self._value: Any = None
+        self._waiters: list[asyncio.Future[None]] | None = None
+        record.handle = self
+
+    @property
+    def name(self) -> str:
+        return self._record.name
+
+    def done(self) -> bool:
+        return self._state != _PENDING
+
+    def abort(self) -> None:
+        """Abort the task and, recursively, its children. Idempotent and synchronous."""
+        if self._state != _PENDING:
+            return
+        self._finish(_ABORTED, None)
+        task = self._task
+        if task is not None:
+            task.cancel()
+        self._record.abort_children()
+
+    def _finish(self, state: int, value: Any) -> None:
+        if self._state != _PENDING:
+            return
+        self._state = state
+        self._value = value
+        waiters, self._waiters = self._waiters, None
+        if waiters:
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+
+    def _outcome(self) -> T:
+        state = self._state
+        if state == _OK:
+            return self._value  # type: ignore[no-any-return]
+        if state == _ABORTED:
+            raise Closed(f"task {self._record.name or '<unlabeled>'!r} was aborted")
+        exc = self._value
+        raise Exited(f"task {self._record.name or '<unlabeled>'!r} raised {type(exc).__name__}: {exc}") from exc
+
+    def __await__(self) -> Generator[Any, None, T]:
+        if self._state == _PENDING:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            if self._waiters is None:
+                self._waiters = [fut]
+            else:
+                self._waiters.append(fut)
+            yield from fut
+        return self._outcome()
+
+    def __repr__(self) -> str:
+        state = ("pending", "ok", "raised", "aborted")[self._state]
+        return f"<Handle {self._record.name!r} {state}>"
+
+
+async def drive(core: "RuntimeCore", handle: Handle[Any], awaitable: Awaitable[Any]) -> None:
+    """Run one spawned task to its end and record the outcome in its handle."""
+    record = handle._record
+    counters = core.counters
+    counters.task_started(record.name)
+    try:
+        value = await awaitable
+    except asyncio.CancelledError:
+        handle._finish(_ABORTED, None)
+        raise
+    except BaseException as exc:  # noqa: BLE001 - every failure is reported, none is swallowed
+        handle._finish(_ERR, exc)
+        core.task_failed(handle, exc)
+        if not isinstance(exc, Exception):
+            raise
+    else:
+        handle._finish(_OK, value)
+    finally:
+        counters.task_finished(record.name)
+        if record.children is not None:
+            record.abort_children()
+        if record.signals is not None:
+            core.release_signals(record)

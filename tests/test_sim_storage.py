@@ -1,0 +1,668 @@
+"""The deterministic runtime's simulated storage: semantics, crash model, faults, audit."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any, Awaitable, Callable, TypeVar
+
+import pytest
+
+from commonware_runtime.auditor import Auditor
+from commonware_runtime.errors import (
+    BlobInsufficientLength,
+    BlobMissing,
+    BlobOpenFailed,
+    BlobResizeFailed,
+    BlobSyncFailed,
+    Closed,
+    Error,
+    OffsetOverflow,
+    PartitionCorrupt,
+    PartitionMissing,
+    PartitionNameInvalid,
+    ReadFailed,
+    WriteFailed,
+)
+from commonware_runtime.metrics import RuntimeCounters
+from commonware_runtime.deterministic.storage import Blob, Storage, StorageFaults
+
+T = TypeVar("T")
+U64_MAX = (1 << 64) - 1
+
+
+def run(coro: Awaitable[T]) -> T:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def make(seed: int = 0, faults: StorageFaults | None = None, auditor: Auditor | None = None) -> Storage:
+    return Storage(auditor=auditor, counters=RuntimeCounters(), rng=random.Random(seed), faults=faults)
+
+
+def storage_test(fn: Callable[[Storage], Awaitable[Any]]) -> Callable[[], None]:
+    """Run ``fn(storage)`` on a fresh fault-free storage inside asyncio.run."""
+
+    def wrapper() -> None:
+        run(fn(make()))
+
+    wrapper.__name__ = fn.__name__
+    return wrapper
+
+
+# -- basic semantics ------------------------------------------------------------------
+
+
+@storage_test
+async def test_open_creates_and_reports_size(storage: Storage) -> None:
+    blob, size = await storage.open("part", b"a")
+    assert size == 0 and blob.size == 0
+    await blob.write_at(b"12345", 0)
+    again, size2 = await storage.open("part", b"a")
+    assert size2 == 5  # current size, unsynced writes included
+    assert await again.read_at(5, 0) == b"12345"  # handles share contents
+    assert blob.partition == "part" and blob.name == b"a"
+
+
+@storage_test
+async def test_write_read_roundtrip_and_overwrite(storage: Storage) -> None:
+    blob, _ = await storage.open("p", b"x")
+    await blob.write_at(b"hello world", 0)
+    await blob.write_at(bytearray(b"WORLD"), 6)
+    await blob.write_at(memoryview(b"__"), 10)  # overlaps the end: extends by one
+    assert blob.size == 12
+    assert await blob.read_at(12, 0) == b"hello WORLD__"[:12]
+    assert await blob.read_at(3, 6) == b"WOR"
+    assert await blob.read_at(0, 12) == b""
+    assert isinstance(await blob.read_at(2, 0), bytes)
+
+
+@storage_test
+async def test_write_snapshots_callers_buffer(storage: Storage) -> None:
+    blob, _ = await storage.open("p", b"x")
+    data = bytearray(b"abcd")
+    pending = asyncio.ensure_future(blob.write_at(data, 0))
+    data[:] = b"zzzz"  # mutated while the write is in flight
+    await pending
+    assert await blob.read_at(4, 0) == b"abcd"
+
+
+@storage_test
+async def test_read_into_buffer_returns_same_object(storage: Storage) -> None:
+    blob, _ = await storage.open("p", b"x")
+    await blob.write_at(b"0123456789", 0)
+    buf = bytearray(4)
+    assert await blob.read_at(buf, 3) is buf
+    assert buf == b"3456"
+    backing = bytearray(6)
+    view = memoryview(backing)[1:4]
+    assert await blob.read_at(view, 7) is view
+    assert backing == b"\x00789\x00\x00"
+    with pytest.raises(TypeError):
+        await blob.read_at(memoryview(b"read-only"), 0)
+    with pytest.raises(TypeError):
+        await blob.read_at(b"abc", 0)  # type: ignore[arg-type]
+    with pytest.raises(BlobInsufficientLength):
+        await blob.read_at(bytearray(11), 0)
+
+
+@storage_test
+async def test_gaps_are_zero_filled(storage: Storage) -> None:
+    blob, _ = await storage.open("p", b"x")
+    await blob.write_at(b"ab", 0)
+    await blob.write_at(b"cd", 6)
+    assert blob.size == 8
+    assert await blob.read_at(8, 0) == b"ab\x00\x00\x00\x00cd"
+    await blob.write_at(b"", 100)  # an empty write does not extend, like pwrite
+    assert blob.size == 8
+
+
+@storage_test
+async def test_read_past_end_names_everything(storage: Storage) -> None:
+    blob, _ = await storage.open("part", b"blobname")
+    await blob.write_at(b"abc", 0)
+    with pytest.raises(BlobInsufficientLength) as info:
+        await blob.read_at(5, 1)
+    message = str(info.value)
+    for needle in ("part", "blobname", "offset 1", "length 5", "size 3"):
+        assert needle in message
+    with pytest.raises(BlobInsufficientLength):
+        await blob.read_at(0, 4)
+    assert isinstance(info.value, Error)
+
+
+@storage_test
+async def test_resize_truncates_and_zero_extends(storage: Storage) -> None:
+    blob, _ = await storage.open("p", b"x")
+    await blob.write_at(b"abcdef", 0)
+    await blob.resize(2)
+    assert blob.size == 2
+    with pytest.raises(BlobInsufficientLength):
+        await blob.read_at(3, 0)
+    await blob.resize(5)
+    assert await blob.read_at(5, 0) == b"ab\x00\x00\x00"  # old bytes do not reappear
+    await blob.resize(5)
+    assert blob.size == 5
+    with pytest.raises(ValueError):
+        await blob.resize(-1)
+    with pytest.raises(OffsetOverflow):
+        await blob.resize(U64_MAX + 1)
+
+
+@storage_test
+async def test_scan_is_sorted(storage: Storage) -> None:
+    for name in (b"zeta", b"alpha", b"\x00", b"mid", b"alpha2"):
+        await storage.open("p", name)
+    await storage.open("other", b"q")
+    assert await storage.scan("p") == [b"\x00", b"alpha", b"alpha2", b"mid", b"zeta"]
+    assert await storage.scan("other") == [b"q"]
+    with pytest.raises(PartitionMissing):
+        await storage.scan("absent")
+
+
+@storage_test
+async def test_remove_blob_and_partition(storage: Storage) -> None:
+    a, _ = await storage.open("p", b"a")
+    await storage.open("p", b"b")
+    await storage.remove("p", b"a")
+    assert await storage.scan("p") == [b"b"]
+    with pytest.raises(Closed, match="removed"):
+        await a.read_at(0, 0)
+    with pytest.raises(BlobMissing, match="'p'"):
+        await storage.remove("p", b"a")
+    # reopening creates a fresh, empty blob
+    fresh, size = await storage.open("p", b"a")
+    assert size == 0 and fresh.size == 0
+    await storage.remove("p")
+    with pytest.raises(PartitionMissing):
+        await storage.scan("p")
+    with pytest.raises(PartitionMissing, match="'p'"):
+        await storage.remove("p")
+    with pytest.raises(PartitionMissing):
+        await storage.remove("p", b"b")
+    with pytest.raises(Closed):
+        await fresh.write_at(b"x", 0)
+    await fresh.close()  # closing a removed blob's handle is a no-op
+
+
+@storage_test
+async def test_partition_survives_removal_of_its_last_blob(storage: Storage) -> None:
+    await storage.open("p", b"a")
+    await storage.remove("p", b"a")
+    assert await storage.scan("p") == []
+
+
+@storage_test
+async def test_invalid_names_and_arguments(storage: Storage) -> None:
+    for bad in ("", "a/b", "..", "sp ace", "é"):
+        with pytest.raises(PartitionNameInvalid):
+            await storage.open(bad, b"x")
+        with pytest.raises(PartitionNameInvalid):
+            await storage.scan(bad)
+        with pytest.raises(PartitionNameInvalid):
+            await storage.remove(bad)
+    with pytest.raises(TypeError):
+        await storage.open(3, b"x")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        await storage.open("p", "str-name")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        await storage.open("p", b"")
+    # nothing above created anything
+    with pytest.raises(PartitionMissing):
+        await storage.scan("p")
+    blob, _ = await storage.open("p", bytearray(b"x"))
+    assert blob.name == b"x"
+    with pytest.raises(ValueError):
+        await blob.read_at(1, -1)
+    with pytest.raises(ValueError):
+        await blob.read_at(-1, 0)
+    with pytest.raises(ValueError):
+        await blob.write_at(b"a", -5)
+    with pytest.raises(TypeError):
+        await blob.write_at("text", 0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        await blob.read_at(1, 1.0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        await blob.read_at(True, 0)  # type: ignore[arg-type]
+    assert blob.size == 0
+
+
+@storage_test
+async def test_offset_overflow(storage: Storage) -> None:
+    blob, _ = await storage.open("p", b"x")
+    with pytest.raises(OffsetOverflow):
+        await blob.write_at(b"ab", U64_MAX)
+    with pytest.raises(OffsetOverflow):
+        await blob.read_at(2, U64_MAX - 1)
+    with pytest.raises(OffsetOverflow):
+        await blob.read_at(bytearray(1), U64_MAX)
+    assert blob.size == 0
+    # exactly at the limit is not an overflow, just past the end
+    with pytest.raises(BlobInsufficientLength):
+        await blob.read_at(1, U64_MAX - 1)
+
+
+@storage_test
+async def test_closed_handle(storage: Storage) -> None:
+    blob, _ = await storage.open("p", b"x")
+    await blob.write_at(b"abc", 0)
+    await blob.close()
+    assert blob.closed
+    for op in (
+        lambda: blob.read_at(1, 0),
+        lambda: blob.write_at(b"a", 0),
+        lambda: blob.resize(0),
+        lambda: blob.sync(),
+    ):
+        with pytest.raises(Closed, match="closed"):
+            await op()
+    with pytest.raises(Closed):
+        blob.size
+    await blob.close()  # idempotent
+    other, size = await storage.open("p", b"x")
+    assert size == 3  # close synced, and the blob persists
+
+
+# -- counters and auditor ---------------------------------------------------------------
+
+
+def test_counters_track_operations() -> None:
+    async def body() -> RuntimeCounters:
+        counters = RuntimeCounters()
+        storage = Storage(auditor=None, counters=counters, rng=random.Random(0))
+        a, _ = await storage.open("p", b"a")
+        b, _ = await storage.open("p", b"b")
+        await a.write_at(b"hello", 0)
+        await a.read_at(3, 1)
+        await a.read_at(bytearray(2), 0)
+        await a.sync()
+        await a.close()
+        assert counters.storage["open_blobs"] == 1
+        await storage.remove("p", b"b")  # closes b's handle
+        return counters
+
+    counters = run(body())
+    assert counters.storage == {
+        "open_blobs": 0,
+        "reads": 2,
+        "bytes_read": 5,
+        "writes": 1,
+        "bytes_written": 5,
+        "syncs": 2,  # one explicit, one from close
+    }
+
+
+def _scripted(seed: int, payload: bytes) -> str:
+    async def body() -> str:
+        auditor = Auditor()
+        storage = make(seed, auditor=auditor)
+        blob, _ = await storage.open("p", b"a")
+        await blob.write_at(payload, 0)
+        await blob.read_at(2, 0)
+        await blob.resize(1)
+        await blob.sync()
+        await storage.scan("p")
+        await storage.remove("p", b"a")
+        return auditor.state()
+
+    return run(body())
+
+
+def test_auditor_sees_operations_and_payloads() -> None:
+    assert _scripted(0, b"xyz") == _scripted(0, b"xyz")
+    assert _scripted(0, b"xyz") != _scripted(0, b"xyw")
+    assert _scripted(0, b"xyz") != Auditor().state()
+
+
+def test_no_faults_consume_nothing_from_the_fault_stream() -> None:
+    rng = random.Random(5)
+    expected = random.Random(5).random()
+
+    async def body() -> None:
+        storage = Storage(auditor=Auditor(), counters=RuntimeCounters(), rng=rng)
+        blob, _ = await storage.open("p", b"a")
+        await blob.write_at(b"data", 0)
+        await blob.read_at(4, 0)
+        await blob.resize(2)
+        await blob.sync()
+        await storage.scan("p")
+        await storage.remove("p")
+        storage.crash()  # crash_unsynced="lose" draws nothing either
+
+    run(body())
+    assert rng.random() == expected
+
+
+def test_operations_yield_to_other_tasks() -> None:
+    async def body() -> list[str]:
+        storage = make()
+        order: list[str] = []
+
+        async def other() -> None:
+            order.append("other")
+
+        blob, _ = await storage.open("p", b"a")
+        task = asyncio.ensure_future(other())
+        await blob.write_at(b"x", 0)
+        order.append("after write")
+        await task
+        return order
+
+    assert run(body()) == ["other", "after write"]
+
+
+# -- durability and crashes --------------------------------------------------------------
+
+
+@storage_test
+async def test_crash_keeps_synced_and_loses_unsynced(storage: Storage) -> None:
+    a, _ = await storage.open("p", b"a")
+    b, _ = await storage.open("p", b"b")
+    await a.write_at(b"synced", 0)
+    await a.sync()
+    await a.write_at(b"XX", 0)  # lost
+    await a.write_at(b"tail", 6)  # lost
+    await b.write_at(b"never synced", 0)
+    await storage.open("q", b"empty")  # creation is durable
+    durable_before = storage.audit()
+
+    recovered = storage.crash()
+    assert storage.crashed
+    assert recovered.audit() == durable_before
+    ra, size = await recovered.open("p", b"a")
+    assert size == 6 and await ra.read_at(6, 0) == b"synced"
+    rb, size = await recovered.open("p", b"b")
+    assert size == 0
+    assert await recovered.scan("q") == [b"empty"]
+    # old handles and the old storage are closed
+    with pytest.raises(Closed, match="crashed"):
+        await a.read_at(1, 0)
+    with pytest.raises(Closed):
+        await storage.open("p", b"a")
+    await a.close()  # no-op
+
+
+@storage_test
+async def test_crash_after_resize(storage: Storage) -> None:
+    blob, _ = await storage.open("p", b"a")
+    await blob.write_at(b"abcdefgh", 0)
+    await blob.sync()
+    await blob.resize(3)  # unsynced truncation: lost
+    recovered = storage.crash()
+    blob, size = await recovered.open("p", b"a")
+    assert size == 8
+    await blob.resize(2)
+    await blob.sync()  # synced truncation: kept
+    await blob.resize(10)  # unsynced extension: lost
+    again, size = await recovered.crash().open("p", b"a")
+    assert size == 2 and await again.read_at(2, 0) == b"ab"
+
+
+@storage_test
+async def test_sync_via_any_handle_covers_all_writes(storage: Storage) -> None:
+    one, _ = await storage.open("p", b"a")
+    two, _ = await storage.open("p", b"a")
+    await one.write_at(b"first", 0)
+    await two.write_at(b"second", 5)
+    await two.sync()
+    recovered, size = await storage.crash().open("p", b"a")
+    assert size == 11 and await recovered.read_at(11, 0) == b"firstsecond"
+
+
+def test_removal_is_durable() -> None:
+    async def body() -> None:
+        storage = make()
+        blob, _ = await storage.open("p", b"a")
+        await blob.write_at(b"x", 0)
+        await blob.sync()
+        await storage.remove("p", b"a")
+        assert await storage.crash().scan("p") == []
+
+    run(body())
+
+
+def _crash_images(mode: str, seed: int) -> dict[str, dict[bytes, bytes]]:
+    async def body() -> dict[str, dict[bytes, bytes]]:
+        storage = make(seed, StorageFaults(crash_unsynced=mode), auditor=Auditor())
+        for name in (b"a", b"b", b"c", b"d"):
+            blob, _ = await storage.open("p", name)
+            await blob.write_at(b"base", 0)
+            await blob.sync()
+            for i in range(8):
+                await blob.write_at(bytes([65 + i]) * 3, 4 + 3 * i)
+        return storage.crash().durable_image()
+
+    return run(body())
+
+
+def test_crash_prefix_is_seeded_and_keeps_a_prefix() -> None:
+    full = b"base" + b"".join(bytes([65 + i]) * 3 for i in range(8))
+    images = [_crash_images("prefix", seed) for seed in range(6)]
+    assert images[0] == _crash_images("prefix", 0)  # same seed, same survivors
+    assert len({tuple(sorted(image["p"].items())) for image in images}) > 1  # seeds matter
+    lengths = set()
+    for image in images:
+        for data in image["p"].values():
+            assert full.startswith(data)  # always a prefix (possibly torn) of the write history
+            assert len(data) >= 4  # synced bytes always survive
+            lengths.add(len(data))
+    assert len(lengths) > 2
+
+
+def test_crash_subset_is_seeded_and_keeps_a_subset() -> None:
+    images = [_crash_images("subset", seed) for seed in range(6)]
+    assert images[0] == _crash_images("subset", 0)
+    assert images[0] != images[1] or images[0] != images[2]
+    holes = 0
+    for image in images:
+        for data in image["p"].values():
+            assert data[:4] == b"base"
+            for i in range(8):
+                chunk = data[4 + 3 * i : 7 + 3 * i]
+                # each write survives whole or not at all (reads as zeros inside the size)
+                assert chunk in (bytes([65 + i]) * 3, b"\x00\x00\x00", b"")
+                holes += chunk == b"\x00\x00\x00"
+    assert holes > 0  # some dropped write lies before a kept one
+
+
+def test_crash_lose_ignores_unsynced() -> None:
+    for data in _crash_images("lose", 3)["p"].values():
+        assert data == b"base"
+
+
+def test_crash_can_rebind_and_chain() -> None:
+    async def body() -> None:
+        storage = make()
+        blob, _ = await storage.open("p", b"a")
+        await blob.write_at(b"keep", 0)
+        await blob.close()
+        counters = RuntimeCounters()
+        recovered = storage.crash(counters=counters, auditor=None, rng=random.Random(9))
+        handle, size = await recovered.open("p", b"a")
+        assert size == 4 and counters.storage["open_blobs"] == 1
+        restarted = Storage(auditor=None, counters=RuntimeCounters(), rng=random.Random(0),
+                            image=recovered.crash().durable_image())
+        assert restarted.audit() == storage.audit()
+        assert counters.storage["open_blobs"] == 0  # the crash closed the recovered handle
+
+    run(body())
+
+
+# -- audit --------------------------------------------------------------------------------
+
+
+def _audit_of(blobs: dict[tuple[str, bytes], bytes], unsynced: bytes = b"") -> str:
+    async def body() -> str:
+        storage = make()
+        for (partition, name), data in sorted(blobs.items()):
+            blob, _ = await storage.open(partition, name)
+            await blob.write_at(data, 0)
+            await blob.sync()
+            if unsynced:
+                await blob.write_at(unsynced, 0)
+        return storage.audit()
+
+    return run(body())
+
+
+def test_audit_depends_on_durable_contents_only() -> None:
+    base = {("p", b"a"): b"one", ("q", b"b"): b"two"}
+    assert _audit_of(base) == _audit_of(dict(reversed(list(base.items()))))
+    assert _audit_of(base) == _audit_of(base, unsynced=b"ZZZZZ")
+    assert _audit_of(base) != _audit_of({("p", b"a"): b"one", ("q", b"b"): b"twp"})
+    assert _audit_of(base) != _audit_of({("p", b"a"): b"one", ("q", b"c"): b"two"})
+    assert _audit_of(base) != _audit_of({("p", b"a"): b"one", ("r", b"b"): b"two"})
+    assert _audit_of(base) != _audit_of({("p", b"a"): b"one"})
+    # field boundaries are unambiguous
+    assert _audit_of({("p", b"ab"): b"c"}) != _audit_of({("p", b"a"): b"bc"})
+    assert len(_audit_of(base)) == 64
+
+
+# -- faults -------------------------------------------------------------------------------
+
+
+def test_fault_rates_are_validated() -> None:
+    faults = StorageFaults(write_rate=0.5, crash_unsynced="subset")
+    assert faults.write_rate == 0.5
+    faults.read_rate = 1
+    assert faults.read_rate == 1.0 and isinstance(faults.read_rate, float)
+    with pytest.raises(ValueError, match="write_rate.*1.5"):
+        StorageFaults(write_rate=1.5)
+    with pytest.raises(ValueError, match="sync_rate"):
+        faults.sync_rate = -0.1
+    with pytest.raises(ValueError, match="nan"):
+        faults.open_rate = float("nan")
+    with pytest.raises(TypeError):
+        faults.scan_rate = "0.5"  # type: ignore[assignment]
+    with pytest.raises(TypeError):
+        faults.scan_rate = True
+    with pytest.raises(ValueError, match="crash_unsynced"):
+        faults.crash_unsynced = "some"
+    with pytest.raises(AttributeError):
+        faults.write_rat = 0.5  # type: ignore[attr-defined]
+    assert faults.sync_rate == 0.0 and faults.crash_unsynced == "subset"
+
+
+@pytest.mark.parametrize(
+    ("field", "error", "op"),
+    [
+        ("open_rate", BlobOpenFailed, "open"),
+        ("read_rate", ReadFailed, "read"),
+        ("write_rate", WriteFailed, "write"),
+        ("sync_rate", BlobSyncFailed, "sync"),
+        ("resize_rate", BlobResizeFailed, "resize"),
+        ("remove_rate", WriteFailed, "remove"),
+        ("scan_rate", PartitionCorrupt, "scan"),
+    ],
+)
+def test_injected_faults_raise_the_operations_error(field: str, error: type[Error], op: str) -> None:
+    async def body() -> None:
+        storage = make(1)
+        blob, _ = await storage.open("part", b"blob")
+        await blob.write_at(b"abcd", 0)
+        setattr(storage.faults, field, 1.0)
+        calls: dict[str, Callable[[], Awaitable[Any]]] = {
+            "open": lambda: storage.open("part", b"blob"),
+            "read": lambda: blob.read_at(2, 0),
+            "write": lambda: blob.write_at(b"zz", 0),
+            "sync": lambda: blob.sync(),
+            "resize": lambda: blob.resize(1),
+            "remove": lambda: storage.remove("part", b"blob"),
+            "scan": lambda: storage.scan("part"),
+        }
+        with pytest.raises(error, match="injected fault") as info:
+            await calls[op]()
+        assert "part" in str(info.value)
+        if op not in ("scan",):
+            assert "blob" in str(info.value)
+        setattr(storage.faults, field, 0.0)
+        # the failed operation had no effect
+        assert blob.size == 4 and await blob.read_at(4, 0) == b"abcd"
+        assert await storage.scan("part") == [b"blob"]
+
+    run(body())
+
+
+def _fault_trace(seed: int) -> tuple[list[str], str, bytes]:
+    async def body() -> tuple[list[str], str, bytes]:
+        auditor = Auditor()
+        storage = make(seed, StorageFaults(write_rate=0.3, read_rate=0.3, sync_rate=0.3), auditor=auditor)
+        blob, _ = await storage.open("p", b"a")
+        outcomes: list[str] = []
+        for i in range(40):
+            for name, call in (
+                ("w", lambda: blob.write_at(bytes([i]) * 4, 4 * i)),
+                ("r", lambda: blob.read_at(1, 0)),
+                ("s", lambda: blob.sync()),
+            ):
+                try:
+                    await call()
+                    outcomes.append(name)
+                except (WriteFailed, ReadFailed, BlobSyncFailed, BlobInsufficientLength) as exc:
+                    outcomes.append(type(exc).__name__)
+        storage.faults.read_rate = 0.0
+        return outcomes, auditor.state(), await blob.read_at(blob.size, 0)
+
+    return run(body())
+
+
+def test_faults_are_reproducible_with_the_same_seed() -> None:
+    first = _fault_trace(11)
+    assert first == _fault_trace(11)
+    assert first[0] != _fault_trace(12)[0]
+    assert "WriteFailed" in first[0] and "ReadFailed" in first[0] and "BlobSyncFailed" in first[0]
+    assert "w" in first[0] and "s" in first[0]
+
+
+def test_partial_writes_apply_a_strict_prefix() -> None:
+    async def body(seed: int) -> list[bytes]:
+        storage = make(seed, StorageFaults(write_rate=1.0, partial_write_rate=1.0))
+        results = []
+        for i in range(5):
+            blob, _ = await storage.open("p", bytes([97 + i]))
+            with pytest.raises(WriteFailed, match="after applying"):
+                await blob.write_at(b"0123456789", 2)
+            results.append(await blob.read_at(blob.size, 0))
+        return results
+
+    results = run(body(4))
+    assert results == run(body(4))
+    for data in results:
+        assert data[:2] == b"\x00\x00"
+        assert 3 <= len(data) < 12 and b"0123456789".startswith(data[2:])
+    # partial bytes are unsynced: a crash loses them
+    async def crashed() -> None:
+        storage = make(0, StorageFaults(write_rate=1.0, partial_write_rate=1.0))
+        blob, _ = await storage.open("p", b"a")
+        with pytest.raises(WriteFailed):
+            await blob.write_at(b"abcdef", 0)
+        assert blob.size > 0
+        _, size = await storage.crash().open("p", b"a")
+        assert size == 0
+
+    run(crashed())
+
+
+def test_failing_close_still_closes() -> None:
+    async def body() -> None:
+        counters = RuntimeCounters()
+        storage = Storage(auditor=None, counters=counters, rng=random.Random(0),
+                          faults=StorageFaults(sync_rate=1.0))
+        blob, _ = await storage.open("p", b"a")
+        await blob.write_at(b"x", 0)
+        with pytest.raises(BlobSyncFailed):
+            await blob.close()
+        assert blob.closed and counters.storage["open_blobs"] == 0
+        with pytest.raises(Closed):
+            await blob.read_at(1, 0)
+
+    run(body())
+
+
+def test_constructor_checks_types() -> None:
+    with pytest.raises(TypeError):
+        Storage(auditor=None, counters=RuntimeCounters(), rng=object())  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        Storage(auditor=None, counters=RuntimeCounters(), rng=random.Random(), faults={})  # type: ignore[arg-type]
+    with pytest.raises(PartitionNameInvalid):
+        Storage(auditor=None, counters=RuntimeCounters(), rng=random.Random(), image={"a b": {}})
+    assert isinstance(make(), Storage) and Blob.__name__ == "Blob"
