@@ -38,7 +38,7 @@ class DeterministicCore(RuntimeCore):
         start_ns: int,
         user_rng_state: Any = None,
         fault_rng_state: Any = None,
-        storage: "Storage | None" = None,
+        storage_image: Any = None,
     ) -> None:
         self.loop = loop
         self.auditor: Auditor = loop.auditor
@@ -51,7 +51,8 @@ class DeterministicCore(RuntimeCore):
         if fault_rng_state is not None:
             self.fault_rng.setstate(fault_rng_state)
         self._network: "Network | None" = None
-        self._storage: "Storage | None" = storage
+        self._storage: "Storage | None" = None
+        self._storage_image = storage_image
 
     # Built on first use: most runs touch neither, and building costs a little per run.
     @property
@@ -67,7 +68,9 @@ class DeterministicCore(RuntimeCore):
         if self._storage is None:
             from .storage import Storage
 
-            self._storage = Storage(auditor=self.auditor, counters=self.counters, rng=self.fault_rng)
+            self._storage = Storage(
+                auditor=self.auditor, counters=self.counters, rng=self.fault_rng, image=self._storage_image
+            )
         return self._storage
 
     def _on_register(self, name: str, kind: str) -> None:

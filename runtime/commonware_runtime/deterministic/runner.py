@@ -87,7 +87,7 @@ class Checkpoint:
     user_rng_state: Any
     fault_rng_state: Any
     auditor: Auditor
-    storage: Any
+    storage: Any  # the durable image: {partition: {name: bytes}}
     restarts: int
 
     @property
@@ -169,7 +169,7 @@ class Runner:
             start_ns=timestamp_ns(config.start_time),
             user_rng_state=cp.user_rng_state,
             fault_rng_state=cp.fault_rng_state,
-            storage=cp.storage,
+            storage_image=cp.storage,
         )
 
     def _run(self, main: Callable[[Context], Awaitable[T]], crash: bool) -> tuple[T, Checkpoint | None]:
@@ -216,7 +216,7 @@ class Runner:
                     user_rng_state=core.rng.getstate(),
                     fault_rng_state=core.fault_rng.getstate(),
                     auditor=core.auditor.fork(),
-                    storage=core.storage.crash(),
+                    storage=core.storage.crash().durable_image(),
                     restarts=0 if self._checkpoint is None else self._checkpoint.restarts + 1,
                 )
             return value, checkpoint
