@@ -111,7 +111,8 @@ class _EchoClientProtocol(asyncio.BufferedProtocol):
         self.have += nbytes
         if self.have < self.size:
             return
-        if self.view[: self.size] != self.msg:
+        # bytearray slice compare is a memcmp (comparing a memoryview is ~30x slower).
+        if self.buf[: self.size] != self.msg:
             raise AssertionError("echo mismatch")
         self.have = 0
         self.left -= 1

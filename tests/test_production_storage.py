@@ -572,8 +572,11 @@ def test_inline_reads_yield_to_other_tasks(tmp_path: Path) -> None:
         blob, _ = await env.storage.open("p", b"y")
         await blob.write_at(bytes(4096), 0)
         ran = asyncio.Event()
-        waiter = asyncio.get_running_loop().create_task(asyncio.sleep(0))
-        waiter.add_done_callback(lambda _: ran.set())
+
+        async def other() -> None:
+            ran.set()
+
+        other_task = asyncio.get_running_loop().create_task(other())
         before = env.executor.submitted
         for _ in range(300):
             await blob.read_at(64, 0)
@@ -581,6 +584,7 @@ def test_inline_reads_yield_to_other_tasks(tmp_path: Path) -> None:
                 break
         assert ran.is_set(), "300 inline reads never let another task run"
         assert env.executor.submitted == before
+        await other_task
         await blob.close()
 
     run(tmp_path, body)
@@ -684,20 +688,20 @@ def test_close_waits_for_an_abandoned_read(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_unclosed_blob_warns_and_releases_its_descriptor(tmp_path: Path) -> None:
-    async def body(env: Env) -> int:
+    async def body(env: Env) -> None:
         blob, _ = await env.storage.open("p", b"leak")
         fd = blob._fd
-        del blob
+        os.fstat(fd)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
+            del blob
             gc.collect()
         assert any(issubclass(w.category, ResourceWarning) for w in caught)
         assert env.counters.storage["open_blobs"] == 0
-        return fd
+        with pytest.raises(OSError):
+            os.fstat(fd)
 
-    fd = run(tmp_path, body)
-    with pytest.raises(OSError):
-        os.fstat(fd)
+    run(tmp_path, body)
 
 
 def test_durability_calls_on_nested_fresh_directory(tmp_path: Path) -> None:

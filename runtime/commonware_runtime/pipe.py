@@ -222,8 +222,7 @@ class Pipe:
 
     async def wait_readable(self, n: int) -> None:
         """Wait until ``n`` bytes are buffered or the pipe ended (callers re-check)."""
-        if self._reader is not None and not self._reader.done():
-            raise RuntimeError(f"{self.name}: concurrent recv calls on one stream are not supported")
+        self.check_no_reader()
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._reader = fut
         self._want = n
@@ -235,6 +234,11 @@ class Pipe:
             if self._reader is fut:
                 self._reader = None
                 self._want = 0
+
+    def check_no_reader(self) -> None:
+        # A waiting recv (even one woken but not yet resumed) owns the next bytes.
+        if self._reader is not None:
+            raise RuntimeError(f"{self.name}: concurrent recv calls on one stream are not supported")
 
     def close_reader(self) -> None:
         """The reading half went away: drop buffered bytes, fail the writer."""
@@ -364,6 +368,7 @@ class PipeStream:
         if n == 0:
             return b""
         pipe = self._pipe
+        pipe.check_no_reader()
         while True:
             if len(pipe) >= n:
                 data = pipe.take(n)

@@ -1,0 +1,605 @@
+"""The simulated network of the deterministic runtime (SPEC sections 2 and 6).
+
+No sockets, no threads, no wall clock: connections are pairs of in-memory pipes
+(:mod:`commonware_runtime.pipe`) and every delay is a timer on the running loop, so under
+the deterministic ``EventLoop`` everything happens on virtual time.
+
+Model
+-----
+* **Hosts** are plain strings (IP addresses).  A context placed on a host with
+  ``context.with_host(ip)`` binds and dials from it.
+* **Listeners** are keyed by the ``(ip, port)`` they bind.  A dial to ``(ip, port)`` finds
+  the listener bound on exactly that ip, else one bound on the wildcard ``0.0.0.0`` or
+  ``::`` with that port.  A listener belongs to the host named by its ip, or, when bound
+  on a wildcard, to the host of the context that bound it; that host is the far end for
+  latency, partitions and crashes.
+* **Ports**: ``port 0`` and dialer source ports are allocated per host, counting up from
+  49152 (wrapping at 65535), skipping ports bound or in use by a live connection.
+* **Window**: each direction of a connection admits at most ``buffer_size`` unread bytes
+  (buffered at the receiver plus in flight); ``send`` waits while it is full.
+* **Latency** (``set_link``, symmetric by default): bytes of one ``send`` become readable
+  ``latency + U{0..jitter}`` after they are admitted, the jitter drawn once per send from
+  the fault RNG (no draw when jitter is 0).  Delivery stays FIFO per direction: a chunk is
+  never readable before an earlier one.  With no delay and nothing in flight, bytes are
+  readable at once (no timer hop).  Connection setup (dial) takes no simulated time.
+* **Partitions** (``partition(a, b)``, symmetric): dials across fail with
+  ``ConnectionFailed``; bytes (and EOFs) of established connections across are held at
+  arrival and delivered, in order, by ``heal``.  Held bytes still count against the window,
+  so senders eventually block, as on a real stalled link.
+* **Crash** (``crash_host(h)``): every listener of ``h`` closes (pending ``accept`` raises
+  ``Closed``) and every connection touching ``h`` breaks at once: bytes in flight are
+  lost, the crashed side's buffers are dropped, the surviving side can still read what had
+  already arrived, then its ``recv`` raises ``RecvFailed``; ``send`` on either side raises
+  ``SendFailed``.  The crash is an instant: the host may bind and dial again afterwards
+  (a restart).
+* **Auditing**: every operation and fault decision is folded into the auditor
+  (``net.bind``, ``net.dial``, ``net.accept``, ``net.send``/``net.recv`` with payloads,
+  ``net.close``, ``net.delay``, ``net.hold``, ``net.link``, ``net.partition``, ``net.heal``,
+  ``net.crash``, and the failures ``net.bind_failed``/``net.dial_failed``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import deque
+from typing import Any, Iterable
+
+from ..arguments import Address, Duration, duration_ns, format_address, parse_address
+from ..auditor import Auditor
+from ..errors import BindFailed, Closed, ConnectionFailed
+from ..metrics import RuntimeCounters
+from ..pipe import Pipe, PipeSink, PipeStream
+
+__all__ = ["Network", "Listener", "Sink", "Stream", "EPHEMERAL_FIRST", "EPHEMERAL_LAST"]
+
+EPHEMERAL_FIRST = 49152
+EPHEMERAL_LAST = 65535
+_WILDCARDS = ("0.0.0.0", "::")
+_EOF = None  # marker travelling through a flow after the last chunk
+
+
+def _now_ns(loop: asyncio.AbstractEventLoop) -> int:
+    now = getattr(loop, "now_ns", None)
+    if isinstance(now, int):
+        return now
+    return round(loop.time() * 1_000_000_000)
+
+
+def _call_at_ns(loop: asyncio.AbstractEventLoop, when_ns: int, callback: Any) -> asyncio.TimerHandle:
+    # The deterministic loop schedules on exact integer nanoseconds; others take float seconds.
+    exact = getattr(loop, "call_at_ns", None)
+    if exact is not None:
+        return exact(when_ns, callback)
+    return loop.call_at(when_ns / 1_000_000_000, callback)
+
+
+def _check_host(host: object, what: str = "host") -> str:
+    if not isinstance(host, str):
+        raise TypeError(f"{what} must be a str (an IP address), got {type(host).__name__} {host!r}")
+    if not host:
+        raise ValueError(f"{what} must not be empty")
+    return host
+
+
+def _check_hosts(group: object, what: str) -> list[str]:
+    if isinstance(group, str) or not isinstance(group, Iterable):
+        raise TypeError(f"{what} must be an iterable of host strings, got {group!r}")
+    return [_check_host(h, f"host in {what}") for h in group]
+
+
+class _Flow:
+    """One direction of a connection: admitted chunks travel through latency and partitions."""
+
+    __slots__ = ("net", "conn", "pipe", "src_addr", "dst_addr", "src", "dst", "src_host", "dst_host", "inflight", "held", "last_due_ns")
+
+    def __init__(self, net: "Network", conn: "_Connection", src: tuple[str, int], dst: tuple[str, int], src_host: str, dst_host: str) -> None:
+        self.net = net
+        self.conn = conn
+        self.src_addr = src
+        self.dst_addr = dst
+        self.src = format_address(src)
+        self.dst = format_address(dst)
+        self.src_host = src_host
+        self.dst_host = dst_host
+        self.pipe = Pipe(f"connection {self.src} -> {self.dst}", net.buffer_size)
+        # (chunk or _EOF, timer): one timer per entry; each firing delivers the head, so
+        # order is FIFO even if the loop fires equal-time timers in another order.
+        self.inflight: deque[tuple[bytes | None, asyncio.TimerHandle]] = deque()
+        self.held: deque[bytes | None] = deque()  # arrived during a partition
+        self.last_due_ns = 0
+
+    def transmit(self, item: bytes | None, delay_ns: int) -> None:
+        if self.conn.broken:
+            if item is not None:
+                self.pipe.unreserve(len(item))
+            return
+        if delay_ns == 0 and not self.inflight:
+            self._arrive_item(item)
+            return
+        loop = self.conn.loop
+        due = _now_ns(loop) + delay_ns
+        if due < self.last_due_ns:
+            due = self.last_due_ns
+        self.last_due_ns = due
+        self.inflight.append((item, _call_at_ns(loop, due, self._arrive)))
+
+    def _arrive(self) -> None:
+        item, _ = self.inflight.popleft()
+        self._arrive_item(item)
+
+    def _arrive_item(self, item: bytes | None) -> None:
+        if self.held or self.net.partitioned(self.src_host, self.dst_host):
+            self.held.append(item)
+            net = self.net
+            if net.auditor is not None:
+                net.auditor.event("net.hold", self.src, self.dst, -1 if item is None else len(item))
+            return
+        self._land(item)
+
+    def _land(self, item: bytes | None) -> None:
+        if item is None:
+            self.pipe.feed_eof()
+        else:
+            self.pipe.feed(item)
+
+    def flush(self) -> None:
+        """Deliver what a partition held, in order (called by heal)."""
+        if not self.held or self.net.partitioned(self.src_host, self.dst_host):
+            return
+        held = self.held
+        while held:
+            self._land(held.popleft())
+
+    def break_(self, reason: str, drop_buffer: bool) -> None:
+        lost = 0
+        for item, timer in self.inflight:
+            timer.cancel()
+            if item is not None:
+                lost += len(item)
+        for item in self.held:
+            if item is not None:
+                lost += len(item)
+        self.inflight.clear()
+        self.held.clear()
+        self.pipe.break_(reason, drop_buffer=drop_buffer)
+        if lost:
+            self.pipe.unreserve(lost)
+
+
+class _Connection:
+    """Both directions of one dialed connection, and the four halves using them."""
+
+    __slots__ = (
+        "net",
+        "cid",
+        "loop",
+        "dialer_addr",
+        "acceptor_addr",
+        "dialer_host",
+        "acceptor_host",
+        "acceptor_owner",
+        "forward",
+        "backward",
+        "dialer_sink",
+        "dialer_stream",
+        "acceptor_sink",
+        "acceptor_stream",
+        "halves_done",
+        "broken",
+    )
+
+    def __init__(
+        self,
+        net: "Network",
+        cid: int,
+        loop: asyncio.AbstractEventLoop,
+        dialer_addr: tuple[str, int],
+        acceptor_addr: tuple[str, int],
+        acceptor_host: str,
+        acceptor_owner: str,
+    ) -> None:
+        self.net = net
+        self.cid = cid
+        self.loop = loop
+        self.dialer_addr = dialer_addr
+        self.acceptor_addr = acceptor_addr
+        self.dialer_host = dialer_addr[0]
+        self.acceptor_host = acceptor_host
+        self.acceptor_owner = acceptor_owner
+        self.broken = False
+        self.halves_done = 0
+        self.forward = _Flow(net, self, dialer_addr, acceptor_addr, self.dialer_host, acceptor_host)
+        self.backward = _Flow(net, self, acceptor_addr, dialer_addr, acceptor_host, self.dialer_host)
+        self.dialer_sink = Sink(self, self.forward)
+        self.dialer_stream = Stream(self, self.backward)
+        self.acceptor_sink = Sink(self, self.backward)
+        self.acceptor_stream = Stream(self, self.forward)
+
+    def touches(self, host: str) -> bool:
+        return host == self.dialer_host or host == self.acceptor_host or host == self.acceptor_owner
+
+    def half_done(self) -> None:
+        self.halves_done += 1
+        if self.halves_done == 4:
+            self.net._release(self)
+
+    def break_(self, reason: str, crashed_host: str | None = None) -> None:
+        if self.broken:
+            return
+        self.broken = True
+        # A crashed host loses what it had buffered; the survivor keeps what had arrived.
+        self.forward.break_(reason, drop_buffer=crashed_host is not None and self.acceptor_side_crashed(crashed_host))
+        self.backward.break_(reason, drop_buffer=crashed_host is not None and crashed_host == self.dialer_host)
+        self.net._release(self)
+
+    def acceptor_side_crashed(self, host: str) -> bool:
+        return host == self.acceptor_host or host == self.acceptor_owner
+
+
+class Sink(PipeSink):
+    """Sending half of a simulated connection."""
+
+    def __init__(self, conn: _Connection, flow: _Flow) -> None:
+        super().__init__(flow.pipe)
+        self._conn = conn
+        self._flow = flow
+
+    def _on_send(self, view: memoryview) -> int:
+        flow = self._flow
+        net = flow.net
+        if net.auditor is not None:
+            net.auditor.event("net.send", flow.src, flow.dst, view)
+        return net._draw_delay(flow.src_host, flow.dst_host, flow.src, flow.dst)
+
+    def _transmit(self, chunk: bytes, token: int) -> None:
+        self._flow.net.counters.network["bytes_sent"] += len(chunk)
+        self._flow.transmit(chunk, token)
+
+    def _transmit_eof(self) -> None:
+        flow = self._flow
+        flow.transmit(_EOF, flow.net._base_latency(flow.src_host, flow.dst_host))
+
+    def _on_done(self) -> None:
+        flow = self._flow
+        if flow.net.auditor is not None:
+            flow.net.auditor.event("net.close", "sink", flow.src, flow.dst, 1 if self._closed else 0)
+        self._conn.half_done()
+
+    def local_addr(self) -> tuple[str, int]:
+        return self._flow.src_addr
+
+    def peer_addr(self) -> tuple[str, int]:
+        return self._flow.dst_addr
+
+    def __repr__(self) -> str:
+        return f"<deterministic.Sink {self._flow.src} -> {self._flow.dst}{' closed' if self._closed else ''}>"
+
+
+class Stream(PipeStream):
+    """Receiving half of a simulated connection."""
+
+    def __init__(self, conn: _Connection, flow: _Flow) -> None:
+        super().__init__(flow.pipe)
+        self._conn = conn
+        self._flow = flow
+
+    def _on_recv(self, data: bytes) -> None:
+        flow = self._flow
+        net = flow.net
+        net.counters.network["bytes_received"] += len(data)
+        if net.auditor is not None:
+            net.auditor.event("net.recv", flow.src, flow.dst, data)
+
+    def _on_done(self) -> None:
+        flow = self._flow
+        if flow.net.auditor is not None:
+            flow.net.auditor.event("net.close", "stream", flow.dst, flow.src, 1 if self._closed else 0)
+        self._conn.half_done()
+
+    def local_addr(self) -> tuple[str, int]:
+        return self._flow.dst_addr
+
+    def peer_addr(self) -> tuple[str, int]:
+        return self._flow.src_addr
+
+    def __repr__(self) -> str:
+        return f"<deterministic.Stream {self._flow.dst} <- {self._flow.src}{' closed' if self._closed else ''}>"
+
+
+class Listener:
+    """A bound simulated address; ``accept`` yields connections dialed to it in order."""
+
+    def __init__(self, net: "Network", addr: tuple[str, int], host: str, owner: str) -> None:
+        self._net = net
+        self._addr = addr
+        self._host = host  # the host this listener lives on (for links, partitions, crashes)
+        self._owner = owner  # the host of the context that bound it
+        self._closed = False
+        self._backlog: deque[_Connection] = deque()
+        self._waiters: deque[asyncio.Future[_Connection | None]] = deque()
+
+    @property
+    def host(self) -> str:
+        return self._host
+
+    def local_addr(self) -> tuple[str, int]:
+        return self._addr
+
+    def _offer(self, conn: _Connection) -> None:
+        waiters = self._waiters
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(conn)
+                return
+        self._backlog.append(conn)
+
+    async def accept(self) -> tuple[tuple[str, int], Sink, Stream]:
+        """The next connection: ``(peer_addr, sink, stream)``; ``Closed`` once closed."""
+        while True:
+            if self._closed:
+                raise Closed(f"listener on {format_address(self._addr)} is closed")
+            backlog = self._backlog
+            while backlog:
+                conn = backlog.popleft()
+                if not conn.broken:
+                    return self._accepted(conn)
+            fut: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
+            try:
+                conn = await fut
+            except asyncio.CancelledError:
+                if fut.done() and not fut.cancelled() and fut.result() is not None:
+                    # Handed a connection just as we were cancelled: pass it on, don't lose it.
+                    handed = fut.result()
+                    assert handed is not None
+                    if self._closed:
+                        handed.break_(f"listener on {format_address(self._addr)} closed before accept")
+                    else:
+                        self._requeue(handed)
+                else:
+                    try:
+                        self._waiters.remove(fut)
+                    except ValueError:
+                        pass
+                raise
+            if conn is not None and not conn.broken:
+                return self._accepted(conn)
+
+    def _requeue(self, conn: _Connection) -> None:
+        waiters = self._waiters
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(conn)
+                return
+        self._backlog.appendleft(conn)
+
+    def _accepted(self, conn: _Connection) -> tuple[tuple[str, int], Sink, Stream]:
+        net = self._net
+        net.counters.network["inbound_connections"] += 1
+        if net.auditor is not None:
+            net.auditor.event("net.accept", format_address(conn.acceptor_addr), format_address(conn.dialer_addr))
+        return conn.dialer_addr, conn.acceptor_sink, conn.acceptor_stream
+
+    def close(self) -> None:
+        """Stop listening (idempotent): pending accepts raise ``Closed``, the port is freed,
+        and connections dialed but not yet accepted are refused (their dialer's calls fail)."""
+        if self._closed:
+            return
+        self._closed = True
+        net = self._net
+        if net._listeners.get(self._addr) is self:
+            del net._listeners[self._addr]
+        if net.auditor is not None:
+            net.auditor.event("net.unbind", format_address(self._addr))
+        waiters = self._waiters
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+        reason = f"listener on {format_address(self._addr)} closed before accepting the connection"
+        backlog = self._backlog
+        while backlog:
+            backlog.popleft().break_(reason)
+
+    def __repr__(self) -> str:
+        return f"<deterministic.Listener {format_address(self._addr)}{' closed' if self._closed else ''}>"
+
+
+class Network:
+    """The simulated network of one deterministic run (``context.network``)."""
+
+    def __init__(self, *, auditor: Auditor | None, counters: RuntimeCounters, rng: random.Random, buffer_size: int = 1 << 16) -> None:
+        if isinstance(buffer_size, bool) or not isinstance(buffer_size, int):
+            raise TypeError(f"buffer_size must be an int, got {type(buffer_size).__name__} {buffer_size!r}")
+        if buffer_size <= 0:
+            raise ValueError(f"buffer_size must be positive, got {buffer_size}")
+        self.auditor = auditor
+        self.counters = counters
+        self.rng = rng
+        self.buffer_size = buffer_size
+        self._listeners: dict[tuple[str, int], Listener] = {}
+        self._conns: dict[int, _Connection] = {}  # insertion (= creation) order: deterministic
+        self._next_cid = 0
+        self._source_ports: dict[tuple[str, int], _Connection] = {}
+        self._next_port: dict[str, int] = {}
+        self._links: dict[tuple[str, str], tuple[int, int]] = {}
+        self._cuts: set[tuple[str, str]] = set()  # membership tests only, never iterated
+
+    # -- ports ------------------------------------------------------------------------
+
+    def _allocate_port(self, host: str, ip: str) -> int:
+        """Next free ephemeral port of ``host`` for use on ``ip``."""
+        listeners = self._listeners
+        sources = self._source_ports
+        port = self._next_port.get(host, EPHEMERAL_FIRST)
+        for _ in range(EPHEMERAL_LAST - EPHEMERAL_FIRST + 1):
+            candidate = port
+            port = port + 1 if port < EPHEMERAL_LAST else EPHEMERAL_FIRST
+            if (ip, candidate) in listeners or (host, candidate) in sources or (ip, candidate) in sources:
+                continue
+            if ip not in _WILDCARDS and any((w, candidate) in listeners for w in _WILDCARDS):
+                continue
+            self._next_port[host] = port
+            return candidate
+        raise ConnectionFailed(f"no free ephemeral port on host {host}")
+
+    def _release(self, conn: _Connection) -> None:
+        if self._conns.pop(conn.cid, None) is not None:
+            if self._source_ports.get(conn.dialer_addr) is conn:
+                del self._source_ports[conn.dialer_addr]
+
+    # -- bind / dial --------------------------------------------------------------------
+
+    async def bind(self, host: str, addr: Address) -> Listener:
+        """Listen on ``addr`` from ``host`` (port 0 picks an ephemeral port)."""
+        _check_host(host)
+        ip, port = parse_address(addr)
+        if port == 0:
+            try:
+                port = self._allocate_port(ip if ip not in _WILDCARDS else host, ip)
+            except ConnectionFailed as exc:
+                raise BindFailed(f"cannot bind {format_address((ip, 0))}: {exc}") from None
+        key = (ip, port)
+        if key in self._listeners or key in self._source_ports:
+            if self.auditor is not None:
+                self.auditor.event("net.bind_failed", host, format_address(key))
+            raise BindFailed(f"cannot bind {format_address(key)}: address already in use")
+        listener = Listener(self, key, ip if ip not in _WILDCARDS else host, host)
+        self._listeners[key] = listener
+        if self.auditor is not None:
+            self.auditor.event("net.bind", host, format_address(key))
+        return listener
+
+    def _lookup(self, ip: str, port: int) -> Listener | None:
+        listener = self._listeners.get((ip, port))
+        if listener is None:
+            for wildcard in _WILDCARDS:
+                listener = self._listeners.get((wildcard, port))
+                if listener is not None:
+                    break
+        return listener
+
+    async def dial(self, source_host: str, addr: Address) -> tuple[Sink, Stream]:
+        """Connect from ``source_host`` (an ephemeral source port) to ``addr``."""
+        _check_host(source_host, "source_host")
+        target = parse_address(addr)
+        loop = asyncio.get_running_loop()
+        listener = self._lookup(*target)
+        reason = None
+        if listener is None:
+            reason = "nobody is listening"
+        elif self.partitioned(source_host, listener.host):
+            reason = f"host {source_host} is partitioned from {listener.host}"
+        if listener is None or reason is not None:
+            if self.auditor is not None:
+                self.auditor.event("net.dial_failed", source_host, format_address(target), reason or "")
+            raise ConnectionFailed(f"cannot connect to {format_address(target)} from {source_host}: {reason}")
+        source = (source_host, self._allocate_port(source_host, source_host))
+        cid = self._next_cid
+        self._next_cid += 1
+        conn = _Connection(self, cid, loop, source, target, listener.host, listener._owner)
+        self._conns[cid] = conn
+        self._source_ports[source] = conn
+        self.counters.network["outbound_connections"] += 1
+        if self.auditor is not None:
+            self.auditor.event("net.dial", format_address(source), format_address(target))
+        listener._offer(conn)
+        return conn.dialer_sink, conn.dialer_stream
+
+    # -- faults -----------------------------------------------------------------------
+
+    def set_link(self, a: str, b: str, *, latency: Duration = 0, jitter: Duration = 0, symmetric: bool = True) -> None:
+        """Delay bytes from ``a`` to ``b`` (and ``b`` to ``a`` when ``symmetric``) by
+        ``latency`` plus a uniform ``0..jitter`` drawn per send.  Zeros remove the delay."""
+        _check_host(a, "a")
+        _check_host(b, "b")
+        latency_ns = duration_ns(latency, "latency")
+        jitter_ns = duration_ns(jitter, "jitter")
+        if not isinstance(symmetric, bool):
+            raise TypeError(f"symmetric must be a bool, got {symmetric!r}")
+        pairs = [(a, b), (b, a)] if symmetric and a != b else [(a, b)]
+        for pair in pairs:
+            if latency_ns or jitter_ns:
+                self._links[pair] = (latency_ns, jitter_ns)
+            else:
+                self._links.pop(pair, None)
+        if self.auditor is not None:
+            self.auditor.event("net.link", a, b, latency_ns, jitter_ns, int(symmetric))
+
+    def link(self, a: str, b: str) -> tuple[float, float]:
+        """``(latency, jitter)`` in seconds from ``a`` to ``b``."""
+        latency_ns, jitter_ns = self._links.get((a, b), (0, 0))
+        return latency_ns / 1_000_000_000, jitter_ns / 1_000_000_000
+
+    def _base_latency(self, src: str, dst: str) -> int:
+        link = self._links.get((src, dst))
+        return 0 if link is None else link[0]
+
+    def _draw_delay(self, src_host: str, dst_host: str, src: str, dst: str) -> int:
+        link = self._links.get((src_host, dst_host))
+        if link is None:
+            return 0
+        latency_ns, jitter_ns = link
+        if not jitter_ns:
+            return latency_ns
+        extra = self.rng.randrange(jitter_ns + 1)
+        if self.auditor is not None:
+            self.auditor.event("net.delay", src, dst, latency_ns + extra)
+        return latency_ns + extra
+
+    def partition(self, group_a: Iterable[str], group_b: Iterable[str]) -> None:
+        """Cut every host of ``group_a`` from every host of ``group_b`` (both directions)."""
+        hosts_a = _check_hosts(group_a, "group_a")
+        hosts_b = _check_hosts(group_b, "group_b")
+        cuts = self._cuts
+        for a in hosts_a:
+            for b in hosts_b:
+                if a != b:
+                    cuts.add((a, b))
+                    cuts.add((b, a))
+        if self.auditor is not None:
+            self.auditor.event("net.partition", ",".join(hosts_a), ",".join(hosts_b))
+
+    def partitioned(self, a: str, b: str) -> bool:
+        return (a, b) in self._cuts
+
+    def heal(self, group_a: Iterable[str] | None = None, group_b: Iterable[str] | None = None) -> None:
+        """Remove partitions (all of them, or only between two groups) and deliver, in
+        order, what they held."""
+        if (group_a is None) != (group_b is None):
+            raise TypeError("heal() takes no groups (heal everything) or both group_a and group_b")
+        if group_a is None or group_b is None:
+            self._cuts.clear()
+            hosts_a: list[str] = []
+            hosts_b: list[str] = []
+        else:
+            hosts_a = _check_hosts(group_a, "group_a")
+            hosts_b = _check_hosts(group_b, "group_b")
+            for a in hosts_a:
+                for b in hosts_b:
+                    self._cuts.discard((a, b))
+                    self._cuts.discard((b, a))
+        if self.auditor is not None:
+            self.auditor.event("net.heal", ",".join(hosts_a), ",".join(hosts_b))
+        for conn in list(self._conns.values()):
+            conn.forward.flush()
+            conn.backward.flush()
+
+    def crash_host(self, host: str) -> None:
+        """Crash ``host``: its listeners close and every connection touching it breaks."""
+        _check_host(host)
+        if self.auditor is not None:
+            self.auditor.event("net.crash", host)
+        for listener in list(self._listeners.values()):
+            if listener._host == host or listener._owner == host:
+                listener.close()
+        reason = f"host {host} crashed"
+        for conn in list(self._conns.values()):
+            if conn.touches(host):
+                conn.break_(reason, crashed_host=host)
+
+    def __repr__(self) -> str:
+        return f"<deterministic.Network listeners={len(self._listeners)} connections={len(self._conns)}>"

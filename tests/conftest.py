@@ -1,0 +1,76 @@
+"""Shared fixtures of the project's own tests.
+
+``runner_factory`` runs a test once per runtime ("deterministic", "production") so the
+runtime contract is checked on both with the same code (the runtime isolation rule).
+
+This is a plain fixture file: the pytest plugin (pytest_commonware) defines
+``deterministic_context`` / ``production_context`` / ``runtime_context``; nothing here
+may use those names.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any, Awaitable, Callable, TypeVar
+
+import pytest
+
+T = TypeVar("T")
+
+RUNTIMES = ["deterministic", "production"]
+
+# Virtual-time guard so a broken deterministic test fails instead of spinning forever.
+DETERMINISTIC_GUARD_TIMEOUT = 10_000.0
+
+
+class RunnerFactory:
+    """Builds fresh runners of one runtime kind.
+
+    ``factory(**kw)`` returns an unstarted runner; ``factory.run(main, **kw)`` builds one
+    and runs ``main`` on it.  Keywords: ``seed`` and ``timeout`` (deterministic only, ignored
+    by production), ``catch_panics`` (both; each runtime keeps its own default otherwise).
+    """
+
+    def __init__(self, kind: str, tmp_path: Path) -> None:
+        self.kind = kind
+        self._tmp_path = tmp_path
+        self._runs = itertools.count()
+
+    @property
+    def deterministic(self) -> bool:
+        return self.kind == "deterministic"
+
+    def __call__(self, **kw: Any) -> Any:
+        unknown = set(kw) - {"seed", "timeout", "catch_panics"}
+        if unknown:
+            raise TypeError(f"unknown runner options {sorted(unknown)}")
+        if self.kind == "deterministic":
+            from commonware_runtime import deterministic
+
+            config = deterministic.Config(
+                seed=kw.get("seed", 0),
+                timeout=kw.get("timeout", DETERMINISTIC_GUARD_TIMEOUT),
+                catch_panics=kw.get("catch_panics", False),
+            )
+            return deterministic.Runner(config)
+        from commonware_runtime import production
+
+        # Each runner gets its own storage directory so runs of one test never share files.
+        directory = self._tmp_path / f"storage{next(self._runs)}"
+        options: dict[str, Any] = {"storage_directory": directory}
+        if "catch_panics" in kw:
+            options["catch_panics"] = kw["catch_panics"]
+        return production.Runner(production.Config(**options))
+
+    def run(self, main: Callable[[Any], Awaitable[T]], **kw: Any) -> T:
+        return self(**kw).start(main)  # type: ignore[no-any-return]
+
+    def __repr__(self) -> str:
+        return f"<RunnerFactory {self.kind}>"
+
+
+@pytest.fixture(params=RUNTIMES, ids=RUNTIMES)
+def runner_factory(request: pytest.FixtureRequest, tmp_path: Path) -> RunnerFactory:
+    """A factory of runners of the parametrized runtime (see :class:`RunnerFactory`)."""
+    return RunnerFactory(request.param, tmp_path)
