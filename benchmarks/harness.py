@@ -117,7 +117,8 @@ def run_cases(
             if progress:
                 print(
                     f"  [round {r + 1}/{rounds} {time.perf_counter() - started:6.1f}s] "
-                    f"{cases[idx].label:<34} {sample['seconds'] * 1e3:9.1f} ms",
+                    f"{cases[idx].label:<34} {sample['seconds'] * 1e3:9.1f} ms"
+                    + (f" (cpu {sample['cpu'] * 1e3:.1f} ms)" if "cpu" in sample else ""),
                     file=sys.stderr,
                     flush=True,
                 )
@@ -129,19 +130,22 @@ def summarize(
     baseline: str,
     *,
     key: str = "seconds",
+    also: Sequence[tuple[str, str]] = (),
     per: Callable[[Result], float] | None = None,
     per_unit: str = "",
 ) -> tuple[list[str], list[list[str]]]:
-    """Rows of (variant, median, spread, [per-unit cost], speed vs baseline).
+    """Table rows: variant, median of ``key`` (ms), spread, medians of ``also`` keys,
+    optional per-unit figure, and speed vs ``baseline`` on ``key``.
 
-    Speed ratio = baseline median / variant median: above 1.0 means faster than baseline.
+    ``also`` lists (sample key, column title) pairs shown as ms.  Speed = baseline median /
+    variant median: above 1.0 means faster than the baseline.
     """
     results = list(results)
     base = next((r for r in results if r.case.label == baseline), None)
     if base is None:
         raise ValueError(f"baseline {baseline!r} is not among {[r.case.label for r in results]}")
     base_med = base.median(key)
-    headers = ["variant", "median", "spread"]
+    headers = ["variant", f"median {key}", "spread", *(title for _, title in also)]
     if per is not None:
         headers.append(per_unit)
     headers.append(f"speed vs {baseline}")
@@ -149,6 +153,7 @@ def summarize(
     for res in results:
         med = res.median(key)
         row = [res.case.label, f"{med * 1e3:.1f} ms", f"{res.spread(key) * 100:.0f}%"]
+        row += [f"{res.median(k) * 1e3:.1f} ms" for k, _ in also]
         if per is not None:
             row.append(f"{per(res):,.0f}")
         row.append(f"{base_med / med:.2f}x")

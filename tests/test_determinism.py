@@ -1,0 +1,261 @@
+"""Determinism of the deterministic runtime: same seed, same run, in any process.
+
+The workload mixes everything that could leak nondeterminism: labelled spawns, seeded
+sleeps, user RNG draws, an asyncio.Queue, a simulated network exchange and storage
+writes (synced and not).  ``workload`` is self-contained (its imports are inside) so the
+very same source runs in subprocesses under other ``PYTHONHASHSEED`` values and other
+Python versions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from commonware_runtime import deterministic
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNTIME_DIR = ROOT / "runtime"
+SEEDS = range(100)
+
+
+def workload(seed: int) -> tuple[str, list[str]]:
+    """Run the mixed workload on ``seed``; returns (final auditor state, event log)."""
+    import asyncio
+
+    from commonware_runtime import deterministic
+
+    async def main(ctx: "deterministic.Context") -> list[str]:
+        log: list[str] = []
+        queue: asyncio.Queue = asyncio.Queue()
+        listener = await ctx.bind(("127.0.0.1", 0))
+
+        async def server(c: "deterministic.Context") -> None:
+            _, sink, stream = await listener.accept()
+            for _ in range(3):
+                n = (await stream.recv(1))[0]
+                data = await stream.recv(n)
+                await c.sleep(c.rng.random() * 0.005)
+                await sink.send(bytes([n]) + bytes(reversed(data)))
+
+        async def producer(c: "deterministic.Context", i: int) -> None:
+            for j in range(3):
+                await c.sleep(c.rng.random() * 0.01)
+                await queue.put((i, j, c.rng.randrange(1000)))
+                log.append(f"put {i}.{j} t={c.current():.6f}")
+
+        async def writer(c: "deterministic.Context", i: int) -> None:
+            blob, _ = await c.open("part", b"blob%d" % i)
+            await blob.write_at(c.rng.randbytes(16), 0)
+            if i % 2 == 0:
+                await blob.sync()
+            await blob.write_at(b"tail", 16)
+            log.append(f"wrote {i} t={c.current():.6f}")
+
+        server_handle = ctx.with_label("server").spawn(server)
+        handles = [ctx.with_label(f"producer{i}").spawn(lambda c, i=i: producer(c, i)) for i in range(4)]
+        handles += [ctx.with_label("writer").spawn(lambda c, i=i: writer(c, i)) for i in range(3)]
+        sink, stream = await ctx.dial(listener.local_addr())
+        for k in range(3):
+            message = ctx.rng.randbytes(1 + k)
+            await sink.send(bytes([len(message)]) + message)
+            n = (await stream.recv(1))[0]
+            log.append(f"echo {(await stream.recv(n)).hex()} t={ctx.current():.6f}")
+        for _ in range(12):
+            log.append(f"got {await queue.get()}")
+        for handle in handles:
+            await handle
+        await server_handle
+        log.append(f"end t={ctx.current():.6f} storage={ctx.storage_audit()} audit={ctx.auditor().state()}")
+        return log
+
+    runner = deterministic.Runner(deterministic.Config(seed=seed, timeout=60.0))
+    log = runner.start(main)
+    assert runner.auditor_state is not None
+    return runner.auditor_state, log
+
+
+def workload_script(seed: int) -> str:
+    """A standalone script printing ``workload(seed)`` as JSON."""
+    source = textwrap.dedent(inspect.getsource(workload))
+    return (
+        "from __future__ import annotations\n"
+        "import json, sys\n"
+        f"{source}\n"
+        f"state, log = workload({seed})\n"
+        "print(json.dumps([state, log]))\n"
+    )
+
+
+def run_script(python: str, seed: int, env_extra: dict[str, str], pythonpath: list[str]) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env.update(env_extra)
+    env["PYTHONPATH"] = os.pathsep.join(pythonpath)
+    return subprocess.Popen(
+        [python, "-c", workload_script(seed)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=str(ROOT),
+    )
+
+
+def collect(proc: subprocess.Popen[str], what: str) -> tuple[str, list[str]]:
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, f"{what} failed:\n{err}"
+    state, log = json.loads(out)
+    return state, log
+
+
+@pytest.fixture(scope="module")
+def runs() -> dict[int, tuple[tuple[str, list[str]], tuple[str, list[str]]]]:
+    return {seed: (workload(seed), workload(seed)) for seed in SEEDS}
+
+
+def test_same_seed_twice_is_identical(runs: dict[int, Any]) -> None:
+    for seed, (first, second) in runs.items():
+        assert first[0] == second[0], f"seed {seed}: auditor states differ"
+        assert first[1] == second[1], f"seed {seed}: outcomes differ"
+
+
+def test_workload_really_ran(runs: dict[int, Any]) -> None:
+    (state, log), _ = runs[0]
+    assert len(state) == 64 and int(state, 16) >= 0
+    assert sum(line.startswith("got ") for line in log) == 12
+    assert sum(line.startswith("echo ") for line in log) == 3
+    assert sum(line.startswith("wrote ") for line in log) == 3
+    assert log[-1].startswith("end ")
+
+
+def test_different_seeds_differ(runs: dict[int, Any]) -> None:
+    states = {first[0] for first, _ in runs.values()}
+    assert len(states) == len(SEEDS)
+    # Not only the hash: the seed really changes what happens (interleavings, times, draws).
+    logs = {tuple(first[1][:-1]) for first, _ in runs.values()}
+    assert len(logs) >= 0.9 * len(SEEDS)
+    orders = {tuple(line.split(" t=")[0] for line in first[1] if line.startswith(("put", "wrote"))) for first, _ in runs.values()}
+    assert len(orders) > 10  # the scheduler's choices vary with the seed
+
+
+def test_same_seed_across_processes_and_hash_seeds() -> None:
+    seed = 11
+    expected = workload(seed)
+    procs = {
+        value: run_script(sys.executable, seed, {"PYTHONHASHSEED": value}, [str(RUNTIME_DIR)])
+        for value in ("0", "1", "random", "4294967295")
+    }
+    for value, proc in procs.items():
+        assert collect(proc, f"PYTHONHASHSEED={value}") == expected, f"PYTHONHASHSEED={value} diverged"
+
+
+def _python_versions() -> list[tuple[str, str]]:
+    found = []
+    for version in ("3.11", "3.12", "3.13"):
+        candidates = sorted(Path("/root/.pyenv/versions").glob(f"{version}*/bin/python"))
+        if candidates:
+            found.append((version, str(candidates[-1])))
+    return found
+
+
+@pytest.fixture(scope="session")
+def foreign_site(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A directory exposing only this venv's pure-Python prometheus_client to other interpreters."""
+    import prometheus_client
+
+    site = tmp_path_factory.mktemp("foreign_site")
+    (site / "prometheus_client").symlink_to(Path(prometheus_client.__file__).parent, target_is_directory=True)
+    return str(site)
+
+
+@pytest.mark.parametrize("version", ["3.11", "3.12", "3.13"])
+def test_same_seed_across_python_versions(version: str, foreign_site: str) -> None:
+    pythons = dict(_python_versions())
+    python = pythons.get(version)
+    if python is None:
+        pytest.skip(f"no Python {version} under /root/.pyenv/versions")
+    pythonpath = [str(RUNTIME_DIR), foreign_site]
+    probe_env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    probe_env["PYTHONPATH"] = os.pathsep.join(pythonpath)
+    probe = subprocess.run(
+        [python, "-c", "import commonware_runtime.deterministic"], env=probe_env, capture_output=True, text=True
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"commonware_runtime is not importable on {python}: {probe.stderr.strip().splitlines()[-1:]}")
+    seed = 23
+    expected = workload(seed)
+    procs = [run_script(python, seed, {"PYTHONHASHSEED": value}, pythonpath) for value in ("0", "random")]
+    for proc in procs:
+        assert collect(proc, python) == expected, f"{python} diverged from {sys.version.split()[0]}"
+
+
+# -- the user RNG stream ---------------------------------------------------------------------
+
+
+def rng_draws(seed: int, extra_tasks: int, cycle: float = 0.001) -> tuple[list[Any], str]:
+    """Root draws before and after spawning ``extra_tasks`` unrelated tasks that reshape the schedule."""
+
+    async def busy(ctx: deterministic.Context, i: int) -> None:
+        for _ in range(i % 5 + 1):
+            await ctx.sleep(0.001 * (i % 3))
+        await asyncio.sleep(0)
+
+    async def main(ctx: deterministic.Context) -> list[Any]:
+        first = [ctx.rng.random() for _ in range(3)]
+        for i in range(extra_tasks):
+            ctx.with_label(f"extra{i}").spawn(lambda c, i=i: busy(c, i))
+        await ctx.sleep(0.05)
+        second = [ctx.rng.getrandbits(32), ctx.rng.randrange(10**6), ctx.rng.randbytes(4).hex()]
+        return first + second
+
+    runner = deterministic.Runner(deterministic.Config(seed=seed, cycle=cycle))
+    values = runner.start(main)
+    assert runner.auditor_state is not None
+    return values, runner.auditor_state
+
+
+def test_rng_stream_does_not_shift_with_schedule() -> None:
+    for seed in (0, 1, 42):
+        base, base_state = rng_draws(seed, 0)
+        for extra in (1, 10, 40):
+            values, state = rng_draws(seed, extra)
+            assert values == base, f"seed {seed}: {extra} extra tasks shifted the user RNG stream"
+            assert state != base_state  # the schedule really changed
+        values, state = rng_draws(seed, 10, cycle=0.003)
+        assert values == base
+
+
+def test_rng_stream_depends_on_seed() -> None:
+    streams = {tuple(rng_draws(seed, 0)[0]) for seed in range(20)}
+    assert len(streams) == 20
+
+
+def test_rng_stream_independent_of_spawning_tasks_draws() -> None:
+    """Tasks drawing in a fixed order (sequenced by awaits) see the same values whatever the extras."""
+
+    def run(extra: int) -> list[float]:
+        async def main(ctx: deterministic.Context) -> list[float]:
+            for i in range(extra):
+                ctx.spawn(lambda c: c.sleep(0.002))
+            out = []
+            for i in range(3):
+
+                async def draw(c: deterministic.Context) -> float:
+                    await c.sleep(0.001)
+                    return c.rng.random()
+
+                out.append(await ctx.spawn(draw))
+            return out
+
+        return deterministic.Runner.seeded(9).start(main)
+
+    assert run(0) == run(5) == run(50)
