@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import json
 import os
@@ -34,7 +35,9 @@ from typing import Any, Callable
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(ROOT, "runtime"))
+# COMMONWARE_BENCH_RUNTIME=/path/to/runtime measures another copy of the package (A/B of a
+# patch): the child processes inherit the variable, so every variant sees the same copy.
+sys.path.insert(0, os.environ.get("COMMONWARE_BENCH_RUNTIME") or os.path.join(ROOT, "runtime"))
 
 from harness import Case, Result, machine_info, main_or_worker, markdown_table, run_cases, summarize  # noqa: E402
 
@@ -379,6 +382,9 @@ def report(results: list[Result], quick: bool, key: str) -> str:
     out: list[str] = []
     verdicts: list[str] = []
 
+    labels = {r.case.label for r in results}
+    suffixes = [""] + ([" [B]"] if any(lbl.endswith(" [B]") for lbl in labels) else [])
+
     def med(label: str, k: str = key) -> float:
         return next(r for r in results if r.case.label == label).median(k)
 
@@ -389,8 +395,9 @@ def report(results: list[Result], quick: bool, key: str) -> str:
         )
         out += [f"### (a) ping-pong, {n:,} messages", "", markdown_table(headers, rows), ""]
         for impl in ("ours-loop", "ours-runner"):
-            ratio = med("a asyncio") / med(f"a {impl}")
-            verdicts.append(f"(a) {impl}: {ratio:.2f}x stock asyncio (target >= 1.0x) {'MET' if ratio >= 1.0 else 'MISSED'}")
+            for sfx in suffixes:
+                ratio = med("a asyncio") / med(f"a {impl}{sfx}")
+                verdicts.append(f"(a) {impl}{sfx}: {ratio:.2f}x stock asyncio (target >= 1.0x) {'MET' if ratio >= 1.0 else 'MISSED'}")
     if "b" in by_group:
         headers, rows = summarize(
             by_group["b"], "b asyncio N=20000", key=key, also=other,
@@ -398,22 +405,24 @@ def report(results: list[Result], quick: bool, key: str) -> str:
         )
         out += ["### (b) spawn and await 20,000 tasks", "", markdown_table(headers, rows), ""]
         for impl in ("ours-runner", "ours-loop"):
-            ratio = med("b asyncio N=20000") / med(f"b {impl} N=20000")
-            verdicts.append(f"(b) {impl}: {ratio:.2f}x stock asyncio (target >= 0.5x) {'MET' if ratio >= 0.5 else 'MISSED'}")
+            for sfx in suffixes:
+                ratio = med("b asyncio N=20000") / med(f"b {impl} N=20000{sfx}")
+                verdicts.append(f"(b) {impl}{sfx}: {ratio:.2f}x stock asyncio (target >= 0.5x) {'MET' if ratio >= 0.5 else 'MISSED'}")
     if "b-scale" in by_group:
         scale = by_group["b-scale"]
         ns = sorted({r.case.params["n"] for r in scale})
         headers = ["variant"] + [f"ns/task N={n:,}" for n in ns] + [f"N={ns[-1]:,} / N={ns[0]:,}"]
         rows = []
-        for impl, gc_enabled in SCALE_VARIANTS:
+        for (impl, gc_enabled), sfx in [(v, x) for x in suffixes for v in SCALE_VARIANTS]:
             name = impl + ("" if gc_enabled else " gc-off")
-            per = [
-                next(
-                    r for r in scale
-                    if r.case.params["impl"] == impl and r.case.params["n"] == n and r.case.params["gc_enabled"] == gc_enabled
-                ).median(key) / n * 1e9
+            found = [
+                [r for r in scale if r.case.label == f"b-scale {name} N={n}{sfx}"]
                 for n in ns
             ]
+            if not all(found):
+                continue
+            name += sfx
+            per = [f[0].median(key) / n * 1e9 for f, n in zip(found, ns)]
             growth = per[-1] / per[0]
             rows.append([name] + [f"{p:,.0f}" for p in per] + [f"{growth:.2f}"])
             if impl.startswith("ours"):
@@ -435,8 +444,9 @@ def report(results: list[Result], quick: bool, key: str) -> str:
             "",
         ]
         for impl in ("ours-ctx", "ours-runner-asyncio", "ours-loop"):
-            ratio = med("c trio") / med(f"c {impl}")
-            verdicts.append(f"(c) {impl}: {ratio:.2f}x trio MockClock (target >= 4x) {'MET' if ratio >= 4.0 else 'MISSED'}")
+            for sfx in suffixes:
+                ratio = med("c trio") / med(f"c {impl}{sfx}")
+                verdicts.append(f"(c) {impl}{sfx}: {ratio:.2f}x trio MockClock (target >= 4x) {'MET' if ratio >= 4.0 else 'MISSED'}")
     if "d" in by_group:
         rate_key = "decisions_per_s" if key == "seconds" else "cpu_decisions_per_s"
         rows = []
@@ -449,17 +459,17 @@ def report(results: list[Result], quick: bool, key: str) -> str:
                 f"{res.spread(key) * 100:.0f}%",
                 f"{res.median(rate_key):,.0f}",
             ])
-        off, on = med("d recording off", rate_key), med("d recording on", rate_key)
-        cost = 1 - on / off
         out += [
             "### (d) scheduler decisions per second (1,000 tasks x 200 sleep(0), whole Runner.start)",
             "",
             markdown_table(["variant", "decisions", "median wall", "median cpu", "spread", f"decisions/s ({key})"], rows),
             "",
-            f"Recording costs {cost * 100:.1f}% of throughput.",
-            "",
         ]
-        verdicts.append(f"(d) recording costs {cost * 100:.1f}% (target <= 15%) {'MET' if cost <= 0.15 else 'MISSED'}")
+        for sfx in suffixes:
+            off, on = med(f"d recording off{sfx}", rate_key), med(f"d recording on{sfx}", rate_key)
+            cost = 1 - on / off
+            out += [f"Recording costs {cost * 100:.1f}% of throughput{sfx}.", ""]
+            verdicts.append(f"(d){sfx} recording costs {cost * 100:.1f}% (target <= 15%) {'MET' if cost <= 0.15 else 'MISSED'}")
     out += [f"### Targets (ratios of median {'wall' if key == 'seconds' else 'CPU'} time)", ""] + [f"- {v}" for v in verdicts]
     if quick:
         out.insert(0, "(--quick: reduced sizes, not comparable with the full run)\n")
@@ -473,6 +483,10 @@ def parent(argv: list[str]) -> None:
     ap.add_argument("--only", default="a,b,c,d", help="comma-separated subset of workloads a,b,c,d")
     ap.add_argument("--json", help="also write every raw sample to this file")
     ap.add_argument(
+        "--ab", metavar="RUNTIME_DIR",
+        help="also run every variant of ours on the package found in RUNTIME_DIR (labels end in [B])",
+    )
+    ap.add_argument(
         "--metric", choices=("wall", "cpu"), default="wall",
         help="time the ratios are computed on (cpu: process CPU time, robust to other load on the machine)",
     )
@@ -483,6 +497,17 @@ def parent(argv: list[str]) -> None:
         ap.error(f"unknown workloads {sorted(unknown)}")
     rounds = args.rounds if (args.rounds != 5 or not args.quick) else 3
     cases = build_cases(args.quick, only)
+    if args.ab:
+        # A/B a patched copy of the package: every variant of ours runs on both copies.
+        path = os.path.abspath(args.ab)
+        if not os.path.isdir(os.path.join(path, "commonware_runtime")):
+            ap.error(f"--ab {args.ab!r}: no commonware_runtime package in that directory")
+        extra = [
+            dataclasses.replace(c, label=c.label + " [B]", env={"COMMONWARE_BENCH_RUNTIME": path})
+            for c in cases
+            if c.worker == "decisions" or str(c.params.get("impl", "")).startswith("ours")
+        ]
+        cases = cases + extra
     info = machine_info()
     print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()), flush=True)
     print(f"{len(cases)} cases x {rounds} rounds, one subprocess each", flush=True)

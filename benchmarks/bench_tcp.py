@@ -8,7 +8,9 @@ hits all of them alike.  Client and server live in the same process on one event
 talking over 127.0.0.1: a round trip therefore pays for both ends of the layer under test.
 
 Scenarios: ``size`` bytes per message, ``conns`` concurrent connections, each client sends
-one message, waits for the whole echo, repeats (``msgs`` round trips in total).  Reported:
+one message, waits for the whole echo, repeats.  The "window" scenario keeps 32 messages in
+flight per connection (send 32, then read 32 echoes): system calls are then shared by many
+messages and the per-message cost of the layer itself shows.  Reported:
 median round trips per second, median MB/s of payload (one direction), and the ratio to
 asyncio streams on the default loop.
 
@@ -44,7 +46,7 @@ WARMUP = 200
 # --- variants: each returns seconds for `rounds` round trips on each of `conns` connections ----
 
 
-async def bench_streams(size: int, conns: int, rounds: int) -> float:
+async def bench_streams(size: int, conns: int, rounds: int, window: int) -> float:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
@@ -60,14 +62,16 @@ async def bench_streams(size: int, conns: int, rounds: int) -> float:
 
     async def client(count: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        for _ in range(count):
-            writer.write(msg)
-            await writer.drain()
-            if await reader.readexactly(size) != msg:
-                raise AssertionError("echo mismatch")
+        for _ in range(count // window):
+            for _ in range(window):
+                writer.write(msg)
+                await writer.drain()
+            for _ in range(window):
+                if await reader.readexactly(size) != msg:
+                    raise AssertionError("echo mismatch")
         writer.close()
 
-    await asyncio.gather(*(client(WARMUP) for _ in range(conns)))
+    await asyncio.gather(*(client(WARMUP * window) for _ in range(conns)))
     start = time.perf_counter()
     await asyncio.gather(*(client(rounds) for _ in range(conns)))
     elapsed = time.perf_counter() - start
@@ -91,10 +95,12 @@ class _EchoServerProtocol(asyncio.BufferedProtocol):
 
 
 class _EchoClientProtocol(asyncio.BufferedProtocol):
-    def __init__(self, msg: bytes, count: int, done: asyncio.Future[None]) -> None:
+    def __init__(self, msg: bytes, count: int, window: int, done: asyncio.Future[None]) -> None:
         self.msg = msg
         self.size = len(msg)
-        self.left = count
+        self.window = window
+        self.pending = window  # echoes outstanding in the current batch
+        self.left = count // window  # batches left
         self.done = done
         self.buf = bytearray(max(2 * len(msg), 256 * 1024))
         self.view = memoryview(self.buf)
@@ -102,28 +108,38 @@ class _EchoClientProtocol(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
-        transport.write(self.msg)
+        for _ in range(self.window):
+            transport.write(self.msg)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.view[self.have :]
 
     def buffer_updated(self, nbytes: int) -> None:
         self.have += nbytes
-        if self.have < self.size:
-            return
-        # bytearray slice compare is a memcmp (comparing a memoryview is ~30x slower).
-        if self.buf[: self.size] != self.msg:
-            raise AssertionError("echo mismatch")
-        self.have = 0
-        self.left -= 1
-        if self.left:
-            self.transport.write(self.msg)
-        else:
-            self.transport.close()
-            self.done.set_result(None)
+        size = self.size
+        while self.have >= size:
+            # bytearray slice compare is a memcmp (comparing a memoryview is ~30x slower).
+            if self.buf[:size] != self.msg:
+                raise AssertionError("echo mismatch")
+            del self.view
+            del self.buf[:size]
+            self.buf.extend(bytes(size))
+            self.view = memoryview(self.buf)
+            self.have -= size
+            self.pending -= 1
+            if self.pending:
+                continue
+            self.left -= 1
+            if not self.left:
+                self.transport.close()
+                self.done.set_result(None)
+                return
+            self.pending = self.window
+            for _ in range(self.window):
+                self.transport.write(self.msg)
 
 
-async def bench_protocol(size: int, conns: int, rounds: int) -> float:
+async def bench_protocol(size: int, conns: int, rounds: int, window: int) -> float:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(_EchoServerProtocol, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -131,10 +147,10 @@ async def bench_protocol(size: int, conns: int, rounds: int) -> float:
 
     async def client(count: int) -> None:
         done: asyncio.Future[None] = loop.create_future()
-        await loop.create_connection(lambda: _EchoClientProtocol(msg, count, done), "127.0.0.1", port)
+        await loop.create_connection(lambda: _EchoClientProtocol(msg, count, window, done), "127.0.0.1", port)
         await done
 
-    await asyncio.gather(*(client(WARMUP) for _ in range(conns)))
+    await asyncio.gather(*(client(WARMUP * window) for _ in range(conns)))
     start = time.perf_counter()
     await asyncio.gather(*(client(rounds) for _ in range(conns)))
     elapsed = time.perf_counter() - start
@@ -142,7 +158,7 @@ async def bench_protocol(size: int, conns: int, rounds: int) -> float:
     return elapsed
 
 
-async def bench_runtime(size: int, conns: int, rounds: int) -> float:
+async def bench_runtime(size: int, conns: int, rounds: int, window: int) -> float:
     from commonware_runtime.errors import RecvFailed
     from commonware_runtime.metrics import RuntimeCounters
     from commonware_runtime.production.network import NetworkConfig, bind, dial
@@ -169,14 +185,16 @@ async def bench_runtime(size: int, conns: int, rounds: int) -> float:
 
     async def client(count: int) -> None:
         sink, stream = await dial(listener.local_addr(), config, counters)
-        for _ in range(count):
-            await sink.send(msg)
-            if await stream.recv(size) != msg:
-                raise AssertionError("echo mismatch")
+        for _ in range(count // window):
+            for _ in range(window):
+                await sink.send(msg)
+            for _ in range(window):
+                if await stream.recv(size) != msg:
+                    raise AssertionError("echo mismatch")
         sink.close()
         stream.close()
 
-    await asyncio.gather(*(client(WARMUP) for _ in range(conns)))
+    await asyncio.gather(*(client(WARMUP * window) for _ in range(conns)))
     start = time.perf_counter()
     await asyncio.gather(*(client(rounds) for _ in range(conns)))
     elapsed = time.perf_counter() - start
@@ -185,16 +203,16 @@ async def bench_runtime(size: int, conns: int, rounds: int) -> float:
     return elapsed
 
 
-BENCHES: dict[str, Callable[[int, int, int], Awaitable[float]]] = {
+BENCHES: dict[str, Callable[[int, int, int, int], Awaitable[float]]] = {
     "streams": bench_streams,
     "protocol": bench_protocol,
     "runtime": bench_runtime,
 }
 
 
-def worker(variant: str, size: int, conns: int, rounds: int) -> None:
+def worker(variant: str, size: int, conns: int, rounds: int, window: int) -> None:
     kind, loop_name = variant.split("/")
-    coro = BENCHES[kind](size, conns, rounds)
+    coro = BENCHES[kind](size, conns, rounds, window)
     if loop_name == "uvloop":
         import uvloop
 
@@ -207,9 +225,9 @@ def worker(variant: str, size: int, conns: int, rounds: int) -> None:
 # --- driver -------------------------------------------------------------------------------
 
 
-def measure(variant: str, size: int, conns: int, rounds: int) -> float:
+def measure(variant: str, size: int, conns: int, rounds: int, window: int) -> float:
     out = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--worker", variant, str(size), str(conns), str(rounds)],
+        [sys.executable, os.path.abspath(__file__), "--worker", variant, str(size), str(conns), str(rounds), str(window)],
         check=True,
         capture_output=True,
         text=True,
@@ -222,29 +240,30 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="repetitions of every measurement (default 5)")
     parser.add_argument("--quick", action="store_true", help="fewer round trips (smoke run)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of variants")
-    parser.add_argument("--worker", nargs=4, metavar=("VARIANT", "SIZE", "CONNS", "ROUNDS"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=5, metavar=("VARIANT", "SIZE", "CONNS", "ROUNDS", "WINDOW"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        variant, size, conns, rounds = args.worker
-        worker(variant, int(size), int(conns), int(rounds))
+        variant, size, conns, rounds, window = args.worker
+        worker(variant, int(size), int(conns), int(rounds), int(window))
         return
 
     scale = 5 if args.quick else 1
-    # (label, message size, connections, round trips per connection)
+    # (label, message size, connections, messages per connection, messages in flight per connection)
     scenarios = [
-        ("64 B x1", 64, 1, 20_000 // scale),
-        ("64 KiB x1", 64 * 1024, 1, 3_000 // scale),
-        ("64 B x16", 64, 16, 2_500 // scale),
-        ("64 KiB x16", 64 * 1024, 16, 250 // scale),
+        ("64 B x1", 64, 1, 20_000 // scale, 1),
+        ("64 KiB x1", 64 * 1024, 1, 3_000 // scale, 1),
+        ("64 B x16", 64, 16, 2_500 // scale, 1),
+        ("64 KiB x16", 64 * 1024, 16, 250 // scale, 1),
+        ("64 B x1 window 32", 64, 1, 64_000 // scale, 32),
     ]
     variants = args.variants.split(",")
     results: dict[tuple[str, str], list[float]] = {}
     for r in range(args.rounds):
-        for label, size, conns, rounds in scenarios:
+        for label, size, conns, rounds, window in scenarios:
             # Rotate the order each round so no variant always runs first or last.
             order = variants[r % len(variants) :] + variants[: r % len(variants)]
             for variant in order:
-                seconds = measure(variant, size, conns, rounds)
+                seconds = measure(variant, size, conns, rounds, window)
                 results.setdefault((label, variant), []).append(conns * rounds / seconds)
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
 
@@ -252,7 +271,7 @@ def main() -> None:
           f"median of {args.rounds} interleaved runs (each in its own process)\n")
     print(f"| scenario | variant | round trips/s | MB/s | vs {BASELINE} |")
     print("|---|---|---:|---:|---:|")
-    for label, size, _, _ in scenarios:
+    for label, size, _, _, _ in scenarios:
         base = statistics.median(results[(label, BASELINE)]) if BASELINE in variants else None
         for variant in variants:
             rate = statistics.median(results[(label, variant)])

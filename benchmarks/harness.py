@@ -57,6 +57,7 @@ class Case:
     worker: str
     params: Mapping[str, Any] = field(default_factory=dict)
     group: str = ""  # cases of one group share a baseline in ratio tables
+    env: Mapping[str, str] = field(default_factory=dict)  # extra environment of the child
 
 
 @dataclass
@@ -82,6 +83,7 @@ def measure(script: str, case: Case, *, python: str = sys.executable, timeout: f
     cmd = [python, script, "--worker", case.worker, json.dumps(dict(case.params), sort_keys=True)]
     env = dict(os.environ)
     env.setdefault("PYTHONHASHSEED", "0")  # identical dict/set layouts in every child
+    env.update(case.env)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
         raise RuntimeError(

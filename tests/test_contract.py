@@ -33,6 +33,11 @@ from commonware_runtime import (
 
 LOCALHOST = "127.0.0.1"
 
+# Aborting a task before its first step currently leaves its coroutine never awaited (a
+# library bug pinned by test_abort_before_first_step_leaves_no_warning below); keep that
+# noise out of the other tests' summaries.
+pytestmark = pytest.mark.filterwarnings("ignore:coroutine .* was never awaited:RuntimeWarning")
+
 
 # -- helpers ---------------------------------------------------------------------------
 
@@ -195,6 +200,26 @@ def test_abort_before_first_step(runner_factory: Any) -> None:
 
     runner_factory.run(main)
     assert started == []
+
+
+def test_abort_before_first_step_leaves_no_warning(runner_factory: Any) -> None:
+    import gc
+    import warnings
+
+    async def main(ctx: Any) -> None:
+        async def task(c: Any) -> None:
+            await c.sleep(1)
+
+        handle = ctx.spawn(task)
+        handle.abort()
+        await ctx.sleep(0.01)
+
+    gc.collect()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        runner_factory.run(main)
+        gc.collect()
+    assert [str(w.message) for w in caught] == []
 
 
 def test_abort_of_finished_task_keeps_value(runner_factory: Any) -> None:
@@ -883,12 +908,26 @@ def test_storage_read_bounds(runner_factory: Any) -> None:
     runner_factory.run(main)
 
 
-def test_storage_handles_share_contents(runner_factory: Any) -> None:
+def test_storage_handles_share_contents(runner_factory: Any, request: pytest.FixtureRequest) -> None:
+    if not runner_factory.deterministic:
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason="BUG: production/storage.py Blob tracks its size per handle (Blob._size, set at open; "
+                "read_at checks `end > self._size` before reading), so a second handle of the same blob "
+                "does not see bytes written through the first (BlobInsufficientLength) while the "
+                "deterministic runtime shares contents between handles: the runtimes disagree",
+            )
+        )
+
     async def main(ctx: Any) -> None:
         first, _ = await ctx.open("shared", b"b")
         second, _ = await ctx.open("shared", b"b")
         await first.write_at(b"abc", 0)
         assert await second.read_at(3, 0) == b"abc"
+        assert second.size == 3
+        await second.write_at(b"Z", 1)
+        assert await first.read_at(3, 0) == b"aZc"
         await first.close()
         await second.close()
 
@@ -1234,3 +1273,53 @@ def test_network_send_rejects_non_bytes(runner_factory: Any) -> None:
         await handle
 
     runner_factory.run(main)
+
+
+def test_runtime_metrics_count_io(runner_factory: Any) -> None:
+    async def main(ctx: Any) -> str:
+        listener = await ctx.bind((LOCALHOST, 0))
+
+        async def server(c: Any) -> None:
+            _, sink, stream = await listener.accept()
+            await sink.send(await stream.recv(10))
+
+        ctx.spawn(server)
+        sink, stream = await ctx.dial(listener.local_addr())
+        await sink.send(b"0123456789")
+        await stream.recv(10)
+        blob, _ = await ctx.open("metrics", b"b")
+        await blob.write_at(b"abcd", 0)
+        await blob.read_at(4, 0)
+        await blob.sync()
+        await blob.close()
+        return ctx.encode()
+
+    samples: dict[str, float] = {}
+    for line in runner_factory.run(main).splitlines():
+        if line and not line.startswith("#") and "{" not in line:
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    assert samples["runtime_inbound_connections_total"] == 1
+    assert samples["runtime_outbound_connections_total"] == 1
+    assert samples["runtime_bandwidth_sent_bytes_total"] == 20  # both directions of one process
+    assert samples["runtime_bandwidth_received_bytes_total"] == 20
+    assert samples["runtime_storage_writes_total"] >= 1
+    assert samples["runtime_storage_written_bytes_total"] >= 4
+    assert samples["runtime_storage_read_bytes_total"] >= 4
+    assert samples["runtime_storage_syncs_total"] >= 1
+
+
+def test_error_hierarchy() -> None:
+    import commonware_runtime
+
+    names = [
+        "Exited", "Closed", "Timeout", "BindFailed", "ConnectionFailed", "SendFailed", "RecvFailed",
+        "ReadFailed", "WriteFailed", "PartitionNameInvalid", "PartitionCreationFailed", "PartitionMissing",
+        "PartitionCorrupt", "BlobOpenFailed", "BlobMissing", "BlobResizeFailed", "BlobSyncFailed",
+        "BlobInsufficientLength", "BlobCorrupt", "OffsetOverflow", "RuntimeStalled", "RuntimeTimeout",
+    ]
+    assert issubclass(commonware_runtime.Error, Exception)
+    for name in names:
+        cls = getattr(commonware_runtime, name)
+        assert issubclass(cls, commonware_runtime.Error), name
+        assert cls is not commonware_runtime.Error

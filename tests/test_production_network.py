@@ -27,6 +27,13 @@ LOCAL = ("127.0.0.1", 0)
 
 Run = Callable[[Callable[[], Awaitable[Any]]], Any]
 
+# Everything a test opens, closed (idempotently) when its run ends so no transport leaks.
+_OPENED: list[Listener | Sink | Stream] = []
+
+
+def track(*objects: Any) -> None:
+    _OPENED.extend(objects)
+
 
 @pytest.fixture(params=LOOPS)
 def run(request: pytest.FixtureRequest) -> Run:
@@ -35,7 +42,12 @@ def run(request: pytest.FixtureRequest) -> Run:
 
     def runner(fn: Callable[[], Awaitable[Any]], limit: float = 10.0) -> Any:
         async def bounded() -> Any:
-            return await asyncio.wait_for(fn(), limit)
+            try:
+                return await asyncio.wait_for(fn(), limit)
+            finally:
+                while _OPENED:
+                    _OPENED.pop().close()
+                await asyncio.sleep(0.01)  # let the transports finish closing
 
         with asyncio.Runner(loop_factory=factory) as r:
             return r.run(bounded())
@@ -53,6 +65,7 @@ async def pair(
     accepting = asyncio.ensure_future(listener.accept())
     dialed = await dial(listener.local_addr(), config, counters)
     peer, sink, stream = await accepting
+    track(listener, *dialed, sink, stream)
     assert peer[0] == "127.0.0.1"
     return listener, dialed, (sink, stream)
 
@@ -181,7 +194,8 @@ def test_string_addresses(run: Run) -> None:
         assert host == "127.0.0.1" and port > 0
         accepting = asyncio.ensure_future(listener.accept())
         sink, stream = await dial(f"127.0.0.1:{port}", NetworkConfig(), RuntimeCounters())
-        _, ssink, _ = await accepting
+        _, ssink, sstream = await accepting
+        track(listener, sink, stream, ssink, sstream)
         await ssink.send(b"ok")
         assert await stream.recv(2) == b"ok"
         listener.close()

@@ -428,6 +428,38 @@ def test_read_falls_back_to_executor_on_eagain(tmp_path: Path, monkeypatch: pyte
 
 
 @needs_nowait
+def test_inline_misses_back_off_and_a_hit_resets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = os.preadv
+    state = {"cold": True, "attempts": 0}
+
+    def maybe_cold(fd: int, buffers: Any, offset: int, flags: int = 0) -> int:
+        if flags:
+            state["attempts"] += 1
+            if state["cold"]:
+                raise BlockingIOError(errno.EAGAIN, "would block")
+        return real(fd, buffers, offset, flags)
+
+    async def body(env: Env) -> None:
+        blob, _ = await env.storage.open("p", b"b")
+        data = os.urandom(8192)
+        await blob.write_at(data, 0)
+        monkeypatch.setattr(os, "preadv", maybe_cold)
+        for i in range(40):
+            assert await blob.read_at(100, i) == data[i : i + 100]
+        # Attempts on reads 1, 3, 7, 15 and 31: windows of 1, 3, 7, 15 skipped reads.
+        assert state["attempts"] == 5
+        state["cold"] = False
+        before = env.executor.submitted
+        for i in range(20):  # reads 41..60: 41-46 still skip, 47 hits and resets
+            assert await blob.read_at(100, i) == data[i : i + 100]
+        assert state["attempts"] == 5 + 14
+        assert env.executor.submitted == before + 6
+        await blob.close()
+
+    run(tmp_path, body)
+
+
+@needs_nowait
 def test_short_inline_read_is_completed_in_executor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real = os.preadv
 

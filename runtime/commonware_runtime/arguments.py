@@ -29,7 +29,7 @@ def duration_ns(value: Duration, what: str = "duration") -> int:
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         if not math.isfinite(value):
             raise ValueError(f"{what} must be finite, got {value!r}")
-        ns = round(value * NS_PER_SECOND)
+        ns = seconds_to_ns(value)
     else:
         raise TypeError(f"{what} must be seconds (float) or timedelta, got {type(value).__name__} {value!r}")
     if ns < 0:
@@ -51,7 +51,16 @@ def timestamp_ns(value: float | int, what: str = "deadline") -> int:
         raise TypeError(f"{what} must be seconds since the epoch (float), got {type(value).__name__} {value!r}")
     if not math.isfinite(value):
         raise ValueError(f"{what} must be finite, got {value!r}")
-    return round(value * NS_PER_SECOND)
+    return seconds_to_ns(value)
+
+
+def seconds_to_ns(value: float | int) -> int:
+    """Exact for ints; for floats, whole seconds and the fraction are converted apart so
+    epoch-sized values (~1.7e9 s) keep nanosecond precision (``value * 1e9`` would not)."""
+    if isinstance(value, int):
+        return value * NS_PER_SECOND
+    whole = math.floor(value)
+    return int(whole) * NS_PER_SECOND + round((value - whole) * NS_PER_SECOND)
 
 
 def check_label(label: object) -> str:

@@ -4,10 +4,11 @@ Only meaning enters the hash (task ids and labels, virtual times, payloads, RNG
 draws, metric names); never reprs, ``id()`` or addresses, so the same seed gives the
 same state in any process, under any ``PYTHONHASHSEED`` and on any Python version.
 
-Scheduling decisions are the hot path: they are appended to an ``array`` and folded
-into the hash in bulk the next time another event or ``state()`` needs them.  Because
-SHA-256 is a stream hash, this gives exactly the digest of hashing every event as it
-happened.
+Scheduling decisions are the hot path: they are appended to an ``array`` of u32 and
+folded into the hash in bulk the next time another event or ``state()`` needs them.
+The stream carries no per-fold framing (each event instead starts with the reserved
+word ``EVENT_MARK``), so the digest is independent of when folds happen: reading the
+state never changes it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Union
 Field = Union[bytes, bytearray, memoryview, str, int]
 
 _BIG_ENDIAN = sys.byteorder == "big"
+EVENT_MARK = 0xFFFFFFFD  # never a task id: ids count up from 1, markers from the top
+_EVENT_PREFIX = EVENT_MARK.to_bytes(4, "little")
 
 
 class Auditor:
@@ -40,15 +43,13 @@ class Auditor:
         if decisions:
             if _BIG_ENDIAN:
                 decisions.byteswap()
-            self._hash.update(b"D")
-            self._hash.update(len(decisions).to_bytes(4, "little"))
             self._hash.update(decisions.tobytes())
             del decisions[:]
 
     def event(self, tag: str, *fields: Field) -> None:
         """Fold one event into the hash: a tag and length-prefixed fields."""
         self._fold_decisions()
-        parts = [b"E", tag.encode(), b"\x00"]
+        parts = [_EVENT_PREFIX, tag.encode(), b"\x00"]
         for field in fields:
             if isinstance(field, int):
                 data = str(field).encode()

@@ -41,6 +41,7 @@ class RuntimeCore:
         """Hook for the auditor (deterministic runtime)."""
 
     def new_task(self, handle: Handle[Any], awaitable: Awaitable[Any]) -> None:
+        handle._pending = awaitable
         handle._task = asyncio.get_running_loop().create_task(drive(self, handle, awaitable), name=handle.name)
 
     def task_failed(self, handle: Handle[Any], exc: BaseException) -> None:

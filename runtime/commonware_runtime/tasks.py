@@ -10,6 +10,7 @@ never logs "exception was never retrieved" for a failure the runtime already rep
 from __future__ import annotations
 
 import asyncio
+import inspect
 from typing import TYPE_CHECKING, Any, Awaitable, Generator, Generic, TypeVar
 
 from .errors import Closed, Exited
@@ -59,7 +60,7 @@ class Handle(Generic[T]):
     and ``Exited`` (``__cause__`` = the original exception) if it raised.
     """
 
-    __slots__ = ("_task", "_record", "_state", "_value", "_waiters")
+    __slots__ = ("_task", "_record", "_state", "_value", "_waiters", "_pending")
 
     def __init__(self, record: TaskRecord) -> None:
         self._task: asyncio.Task[Any] | None = None
@@ -67,6 +68,7 @@ class Handle(Generic[T]):
         self._state = _PENDING
         self._value: Any = None
         self._waiters: list[asyncio.Future[None]] | None = None
+        self._pending: Any = None  # the task's awaitable until the task first runs
         record.handle = self
 
     @property
@@ -84,6 +86,8 @@ class Handle(Generic[T]):
         task = self._task
         if task is not None:
             task.cancel()
+        discard(self._pending)
+        self._pending = None
         self._record.abort_children()
 
     def _finish(self, state: int, value: Any) -> None:
@@ -123,11 +127,18 @@ class Handle(Generic[T]):
 
 async def drive(core: "RuntimeCore", handle: Handle[Any], awaitable: Awaitable[Any]) -> None:
     """Run one spawned task to its end and record the outcome in its handle."""
+    handle._pending = None
     record = handle._record
     counters = core.counters
     counters.task_started(record.name)
+    finalizing = False
     try:
         value = await awaitable
+    except GeneratorExit:
+        # The coroutine of an abandoned run is being garbage-collected: its loop is gone,
+        # so there is nobody to notify and nothing may be scheduled.
+        finalizing = True
+        raise
     except asyncio.CancelledError:
         handle._finish(_ABORTED, None)
         raise
@@ -140,7 +151,25 @@ async def drive(core: "RuntimeCore", handle: Handle[Any], awaitable: Awaitable[A
         handle._finish(_OK, value)
     finally:
         counters.task_finished(record.name)
-        if record.children is not None:
-            record.abort_children()
-        if record.signals is not None:
-            core.release_signals(record)
+        if not finalizing:
+            if record.children is not None:
+                record.abort_children()
+            if record.signals is not None:
+                core.release_signals(record)
+
+
+def discard(awaitable: Any) -> None:
+    """Close a coroutine that will never run, so Python does not warn it was never awaited."""
+    if inspect.iscoroutine(awaitable) and inspect.getcoroutinestate(awaitable) == inspect.CORO_CREATED:
+        awaitable.close()
+
+
+def discard_unstarted(task: "asyncio.Task[Any]") -> None:
+    """For a task about to be cancelled: if its driver never started, close what it would have run."""
+    coro = task.get_coro()
+    if (
+        inspect.iscoroutine(coro)
+        and coro.cr_code is drive.__code__
+        and inspect.getcoroutinestate(coro) == inspect.CORO_CREATED
+    ):
+        discard(coro.cr_frame.f_locals.get("awaitable"))

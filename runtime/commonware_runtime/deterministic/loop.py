@@ -26,7 +26,7 @@ import threading
 import types
 from typing import Any, Callable, Iterable
 
-from ..arguments import NS_PER_SECOND
+from ..arguments import NS_PER_SECOND, seconds_to_ns
 from ..auditor import Auditor
 from ..errors import RuntimeStalled, RuntimeTimeout
 
@@ -54,6 +54,14 @@ class _Task(asyncio.Task):  # type: ignore[type-arg]
     """An asyncio Task that carries its stable id and label (C Tasks have no __dict__)."""
 
     __slots__ = ("_cw_id", "_cw_label")
+
+    def set_name(self, value: object) -> None:
+        # asyncio.create_task(coro, name=...) names the task only after creating it (3.11).
+        super().set_name(value)
+        self._cw_label = str(value)
+        loop = self.get_loop()
+        if isinstance(loop, EventLoop) and self._cw_id < len(loop.task_labels):
+            loop.task_labels[self._cw_id] = self._cw_label
 
 
 class EventLoop(asyncio.BaseEventLoop):
@@ -113,7 +121,7 @@ class EventLoop(asyncio.BaseEventLoop):
         timer = asyncio.TimerHandle(when, callback, args, self, context)
         if timer._source_traceback:
             del timer._source_traceback[-1]
-        self._push_timer(round(when * NS_PER_SECOND), timer)
+        self._push_timer(seconds_to_ns(when), timer)
         return timer
 
     def call_at_ns(self, when_ns: int, callback: Callable[..., object], *args: Any) -> asyncio.TimerHandle:
@@ -295,7 +303,7 @@ class EventLoop(asyncio.BaseEventLoop):
     def _run_batch_replay(self, batch: list[asyncio.Handle]) -> None:
         replayer = self.replayer
         step = self.steps
-        replayer.check_round(step, self._now_ns, self.auditor)
+        replayer.check_round(step, self._now_ns, self.auditor, lambda: [self.label_of(h) for h in batch])
         picks = replayer.schedule.picks
         ids = replayer.schedule.ids
         total = len(picks)
@@ -320,6 +328,13 @@ class EventLoop(asyncio.BaseEventLoop):
             record(tid)
             if not handle._cancelled:
                 handle._run()
+
+    def quiesce(self) -> None:
+        """After a run: no deadline, recording or replay for whatever the loop still does."""
+        self._deadline_ns = None
+        self.recorder = None
+        self.replayer = None
+        self._run_batch = self._run_batch_random
 
     def label_of(self, handle: asyncio.Handle) -> str:
         tid = self.owner_id(handle)
@@ -354,7 +369,7 @@ class EventLoop(asyncio.BaseEventLoop):
             f"decisions: no task is ready and no timer is pending. Blocked tasks:"
         ]
         for task in self.blocked_tasks():
-            label = getattr(task, "_cw_label", task.get_name()) or "<root>"
+            label = getattr(task, "_cw_label", task.get_name()) or "<unlabeled>"
             lines.append(f"  - {label!r} (task id {getattr(task, '_cw_id', 0)}) awaiting {await_site(task)}")
         if len(lines) == 1:
             lines.append("  (none: the awaited future can only be completed from outside the loop)")
@@ -369,28 +384,34 @@ class EventLoop(asyncio.BaseEventLoop):
         )
 
 
+_LIBRARY_DIRS = (
+    os.path.dirname(asyncio.__file__) + os.sep,
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,
+)
+
+
 def await_site(task: asyncio.Task[Any]) -> str:
-    """Where a task is suspended: the innermost frame of its coroutine chain, and what it awaits."""
+    """Where a task is suspended: the innermost frame of *user* code in its coroutine
+    chain (frames inside asyncio and this package say little), and what it awaits."""
     coro: Any = task.get_coro()
     frame = None
+    innermost = None
     awaited: Any = None
     while coro is not None:
         f = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None) or getattr(coro, "ag_frame", None)
         if f is not None:
-            frame = f
+            innermost = f
+            if not f.f_code.co_filename.startswith(_LIBRARY_DIRS):
+                frame = f
         nxt = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None) or getattr(coro, "ag_await", None)
-        if nxt is None or isinstance(nxt, (asyncio.Future,)):
-            awaited = nxt
-            break
-        if not isinstance(nxt, (types.CoroutineType, types.GeneratorType, types.AsyncGeneratorType)) and not hasattr(
-            nxt, "cr_frame"
-        ):
+        if nxt is None or not isinstance(nxt, (types.CoroutineType, types.GeneratorType, types.AsyncGeneratorType)):
             awaited = nxt
             break
         coro = nxt
     what = type(awaited).__name__ if awaited is not None else "?"
     if what == "FutureIter":  # the C future's iterator: name what a user awaited
         what = "Future"
+    frame = frame or innermost
     if frame is None:
         return what
     code = frame.f_code

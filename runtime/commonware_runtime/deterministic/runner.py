@@ -12,10 +12,10 @@ from typing import Any, Awaitable, Callable, TypeVar
 from ..arguments import NS_PER_SECOND, duration_ns, timestamp_ns
 from ..auditor import Auditor
 from ..errors import Closed, RuntimeStalled, RuntimeTimeout
-from ..tasks import _ABORTED, _ERR, _OK, Handle, TaskRecord, drive
+from ..tasks import _ABORTED, _ERR, _OK, Handle, TaskRecord, discard_unstarted, drive
 from .context import Context, DeterministicCore
-from .loop import EventLoop, derive_seed
-from .trace import Recorder, Replayer, Schedule
+from .loop import EventLoop
+from .trace import Recorder, ReplayDivergence, Replayer, Schedule
 
 T = TypeVar("T")
 logger = logging.getLogger("commonware_runtime")
@@ -187,73 +187,62 @@ class Runner:
         record = TaskRecord("")
         handle: Handle[T] = Handle(record)
         core.root = handle
-        context = Context(core, "", record)
-        error: BaseException | None = None
-        checkpoint: Checkpoint | None = None
         try:
-            awaitable = main(context)
-            task = loop.create_task(drive(core, handle, awaitable), name="root")
-            handle._task = task
-            try:
-                loop.run_until_complete(task)
-            except RuntimeError as exc:
-                if core.panic is None or "Event loop stopped" not in str(exc):
-                    raise
-            if core.panic is not None:
-                raise core.panic
-            if handle._state == _ERR:
-                raise handle._value
-            if handle._state == _ABORTED:
-                raise Closed("the root task was cancelled")
-            assert handle._state == _OK
-            value: T = handle._value
+            value = self._drive_root(core, handle, main)
             self._teardown(loop)
-            if crash:
-                checkpoint = Checkpoint(
-                    config=self.config,
-                    now_ns=loop._now_ns,
-                    scheduler_state=loop._scheduler.getstate(),
-                    user_rng_state=core.rng.getstate(),
-                    fault_rng_state=core.fault_rng.getstate(),
-                    auditor=core.auditor.fork(),
-                    storage=core.storage.crash().durable_image(),
-                    restarts=0 if self._checkpoint is None else self._checkpoint.restarts + 1,
-                )
-            return value, checkpoint
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            self.steps = loop.steps
-            self.auditor_state = core.auditor.state()
-            if self.recorder is not None and self.recorder.schedule is not None:
-                schedule = self.recorder.schedule
-                schedule.steps = loop.steps
-                schedule.auditor = self.auditor_state
-                schedule.labels = list(loop.task_labels)
-                if error is not None:
-                    schedule.outcome = "failed"
-                    schedule.error = {"type": type(error).__name__, "message": str(error)}
-            if self.replay is not None and error is None and loop.steps != self.replay.steps:
-                error_msg = (
-                    f"replay diverged: the run ended after {loop.steps} steps, the trace recorded {self.replay.steps}"
-                )
-                self._close(loop)
-                from .trace import ReplayDivergence
-
+            if self.replay is not None and loop.steps != self.replay.steps:
                 raise ReplayDivergence(
-                    error_msg, step=loop.steps, time_ns=loop._now_ns, expected=f"{self.replay.steps} steps",
+                    f"replay diverged: the run ended after {loop.steps} steps, the trace recorded {self.replay.steps}",
+                    step=loop.steps, time_ns=loop._now_ns, expected=f"{self.replay.steps} steps",
                     actual=f"{loop.steps} steps",
                 )
-            self._close(loop)
+            checkpoint = self._crash(core) if crash else None
+        except BaseException as exc:
+            self._finish(core, exc)
+            raise
+        self._finish(core, None)
+        return value, checkpoint
+
+    @staticmethod
+    def _drive_root(core: DeterministicCore, handle: Handle[T], main: Callable[[Context], Awaitable[T]]) -> T:
+        loop = core.loop
+        awaitable = main(Context(core, "", handle._record))
+        handle._task = loop.create_task(drive(core, handle, awaitable), name="root")
+        try:
+            loop.run_until_complete(handle._task)
+        except RuntimeError as exc:
+            if core.panic is None or "Event loop stopped" not in str(exc):
+                raise
+        if core.panic is not None:
+            raise core.panic
+        if handle._state == _ERR:
+            raise handle._value
+        if handle._state == _ABORTED:
+            raise Closed("the root task was cancelled")
+        assert handle._state == _OK
+        return handle._value  # type: ignore[no-any-return]
+
+    def _crash(self, core: DeterministicCore) -> Checkpoint:
+        loop = core.loop
+        return Checkpoint(
+            config=self.config,
+            now_ns=loop._now_ns,
+            scheduler_state=loop._scheduler.getstate(),
+            user_rng_state=core.rng.getstate(),
+            fault_rng_state=core.fault_rng.getstate(),
+            auditor=core.auditor.fork(),
+            storage=core.storage.crash().durable_image(),
+            restarts=0 if self._checkpoint is None else self._checkpoint.restarts + 1,
+        )
 
     @staticmethod
     def _teardown(loop: EventLoop) -> None:
-        """Cancel whatever still runs after the root returned, and let it unwind."""
+        """Cancel whatever still runs after the root returned, and let it unwind (part of the run)."""
         pending = loop.blocked_tasks()
         if not pending:
             return
         for task in pending:
+            discard_unstarted(task)
             task.cancel()
         try:
             loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
@@ -261,17 +250,32 @@ class Runner:
             # A task that refuses cancellation cannot be unwound; say so rather than hang.
             logger.warning("tasks still running after the root finished could not be cancelled: %s", exc)
 
-    @staticmethod
-    def _close(loop: EventLoop) -> None:
+    def _finish(self, core: DeterministicCore, error: BaseException | None) -> None:
+        """Summarise the run, then close the loop without running anything that could count."""
+        loop = core.loop
+        self.steps = loop.steps
+        self.auditor_state = core.auditor.state()
+        if self.recorder is not None and self.recorder.schedule is not None:
+            schedule = self.recorder.schedule
+            schedule.steps = loop.steps
+            schedule.auditor = self.auditor_state
+            schedule.labels = list(loop.task_labels)
+            if error is not None:
+                schedule.outcome = "failed"
+                schedule.error = {"type": type(error).__name__, "message": str(error)}
+        loop.quiesce()
         for task in asyncio.all_tasks(loop):
+            discard_unstarted(task)
             task._log_destroy_pending = False  # type: ignore[attr-defined]
-        if not loop.is_closed():
-            if not loop.is_running():
-                try:
-                    loop.run_until_complete(loop.shutdown_asyncgens())
-                except Exception as exc:  # noqa: BLE001 - reported, teardown goes on
-                    logger.warning("shutting down async generators failed: %s", exc)
-            loop.close()
+        if loop.is_closed():
+            return
+        # After a failure the loop is not run again: the failure (a stall, a deadline, a
+        # divergence) would only repeat. Suspended tasks are finalized by the GC.
+        if error is None and not loop.is_running():
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            except Exception as exc:  # noqa: BLE001 - reported, teardown goes on
+                logger.warning("shutting down async generators failed: %s", exc)
+        loop.close()
 
 
-_ = derive_seed

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from array import array
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from ..arguments import NS_PER_SECOND
 from ..errors import Error
@@ -106,22 +106,21 @@ class Replayer:
     def label(self, tid: int) -> str:
         return self.schedule.task_label(tid)
 
-    def check_round(self, step: int, now_ns: int, auditor: Any) -> None:
+    def check_round(self, step: int, now_ns: int, auditor: Any, ready: Callable[[], list[str]]) -> None:
         schedule = self.schedule
         r = self._round
-        if r >= len(schedule.round_steps):
+        if r >= len(schedule.round_steps) or schedule.round_steps[r] != step or schedule.round_times[r] != now_ns:
+            if r >= len(schedule.round_steps):
+                expected = f"the end of the run ({schedule.steps} steps)"
+            else:
+                at = schedule.round_steps[r]
+                nxt = schedule.task_label(schedule.ids[at]) if at < len(schedule.ids) else "nothing"
+                expected = f"a round at step {at}, t={schedule.round_times[r] / NS_PER_SECOND:.9f}s, running {nxt!r} first"
+            ready_labels = sorted(ready())
+            actual = f"a round at step {step}, t={now_ns / NS_PER_SECOND:.9f}s, with ready tasks {ready_labels}"
             raise ReplayDivergence(
-                f"replay diverged at step {step} (t={now_ns / NS_PER_SECOND:.9f}s): the run goes on past the "
-                f"recorded end ({schedule.steps} steps)",
-                step=step, time_ns=now_ns, expected="end of run", actual="more work",
-            )
-        if schedule.round_steps[r] != step or schedule.round_times[r] != now_ns:
-            raise ReplayDivergence(
-                f"replay diverged at step {step}: expected a round at step {schedule.round_steps[r]}, "
-                f"t={schedule.round_times[r] / NS_PER_SECOND:.9f}s; the run is at t={now_ns / NS_PER_SECOND:.9f}s",
-                step=step, time_ns=now_ns,
-                expected=f"step {schedule.round_steps[r]} t={schedule.round_times[r]}",
-                actual=f"step {step} t={now_ns}",
+                f"replay diverged at step {step}: the trace expected {expected}; the run has {actual}",
+                step=step, time_ns=now_ns, expected=expected, actual=actual,
             )
         self._round = r + 1
         cps = schedule.checkpoints

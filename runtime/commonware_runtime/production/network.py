@@ -48,8 +48,8 @@ __all__ = ["NetworkConfig", "Listener", "Sink", "Stream", "bind", "dial"]
 # always offered at least _MIN_READ free bytes (compacting or doubling as needed), and a
 # buffer that grew past _SHRINK_ABOVE (for one large recv) is replaced by a fresh small one
 # as soon as it is empty, so thousands of idle connections stay cheap.
-_INITIAL_BUFFER = 64 * 1024
-_MIN_READ = 16 * 1024
+_INITIAL_BUFFER = 16 * 1024
+_MIN_READ = 8 * 1024
 _SHRINK_ABOVE = 4 * 1024 * 1024
 
 # Outcomes a waiting recv can be woken with (plain ints: no exception objects on the hot path).
@@ -548,7 +548,9 @@ async def dial(addr: Address, config: NetworkConfig, counters: RuntimeCounters) 
         async with asyncio.timeout(config.connect_timeout):
             await loop.create_connection(lambda: conn, host, port)
     except TimeoutError as exc:
-        raise Timeout(f"connecting to {name} timed out after {config.connect_timeout} s") from exc
+        # Either our deadline or the kernel's own connect timeout (ETIMEDOUT).
+        detail = f": {exc}" if str(exc) else ""
+        raise Timeout(f"connecting to {name} timed out (connect_timeout {config.connect_timeout} s){detail}") from exc
     except OSError as exc:
         raise ConnectionFailed(f"cannot connect to {name}: {exc}") from exc
     counters.network["outbound_connections"] += 1

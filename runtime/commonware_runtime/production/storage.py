@@ -36,6 +36,11 @@ Hot paths (measured by ``benchmarks/bench_storage.py``)
   microseconds, where a thread-pool round trip costs tens of microseconds.  On a miss the
   kernel answers ``EAGAIN`` immediately (having already started the read-ahead), or a short
   count when only part of the range is cached; the rest is then read in the executor.
+  A miss is not free: the kernel submits the read-ahead I/O from the loop thread, which
+  costs loop time that many concurrent cold readers feel.  So each blob backs off: after
+  a miss it skips the inline attempt for its next 1, 3, 7, then 15 reads (doubling while
+  the misses continue), and a hit resets it.  A fully cold file pays the attempt on one read
+  in 16; a warm one on none.
 * Writes up to 1 MiB try ``os.pwritev(..., os.RWF_NOWAIT)`` inline the same way.  Many
   filesystems (ext4 among them) reject buffered ``RWF_NOWAIT`` writes with
   ``EOPNOTSUPP``; the first such answer switches inline writes off for this ``Storage``,
@@ -112,6 +117,8 @@ _DIR_SUFFIX = ".d"
 #: Largest read or write attempted inline with RWF_NOWAIT (a 1 MiB cached copy takes
 #: ~20 us, still well under one executor round trip).
 INLINE_MAX = 1 << 20
+#: Longest run of reads that skip the inline attempt after consecutive misses.
+_MAX_BACKOFF = 15
 #: Cooperative budget: inline operations / bytes before a forced yield to the loop.
 _BUDGET_OPS = 128
 _BUDGET_BYTES = 8 << 20
@@ -493,7 +500,10 @@ class Storage:
 class Blob:
     """An open blob: a file descriptor plus its tracked size."""
 
-    __slots__ = ("_storage", "partition", "name", "_fd", "_size", "_pending", "_poisoned", "_closing")
+    __slots__ = (
+        "_storage", "partition", "name", "_fd", "_size", "_inflight", "_idle",
+        "_poisoned", "_closing", "_skip", "_backoff",
+    )
 
     def __init__(self, storage: Storage, partition: str, name: bytes, fd: int, size: int) -> None:
         self._storage = storage
@@ -501,11 +511,14 @@ class Blob:
         self.name = name
         self._fd = fd
         self._size = size
-        # Executor futures still running on our fd, tracked on the future itself so a
-        # cancelled awaiter does not hide a pread that is still in flight.
-        self._pending: set[concurrent.futures.Future[Any]] = set()
+        # Executor calls still running on our fd.  A loop-thread counter (no per-call
+        # future callback) that a cancelled awaiter hands over to the thread's completion.
+        self._inflight = 0
+        self._idle: asyncio.Future[None] | None = None  # close() waits on it
         self._poisoned: BaseException | None = None
         self._closing = False
+        self._skip = 0  # reads left that go straight to the executor after a miss
+        self._backoff = 0  # length of the current skip window
 
     def __repr__(self) -> str:
         state = "closed" if self._fd < 0 else f"size={self._size}"
@@ -525,21 +538,36 @@ class Blob:
             ) from self._poisoned
         return self._fd
 
+    def _finished(self) -> None:
+        self._inflight -= 1
+        idle = self._idle
+        if self._inflight == 0 and idle is not None and not idle.done():
+            idle.set_result(None)
+
     async def _offload(self, fn: Callable[..., T], *args: Any) -> T:
         storage = self._storage
         storage._budget_ops = storage._budget_bytes = 0
         future = storage.executor.submit(fn, *args)
-        self._pending.add(future)
-        future.add_done_callback(self._pending.discard)
-        return await asyncio.wrap_future(future)
+        self._inflight += 1
+        try:
+            result = await asyncio.wrap_future(future)
+        except BaseException:
+            if future.done():
+                self._finished()
+            else:
+                # Cancelled while a thread still uses our fd: it stays in flight until done.
+                loop = asyncio.get_running_loop()
+                future.add_done_callback(lambda _: _call_in_loop(loop, self._finished))
+            raise
+        self._finished()
+        return result
 
     async def read_at(self, n_or_buffer: int | bytearray | memoryview, offset: int) -> Any:
         """Read exactly ``n`` bytes at ``offset`` (returns ``bytes``), or fill the given
         writable buffer and return it.  Past the end raises ``BlobInsufficientLength``."""
-        target: bytearray | memoryview | None
-        if isinstance(n_or_buffer, int) and not isinstance(n_or_buffer, bool):
-            n = check_count(n_or_buffer, "read length")
-            target = None
+        target: bytearray | memoryview | None = None
+        if type(n_or_buffer) is int and n_or_buffer >= 0:
+            n = n_or_buffer
         elif isinstance(n_or_buffer, (bytearray, memoryview)):
             target = n_or_buffer
             if isinstance(target, memoryview):
@@ -547,14 +575,22 @@ class Blob:
                     raise TypeError("read_at buffer must be writable, got a read-only memoryview")
                 if not target.contiguous:
                     raise TypeError("read_at buffer must be a contiguous memoryview")
-            n = target.nbytes if isinstance(target, memoryview) else len(target)
+                n = target.nbytes
+            else:
+                n = len(target)
+        elif isinstance(n_or_buffer, int):
+            n = check_count(n_or_buffer, "read length")
         else:
             raise TypeError(f"read_at takes a length (int) or a writable buffer, got {type(n_or_buffer).__name__}")
-        offset = check_offset(offset)
-        if offset + n > U64_MAX:
+        if type(offset) is not int or offset < 0:
+            offset = check_offset(offset)
+        end = offset + n
+        if end > U64_MAX:
             raise OffsetOverflow(f"blob {describe(self.partition, self.name)}: offset {offset} + length {n} overflows u64")
-        fd = self._check_open()
-        if offset + n > self._size:
+        fd = self._fd
+        if fd < 0 or self._closing or self._poisoned is not None:
+            self._check_open()
+        if end > self._size:
             raise BlobInsufficientLength(
                 f"blob {describe(self.partition, self.name)}: read of {n} bytes at offset {offset} "
                 f"passes the end (size {self._size})"
@@ -562,10 +598,16 @@ class Blob:
         if n == 0:
             return b"" if target is None else target
         storage = self._storage
-        buf = bytearray(n) if target is None else target
-        view = memoryview(buf).cast("B") if isinstance(buf, memoryview) else memoryview(buf)
+        if self._skip:
+            self._skip -= 1
+            inline = False
+        else:
+            inline = storage.nowait_reads and n <= INLINE_MAX
         got = 0
-        if storage.nowait_reads and n <= INLINE_MAX:
+        if inline or target is not None:
+            buf = bytearray(n) if target is None else target
+            view = memoryview(buf).cast("B") if isinstance(buf, memoryview) else memoryview(buf)
+        if inline:
             try:
                 got = os.preadv(fd, [view], offset, _RWF_NOWAIT)  # type: ignore[arg-type]
             except BlockingIOError:
@@ -574,6 +616,10 @@ class Blob:
                 if exc.errno not in _NOT_SUPPORTED:
                     raise ReadFailed(f"blob {describe(self.partition, self.name)}: read of {n} bytes at {offset} failed: {exc}") from exc
                 storage.nowait_reads = False
+            if got:
+                self._backoff = 0
+            else:
+                self._backoff = self._skip = min(2 * self._backoff + 1, _MAX_BACKOFF)
             if got == n:
                 counters = storage.counters.storage
                 counters["reads"] += 1
@@ -581,12 +627,12 @@ class Blob:
                 if storage._spend(n):
                     await asyncio.sleep(0)
                 return bytes(buf) if target is None else target
+        data: bytes | None = None
         try:
-            if got == 0 and target is None:
+            if target is None and got == 0:
                 data = await self._offload(_pread_exact, fd, n, offset)
                 got = len(data)
             else:
-                data = None
                 got += await self._offload(_read_into, fd, view[got:], offset + got)
         except OSError as exc:
             raise ReadFailed(f"blob {describe(self.partition, self.name)}: read of {n} bytes at {offset} failed: {exc}") from exc
@@ -604,19 +650,25 @@ class Blob:
 
     async def write_at(self, data: bytes | bytearray | memoryview, offset: int) -> None:
         """Write all of ``data`` at ``offset``; a gap past the end reads back as zeros."""
-        if not isinstance(data, (bytes, bytearray, memoryview)):
+        if type(data) is bytes:
+            view = memoryview(data)
+        elif isinstance(data, (bytes, bytearray, memoryview)):
+            view = memoryview(data)
+            if not view.contiguous:
+                raise TypeError("write_at data must be contiguous")
+            if view.format != "B" or view.ndim != 1:
+                view = view.cast("B")
+        else:
             raise TypeError(f"write_at data must be bytes-like, got {type(data).__name__}")
-        view = memoryview(data)
-        if not view.contiguous:
-            raise TypeError("write_at data must be contiguous")
-        if view.format != "B" or view.ndim != 1:
-            view = view.cast("B")
-        offset = check_offset(offset)
+        if type(offset) is not int or offset < 0:
+            offset = check_offset(offset)
         n = len(view)
         end = offset + n
         if end > U64_MAX:
             raise OffsetOverflow(f"blob {describe(self.partition, self.name)}: offset {offset} + length {n} overflows u64")
-        fd = self._check_open()
+        fd = self._fd
+        if fd < 0 or self._closing or self._poisoned is not None:
+            self._check_open()
         if n == 0:
             return
         storage = self._storage
@@ -637,7 +689,7 @@ class Blob:
                     await asyncio.sleep(0)
                 return
         try:
-            await self._offload(_write_all, fd, view[done:], offset + done)
+            await self._offload(_write_all, fd, view[done:] if done else view, offset + done)
         except OSError as exc:
             self._after_failed_write(fd)
             raise WriteFailed(f"blob {describe(self.partition, self.name)}: write of {n} bytes at {offset} failed: {exc}") from exc
@@ -688,9 +740,9 @@ class Blob:
         storage = self._storage
         failure: BaseException | None = self._poisoned
         try:
-            pending = list(self._pending)
-            if pending:
-                await asyncio.wait([asyncio.wrap_future(f) for f in pending])
+            if self._inflight:
+                self._idle = asyncio.get_running_loop().create_future()
+                await self._idle
             if failure is None:
                 try:
                     await self._offload(_datasync, fd)
@@ -698,38 +750,36 @@ class Blob:
                 except OSError as exc:
                     failure = exc
         finally:
-            if self._pending:
-                # Cancelled while waiting: a thread may still use fd; close it once it is idle.
-                self._close_when_idle(fd)
-            else:
-                self._fd = -1
-                os.close(fd)
+            self._fd = -1
             storage.counters.storage["open_blobs"] -= 1
+            if self._inflight:
+                # Cancelled while waiting: a thread still uses fd; close it once idle.
+                idle = self._idle = asyncio.get_running_loop().create_future()
+                idle.add_done_callback(lambda _: os.close(fd))
+            else:
+                os.close(fd)
         if failure is not None:
             raise BlobSyncFailed(
                 f"blob {describe(self.partition, self.name)}: closed, but a sync failed so writes may be lost: {failure}"
             ) from failure
 
-    def _close_when_idle(self, fd: int) -> None:
-        remaining = list(self._pending)
-        left = [len(remaining)]
-
-        def finished(_: concurrent.futures.Future[Any]) -> None:
-            left[0] -= 1
-            if left[0] == 0:
-                os.close(fd)
-
-        self._fd = -1
-        for future in remaining:
-            future.add_done_callback(finished)
-
     def __del__(self) -> None:
         # An unclosed blob: release the descriptor (without syncing) like an unclosed file.
         fd = getattr(self, "_fd", -1)
-        if fd >= 0 and not getattr(self, "_closing", True) and not self._pending:
+        if fd >= 0 and not getattr(self, "_closing", True) and not self._inflight:
             self._fd = -1
             try:
                 os.close(fd)
             finally:
                 self._storage.counters.storage["open_blobs"] -= 1
             warnings.warn(f"blob {describe(self.partition, self.name)} was never closed", ResourceWarning, stacklevel=2)
+
+
+def _call_in_loop(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
+    """From an executor thread: run ``fn`` on ``loop``, unless the loop is already gone
+    (then nothing can be waiting for it, and the descriptor closes with the process)."""
+    try:
+        loop.call_soon_threadsafe(fn)
+    except RuntimeError:
+        if not loop.is_closed():
+            raise
