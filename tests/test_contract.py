@@ -909,17 +909,6 @@ def test_storage_read_bounds(runner_factory: Any) -> None:
 
 
 def test_storage_handles_share_contents(runner_factory: Any, request: pytest.FixtureRequest) -> None:
-    if not runner_factory.deterministic:
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="BUG: production/storage.py Blob tracks its size per handle (Blob._size, set at open; "
-                "read_at checks `end > self._size` before reading), so a second handle of the same blob "
-                "does not see bytes written through the first (BlobInsufficientLength) while the "
-                "deterministic runtime shares contents between handles: the runtimes disagree",
-            )
-        )
-
     async def main(ctx: Any) -> None:
         first, _ = await ctx.open("shared", b"b")
         second, _ = await ctx.open("shared", b"b")

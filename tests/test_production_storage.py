@@ -622,6 +622,215 @@ def test_inline_reads_yield_to_other_tasks(tmp_path: Path) -> None:
     run(tmp_path, body)
 
 
+# ---------------------------------------------------------------------------- handles
+
+
+def test_handles_of_one_blob_share_its_size(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        s = env.storage
+        first, size = await s.open("p", b"h")
+        second, size2 = await s.open("p", b"h")
+        assert size == size2 == 0
+        assert first._fd != second._fd  # independent descriptors, one shared state
+        await first.write_at(b"abcdef", 0)
+        assert second.size == 6
+        assert await second.read_at(6, 0) == b"abcdef"
+        await second.write_at(b"XY", 7)  # past the end: the gap is zero-filled
+        assert first.size == 9
+        assert await first.read_at(9, 0) == b"abcdef\x00XY"
+        await first.resize(3)
+        assert second.size == 3
+        with pytest.raises(BlobInsufficientLength, match="size 3"):
+            await second.read_at(4, 0)
+        await second.resize(5)
+        assert first.size == 5 and await first.read_at(5, 0) == b"abc\x00\x00"
+        third, size3 = await s.open("p", b"h")  # a later open reports the shared size
+        assert size3 == 5 and third.size == 5
+        assert env.counters.storage["open_blobs"] == 3
+        await first.close()
+        await third.close()
+        assert env.counters.storage["open_blobs"] == 1
+        with pytest.raises(Closed):
+            await first.read_at(1, 0)
+        # The remaining handle still works and still agrees with the file.
+        await second.write_at(b"Z", 5)
+        assert second.size == 6 and await second.read_at(6, 0) == b"abc\x00\x00Z"
+        await second.sync()
+        assert (env.root / "p" / b"h".hex()).stat().st_size == 6
+        await second.close()
+        assert env.counters.storage["open_blobs"] == 0
+        assert s._blobs == {}  # the shared state goes with the last handle
+        again, size = await s.open("p", b"h")
+        assert size == 6 and await again.read_at(6, 0) == b"abc\x00\x00Z"
+        await again.close()
+
+    run(tmp_path, body)
+
+
+def test_handles_share_inline_and_executor_paths(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        env.storage.nowait_reads = env.storage.nowait_writes = False
+        first, _ = await env.storage.open("p", b"x")
+        second, _ = await env.storage.open("p", b"x")
+        await first.write_at(b"q" * 100, 0)
+        buf = bytearray(100)
+        assert await second.read_at(buf, 0) is buf and buf == b"q" * 100
+        await first.close()
+        await second.close()
+
+    run(tmp_path, body)
+
+
+def test_unclosed_handle_leaves_the_others_working(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        keep, _ = await env.storage.open("p", b"u")
+        leak, _ = await env.storage.open("p", b"u")
+        await leak.write_at(b"abc", 0)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            del leak
+            gc.collect()
+        assert any(issubclass(w.category, ResourceWarning) for w in caught)
+        assert env.counters.storage["open_blobs"] == 1
+        assert await keep.read_at(3, 0) == b"abc"
+        await keep.close()
+        assert env.storage._blobs == {}
+
+    run(tmp_path, body)
+
+
+def test_failed_sync_poisons_every_handle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(fd: int) -> None:
+        raise OSError(errno.EIO, "injected sync error")
+
+    async def body(env: Env) -> None:
+        first, _ = await env.storage.open("p", b"ps")
+        second, _ = await env.storage.open("p", b"ps")
+        await first.write_at(b"abc", 0)
+        with monkeypatch.context() as m:
+            m.setattr(os, "fdatasync", fail)
+            with pytest.raises(BlobSyncFailed):
+                await first.sync()
+        with pytest.raises(BlobSyncFailed, match="earlier sync failed"):
+            await second.read_at(1, 0)
+        with pytest.raises(BlobSyncFailed):
+            await second.sync()
+        # Opened while a poisoned handle is still open: poisoned too.
+        third, size = await env.storage.open("p", b"ps")
+        assert size == 3
+        with pytest.raises(BlobSyncFailed):
+            await third.write_at(b"d", 3)
+        for handle in (first, second, third):
+            with pytest.raises(BlobSyncFailed):
+                await handle.close()
+        assert env.counters.storage["open_blobs"] == 0
+        fresh, size = await env.storage.open("p", b"ps")  # all closed: reopening clears it
+        assert await fresh.read_at(size, 0) == b"abc"
+        await fresh.sync()
+        await fresh.close()
+
+    run(tmp_path, body)
+
+
+def test_remove_releases_the_open_handles(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        s = env.storage
+        first, _ = await s.open("p", b"gone")
+        second, _ = await s.open("p", b"gone")
+        other, _ = await s.open("p", b"other")
+        await first.write_at(b"data", 0)
+        fds = [first._fd, second._fd]
+        await s.remove("p", b"gone")
+        assert env.counters.storage["open_blobs"] == 1
+        for handle in (first, second):
+            assert "removed" in repr(handle)
+            for op in (handle.read_at(1, 0), handle.write_at(b"x", 0), handle.resize(0), handle.sync()):
+                with pytest.raises(Closed, match="p/676f6e65 was removed"):
+                    await op
+            await handle.close()  # nothing left to do
+        for fd in fds:
+            with pytest.raises(OSError):
+                os.fstat(fd)
+        assert env.counters.storage["open_blobs"] == 1
+        fresh, size = await s.open("p", b"gone")
+        assert size == 0 and fresh.size == 0
+        await other.write_at(b"o", 0)  # another blob of the partition is untouched
+        # Removing the partition releases every handle in it.
+        await s.remove("p")
+        for handle in (fresh, other):
+            with pytest.raises(Closed, match="was removed"):
+                await handle.read_at(0, 0)
+            await handle.close()
+        assert env.counters.storage["open_blobs"] == 0
+        assert s._blobs == {}
+
+    run(tmp_path, body)
+
+
+def test_remove_with_a_read_in_flight_closes_the_descriptor_after_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = threading.Event()
+    entered = threading.Event()
+    real = storage_mod._pread_exact
+
+    def slow(fd: int, n: int, offset: int) -> bytes:
+        entered.set()
+        gate.wait(5)
+        return real(fd, n, offset)
+
+    async def body(env: Env) -> None:
+        env.storage.nowait_reads = False
+        blob, _ = await env.storage.open("p", b"r")
+        await blob.write_at(b"data", 0)
+        fd = blob._fd
+        monkeypatch.setattr(storage_mod, "_pread_exact", slow)
+        loop = asyncio.get_running_loop()
+        reader = loop.create_task(blob.read_at(4, 0))
+        await loop.run_in_executor(None, entered.wait, 5)
+        await env.storage.remove("p", b"r")
+        assert env.counters.storage["open_blobs"] == 0
+        os.fstat(fd)  # still open: the pread is using it
+        gate.set()
+        assert await reader == b"data"  # the read began before the removal
+        with pytest.raises(OSError):
+            os.fstat(fd)
+
+    run(tmp_path, body)
+
+
+def test_partly_failed_remove_releases_handles_of_the_unlinked_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(fd: int) -> None:
+        raise OSError(errno.EIO, "injected directory sync error")
+
+    async def body(env: Env) -> None:
+        blob, _ = await env.storage.open("p", b"f")
+        with monkeypatch.context() as m:
+            m.setattr(storage_mod, "_fsync_dir", fail)
+            with pytest.raises(BlobSyncFailed, match="removed blob"):
+                await env.storage.remove("p", b"f")
+        with pytest.raises(Closed, match="was removed"):
+            await blob.write_at(b"x", 0)
+        assert env.counters.storage["open_blobs"] == 0
+
+    run(tmp_path, body)
+
+
+def test_file_replaced_from_outside_releases_the_old_handles(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        old, _ = await env.storage.open("p", b"ext")
+        await old.write_at(b"old", 0)
+        path = env.root / "p" / b"ext".hex()
+        path.unlink()
+        path.write_bytes(b"new!")
+        new, size = await env.storage.open("p", b"ext")
+        assert size == 4 and await new.read_at(4, 0) == b"new!"
+        with pytest.raises(Closed, match="was removed"):
+            await old.read_at(1, 0)
+        assert env.counters.storage["open_blobs"] == 1
+        await new.close()
+
+    run(tmp_path, body)
+
+
 # ---------------------------------------------------------------------------- failures
 
 

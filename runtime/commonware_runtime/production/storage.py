@@ -25,7 +25,7 @@ partition fsyncs the storage directory; creating a blob file fsyncs its director
 a blob or a partition fsyncs the directory that held it.  A failed ``sync`` poisons the
 blob: Linux may clear the error and drop the dirty pages, so a later ``sync`` could report
 success for lost writes; instead every later operation raises ``BlobSyncFailed`` until the
-blob is reopened.  ``close`` waits for the blob's in-flight thread-pool operations (even
+blob is reopened (after all its handles are closed, see Handles below).  ``close`` waits for the blob's in-flight thread-pool operations (even
 those whose awaiting task was cancelled), syncs, then closes the descriptor, so a
 descriptor number is never reused under a running ``pread``/``pwrite``.
 
@@ -60,10 +60,19 @@ Hot paths (measured by ``benchmarks/bench_storage.py``)
 * Platforms without ``RWF_NOWAIT`` (anything but Linux) use the executor for every read
   and write.
 
-Concurrency follows commonware: two handles opened on the same blob are independent file
-descriptors with independently tracked sizes; writing through both is undefined.
-Operations on one handle may run concurrently; overlapping concurrent writes land in an
-unspecified order.
+Handles.  Every ``open`` returns a new handle with its own file descriptor, but the handles
+of one blob within one ``Storage`` agree, like the deterministic runtime and like real
+files: they share one small state (the tracked size and the sync poisoning), created by
+the first open and dropped when the last handle closes.  A write or resize through any
+handle is seen at once by ``size`` and ``read_at`` of the others; closing one handle (which
+syncs its descriptor) leaves the others open.  A failed sync poisons the blob for all its
+handles, and for handles opened while any of them is still open: recovery takes closing
+every handle and reopening.  Removing a blob (or its partition) releases its open
+handles, as in the deterministic runtime: their later operations raise ``Closed``,
+closing them does nothing, and their descriptors close once no thread uses them.  A
+handle whose file was unlinked or replaced from outside is released the same way when
+the next ``open`` of that name finds a different file.  Operations may run concurrently
+on any handles; overlapping concurrent writes land in an unspecified order.
 
 Error mapping (always ``from`` the ``OSError``; messages name partition and blob)
 ------------------------------------------------------------------------------------
@@ -86,6 +95,7 @@ import shutil
 import stat
 import sys
 import warnings
+import weakref
 from typing import Any, Callable, TypeVar
 
 from ..arguments import U64_MAX, check_blob_name, check_count, check_offset, check_partition
@@ -233,7 +243,8 @@ def _walk(part_fd: int, dirs: list[str], create: bool) -> list[int]:
         raise
 
 
-def _open_blob(root: str, partition: str, name: bytes) -> tuple[int, int]:
+def _open_blob(root: str, partition: str, name: bytes) -> tuple[int, int, tuple[int, int]]:
+    """Open or create the file; returns its fd, size and identity ``(st_dev, st_ino)``."""
     part_fd = _open_partition(root, partition, create=True)
     what = describe(partition, name)
     try:
@@ -270,7 +281,7 @@ def _open_blob(root: str, partition: str, name: bytes) -> tuple[int, int]:
             except BaseException:
                 os.close(fd)
                 raise
-            return fd, info.st_size
+            return fd, info.st_size, (info.st_dev, info.st_ino)
         finally:
             for d in dir_fds:
                 os.close(d)
@@ -458,6 +469,9 @@ class Storage:
         self.nowait_writes = _RWF_NOWAIT is not None
         self._budget_ops = 0
         self._budget_bytes = 0
+        #: State shared by the open handles of each blob, while at least one is open.
+        self._blobs: dict[tuple[str, bytes], _Shared] = {}
+        self._serial = 0
 
     def __repr__(self) -> str:
         return f"Storage({self.directory!r})"
@@ -470,17 +484,61 @@ class Storage:
         """Open or create a blob; returns it and its current size."""
         partition = check_partition(partition)
         name = check_blob_name(name)
-        fd, size = await self._run(_open_blob, self.directory, partition, name)
+        fd, size, ident = await self._run(_open_blob, self.directory, partition, name)
+        key = (partition, name)
+        shared = self._blobs.get(key)
+        if shared is not None and shared.ident != ident:
+            # The file those handles use is no longer at this path (removed by a remove
+            # still finishing, or from outside): they are handles of a removed blob.
+            self._drop(shared)
+            shared = None
+        if shared is None:
+            shared = self._blobs[key] = _Shared(key, ident, size)
+        blob = Blob(self, partition, name, fd, shared, self._serial)
+        self._serial += 1
         self.counters.storage["open_blobs"] += 1
-        return Blob(self, partition, name, fd, size), size
+        return blob, shared.size
 
     async def remove(self, partition: str, name: bytes | None = None) -> None:
-        """Remove a blob, or the whole partition when ``name`` is None."""
+        """Remove a blob, or the whole partition when ``name`` is None.
+
+        Open handles of removed blobs are released: their later operations raise ``Closed``
+        and closing them does nothing."""
         partition = check_partition(partition)
-        if name is None:
-            await self._run(_remove_partition, self.directory, partition)
-        else:
-            await self._run(_remove_blob, self.directory, partition, check_blob_name(name))
+        blob_name = None if name is None else check_blob_name(name)
+        before = self._open_states(partition, blob_name)
+        try:
+            if blob_name is None:
+                await self._run(_remove_partition, self.directory, partition)
+            else:
+                await self._run(_remove_blob, self.directory, partition, blob_name)
+        except BaseException:
+            # It may have happened in part (unlinked, then the directory fsync failed; or
+            # rmtree stopped halfway): release exactly the handles whose file is gone.
+            for shared in self._open_states(partition, blob_name):
+                if _unlinked(shared):
+                    self._drop(shared)
+            raise
+        # The states open before the call are of the removed files; one opened meanwhile
+        # may be of a file created after the unlink (keep it) or before it (unlinked).
+        for shared in self._open_states(partition, blob_name):
+            if any(shared is old for old in before) or _unlinked(shared):
+                self._drop(shared)
+
+    def _open_states(self, partition: str, name: bytes | None) -> list["_Shared"]:
+        if name is not None:
+            shared = self._blobs.get((partition, name))
+            return [] if shared is None else [shared]
+        return [shared for key, shared in self._blobs.items() if key[0] == partition]
+
+    def _drop(self, shared: "_Shared") -> None:
+        """The blob's file is gone: release its handles (a handle already closing finishes
+        its own close) and forget the state, so a new open starts afresh."""
+        if self._blobs.get(shared.key) is shared:
+            del self._blobs[shared.key]
+        for handle in list(shared.handles.values()):
+            if handle._closed is None:
+                handle._release("removed")
 
     async def scan(self, partition: str) -> list[bytes]:
         """Names of the partition's blobs, sorted."""
@@ -497,46 +555,103 @@ class Storage:
         return False
 
 
+class _Shared:
+    """What every open handle of one blob agrees on: one per file and ``Storage``, created
+    by the first open and forgotten when the last handle closes or the blob is removed."""
+
+    __slots__ = ("key", "ident", "size", "poisoned", "handles")
+
+    def __init__(self, key: tuple[str, bytes], ident: tuple[int, int], size: int) -> None:
+        self.key = key
+        # (st_dev, st_ino): a file recreated under the same name is another blob.
+        self.ident = ident
+        self.size = size
+        #: Set by a failed sync through any handle (see the module docstring).
+        self.poisoned: BaseException | None = None
+        # Open handles by serial.  Weak, so an unclosed handle can still be collected (and
+        # warn) while other handles keep the blob open.
+        self.handles: weakref.WeakValueDictionary[int, Blob] = weakref.WeakValueDictionary()
+
+
+def _unlinked(shared: _Shared) -> bool:
+    """Whether the blob's file has no name left (asked of any open descriptor of it)."""
+    for handle in list(shared.handles.values()):
+        fd = handle._fd
+        if fd >= 0:
+            return os.fstat(fd).st_nlink == 0
+    return False
+
+
 class Blob:
-    """An open blob: a file descriptor plus its tracked size."""
+    """A handle on an open blob: its own file descriptor; size and sync failure are
+    shared with every other handle of the blob in the same ``Storage``."""
 
     __slots__ = (
-        "_storage", "partition", "name", "_fd", "_size", "_inflight", "_idle",
-        "_poisoned", "_closing", "_skip", "_backoff",
+        "_storage", "partition", "name", "_fd", "_shared", "_serial", "_inflight", "_idle",
+        "_closed", "_skip", "_backoff", "__weakref__",
     )
 
-    def __init__(self, storage: Storage, partition: str, name: bytes, fd: int, size: int) -> None:
+    def __init__(self, storage: Storage, partition: str, name: bytes, fd: int, shared: _Shared, serial: int) -> None:
         self._storage = storage
         self.partition = partition
         self.name = name
         self._fd = fd
-        self._size = size
+        self._shared = shared
+        self._serial = serial
         # Executor calls still running on our fd.  A loop-thread counter (no per-call
         # future callback) that a cancelled awaiter hands over to the thread's completion.
         self._inflight = 0
         self._idle: asyncio.Future[None] | None = None  # close() waits on it
-        self._poisoned: BaseException | None = None
-        self._closing = False
+        # None while usable, else "closing", "closed" or "removed".  Set whenever _fd is
+        # -1, so the hot paths test this alone.
+        self._closed: str | None = None
         self._skip = 0  # reads left that go straight to the executor after a miss
         self._backoff = 0  # length of the current skip window
+        shared.handles[serial] = self
 
     def __repr__(self) -> str:
-        state = "closed" if self._fd < 0 else f"size={self._size}"
+        state = self._closed or f"size={self._shared.size}"
         return f"<Blob {describe(self.partition, self.name)} {state}>"
 
     @property
     def size(self) -> int:
-        """Bytes in the blob as seen through this handle (writes and resizes included)."""
-        return self._size
+        """Bytes in the blob, written or resized through any of its handles."""
+        return self._shared.size
 
     def _check_open(self) -> int:
-        if self._closing or self._fd < 0:
+        closed = self._closed
+        if closed is not None:
+            if closed == "removed":
+                raise Closed(f"blob {describe(self.partition, self.name)} was removed")
             raise Closed(f"blob {describe(self.partition, self.name)} is closed")
-        if self._poisoned is not None:
+        poisoned = self._shared.poisoned
+        if poisoned is not None:
             raise BlobSyncFailed(
-                f"blob {describe(self.partition, self.name)}: an earlier sync failed, so writes may have been lost; reopen it"
-            ) from self._poisoned
+                f"blob {describe(self.partition, self.name)}: an earlier sync failed, so writes may have been lost; "
+                "close every handle of it and reopen it"
+            ) from poisoned
         return self._fd
+
+    def _leave(self) -> None:
+        shared = self._shared
+        shared.handles.pop(self._serial, None)
+        storage = self._storage
+        storage.counters.storage["open_blobs"] -= 1
+        if not shared.handles and storage._blobs.get(shared.key) is shared:
+            del storage._blobs[shared.key]
+
+    def _release(self, reason: str) -> None:
+        """Mark the handle ``reason``, leave the shared state and close the descriptor
+        once no executor thread uses it."""
+        fd = self._fd
+        self._closed = reason
+        self._fd = -1
+        self._leave()
+        if self._inflight:
+            idle = self._idle = asyncio.get_running_loop().create_future()
+            idle.add_done_callback(lambda _: os.close(fd))
+        else:
+            os.close(fd)
 
     def _finished(self) -> None:
         self._inflight -= 1
@@ -587,14 +702,15 @@ class Blob:
         end = offset + n
         if end > U64_MAX:
             raise OffsetOverflow(f"blob {describe(self.partition, self.name)}: offset {offset} + length {n} overflows u64")
-        fd = self._fd
-        if fd < 0 or self._closing or self._poisoned is not None:
+        shared = self._shared
+        if self._closed is not None or shared.poisoned is not None:
             self._check_open()
-        if end > self._size:
+        if end > shared.size:
             raise BlobInsufficientLength(
                 f"blob {describe(self.partition, self.name)}: read of {n} bytes at offset {offset} "
-                f"passes the end (size {self._size})"
+                f"passes the end (size {shared.size})"
             )
+        fd = self._fd
         if n == 0:
             return b"" if target is None else target
         storage = self._storage
@@ -639,7 +755,7 @@ class Blob:
         if got < n:
             raise BlobInsufficientLength(
                 f"blob {describe(self.partition, self.name)}: read of {n} bytes at offset {offset} "
-                f"found only {got} (the file is shorter than its tracked size {self._size})"
+                f"found only {got} (the file is shorter than its tracked size {shared.size})"
             )
         counters = storage.counters.storage
         counters["reads"] += 1
@@ -666,11 +782,11 @@ class Blob:
         end = offset + n
         if end > U64_MAX:
             raise OffsetOverflow(f"blob {describe(self.partition, self.name)}: offset {offset} + length {n} overflows u64")
-        fd = self._fd
-        if fd < 0 or self._closing or self._poisoned is not None:
+        if self._closed is not None or self._shared.poisoned is not None:
             self._check_open()
         if n == 0:
             return
+        fd = self._fd
         storage = self._storage
         done = 0
         if storage.nowait_writes and n <= INLINE_MAX:
@@ -699,14 +815,15 @@ class Blob:
         counters = self._storage.counters.storage
         counters["writes"] += 1
         counters["bytes_written"] += n
-        if end > self._size:
-            self._size = end
+        shared = self._shared
+        if end > shared.size:
+            shared.size = end
 
     def _after_failed_write(self, fd: int) -> None:
         # A failed write may have extended the file partway: re-read the true size.
         size = _write_failed_size(fd)
         if size is not None and self._fd == fd:
-            self._size = size
+            self._shared.size = size
 
     async def resize(self, length: int) -> None:
         """Truncate or extend (with zeros) to ``length`` bytes; durable after ``sync``."""
@@ -719,7 +836,7 @@ class Blob:
         except OSError as exc:
             self._after_failed_write(fd)
             raise BlobResizeFailed(f"blob {describe(self.partition, self.name)}: resize to {length} failed: {exc}") from exc
-        self._size = length
+        self._shared.size = length
 
     async def sync(self) -> None:
         """Make every earlier write and resize durable (``fdatasync``)."""
@@ -727,37 +844,33 @@ class Blob:
         try:
             await self._offload(_datasync, fd)
         except OSError as exc:
-            self._poisoned = exc
+            self._shared.poisoned = exc
             raise BlobSyncFailed(f"blob {describe(self.partition, self.name)}: sync failed: {exc}") from exc
         self._storage.counters.storage["syncs"] += 1
 
     async def close(self) -> None:
-        """Wait for in-flight operations, sync, close.  Idempotent; later operations raise ``Closed``."""
-        if self._closing or self._fd < 0:
+        """Wait for in-flight operations, sync, close.  Idempotent (also after the blob was
+        removed); later operations raise ``Closed``.  Other handles of the blob stay open."""
+        if self._closed is not None:
             return
-        self._closing = True
+        self._closed = "closing"
         fd = self._fd
         storage = self._storage
-        failure: BaseException | None = self._poisoned
+        shared = self._shared
+        failure: BaseException | None = shared.poisoned
         try:
             if self._inflight:
                 self._idle = asyncio.get_running_loop().create_future()
                 await self._idle
+                failure = shared.poisoned  # another handle's sync may have failed meanwhile
             if failure is None:
                 try:
                     await self._offload(_datasync, fd)
                     storage.counters.storage["syncs"] += 1
                 except OSError as exc:
-                    failure = exc
+                    failure = shared.poisoned = exc
         finally:
-            self._fd = -1
-            storage.counters.storage["open_blobs"] -= 1
-            if self._inflight:
-                # Cancelled while waiting: a thread still uses fd; close it once idle.
-                idle = self._idle = asyncio.get_running_loop().create_future()
-                idle.add_done_callback(lambda _: os.close(fd))
-            else:
-                os.close(fd)
+            self._release("closed")
         if failure is not None:
             raise BlobSyncFailed(
                 f"blob {describe(self.partition, self.name)}: closed, but a sync failed so writes may be lost: {failure}"
@@ -766,12 +879,13 @@ class Blob:
     def __del__(self) -> None:
         # An unclosed blob: release the descriptor (without syncing) like an unclosed file.
         fd = getattr(self, "_fd", -1)
-        if fd >= 0 and not getattr(self, "_closing", True) and not self._inflight:
+        if fd >= 0 and getattr(self, "_closed", "") is None and not self._inflight:
             self._fd = -1
+            self._closed = "closed"
             try:
                 os.close(fd)
             finally:
-                self._storage.counters.storage["open_blobs"] -= 1
+                self._leave()
             warnings.warn(f"blob {describe(self.partition, self.name)} was never closed", ResourceWarning, stacklevel=2)
 
 
