@@ -18,7 +18,8 @@ from .arguments import Duration, check_label, duration_seconds, join_label, opti
 from .errors import Timeout
 from .metrics import Metrics, RuntimeCounters
 from .signal import Signal, _State
-from .tasks import Handle, TaskRecord, drive
+from .errors import Closed
+from .tasks import _ABORTED, _ERR, _OK, Handle, TaskRecord, drive
 
 T = TypeVar("T")
 logger = logging.getLogger("commonware_runtime")
@@ -58,6 +59,32 @@ class RuntimeCore:
     def on_panic(self) -> None:
         """Stop the run so start() can raise the panic (both runtimes stop their loop)."""
         asyncio.get_running_loop().stop()
+
+    def run_root(self, loop: asyncio.AbstractEventLoop, main: Callable[[Any], Awaitable[T]], context: "BaseContext") -> T:
+        """Run the root task to its end on ``loop``; return its value or raise what ended the run."""
+        handle = self.root
+        assert handle is not None
+        awaitable = main(context)
+        if not inspect.isawaitable(awaitable):
+            raise TypeError(f"main {main!r} must return an awaitable, got {type(awaitable).__name__}")
+        task = loop.create_task(drive(self, handle, awaitable), name="root")
+        handle._task = task
+        try:
+            loop.run_until_complete(task)
+        except asyncio.CancelledError:
+            if handle._state != _ABORTED:  # the root was aborted (production: a second signal)
+                raise
+        except RuntimeError:
+            if self.panic is None or task.done():  # on_panic stopped the loop before the root finished
+                raise
+        if self.panic is not None:
+            raise self.panic
+        if handle._state == _ERR:
+            raise handle._value
+        if handle._state == _ABORTED:
+            raise Closed("the root task was cancelled")
+        assert handle._state == _OK
+        return handle._value  # type: ignore[no-any-return]
 
     # -- shutdown -------------------------------------------------------------------------
 
@@ -241,6 +268,20 @@ class BaseContext:
                 return await awaitable
         except TimeoutError:
             raise Timeout(f"operation did not finish within {seconds}s") from None
+
+    # -- storage (each runtime's core has a ``storage`` with open/remove/scan) ---------------
+
+    async def open(self, partition: str, name: bytes) -> Any:
+        """Open (or create) blob ``name`` of ``partition``; returns ``(blob, size)``."""
+        return await self._core.storage.open(partition, name)  # type: ignore[attr-defined]
+
+    async def remove(self, partition: str, name: bytes | None = None) -> None:
+        """Remove one blob, or the whole partition when ``name`` is None."""
+        await self._core.storage.remove(partition, name)  # type: ignore[attr-defined]
+
+    async def scan(self, partition: str) -> list[bytes]:
+        """The sorted names of the blobs of ``partition``."""
+        return await self._core.storage.scan(partition)  # type: ignore[attr-defined,no-any-return]
 
     # -- metrics --------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from .rng import AuditedRandom
 
 if TYPE_CHECKING:
     from .network import Listener, Network, Sink, Stream
-    from .storage import Blob, Storage, StorageFaults
+    from .storage import Storage, StorageFaults
 
 T = TypeVar("T")
 DEFAULT_HOST = "127.0.0.1"
@@ -161,17 +161,6 @@ class Context(BaseContext):
     def network(self) -> "Network":
         """Fault controls of the simulated network (latency, partitions, crashes)."""
         return self._core.network
-
-    # -- storage --------------------------------------------------------------------------
-
-    async def open(self, partition: str, name: bytes) -> "tuple[Blob, int]":
-        return await self._core.storage.open(partition, name)
-
-    async def remove(self, partition: str, name: bytes | None = None) -> None:
-        await self._core.storage.remove(partition, name)
-
-    async def scan(self, partition: str) -> list[bytes]:
-        return await self._core.storage.scan(partition)
 
     @property
     def storage_faults(self) -> "StorageFaults":

@@ -11,8 +11,8 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 from ..arguments import NS_PER_SECOND, duration_ns, timestamp_ns
 from ..auditor import Auditor
-from ..errors import Closed, RuntimeStalled, RuntimeTimeout
-from ..tasks import _ABORTED, _ERR, _OK, Handle, TaskRecord, discard_unstarted, drive
+from ..errors import RuntimeStalled, RuntimeTimeout
+from ..tasks import Handle, TaskRecord, discard_unstarted
 from .context import Context, DeterministicCore
 from .loop import EventLoop
 from .trace import Recorder, ReplayDivergence, Replayer, Schedule
@@ -188,7 +188,7 @@ class Runner:
         handle: Handle[T] = Handle(record)
         core.root = handle
         try:
-            value = self._drive_root(core, handle, main)
+            value = core.run_root(loop, main, Context(core, "", record))
             self._teardown(loop)
             if self.replay is not None and loop.steps != self.replay.steps:
                 raise ReplayDivergence(
@@ -202,25 +202,6 @@ class Runner:
             raise
         self._finish(core, None)
         return value, checkpoint
-
-    @staticmethod
-    def _drive_root(core: DeterministicCore, handle: Handle[T], main: Callable[[Context], Awaitable[T]]) -> T:
-        loop = core.loop
-        awaitable = main(Context(core, "", handle._record))
-        handle._task = loop.create_task(drive(core, handle, awaitable), name="root")
-        try:
-            loop.run_until_complete(handle._task)
-        except RuntimeError as exc:
-            if core.panic is None or "Event loop stopped" not in str(exc):
-                raise
-        if core.panic is not None:
-            raise core.panic
-        if handle._state == _ERR:
-            raise handle._value
-        if handle._state == _ABORTED:
-            raise Closed("the root task was cancelled")
-        assert handle._state == _OK
-        return handle._value  # type: ignore[no-any-return]
 
     def _crash(self, core: DeterministicCore) -> Checkpoint:
         loop = core.loop

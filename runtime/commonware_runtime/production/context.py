@@ -30,7 +30,6 @@ from .storage import Storage
 
 if TYPE_CHECKING:
     from .network import Listener, Sink, Stream
-    from .storage import Blob
 
 T = TypeVar("T")
 logger = logging.getLogger("commonware_runtime")
@@ -149,18 +148,6 @@ class Context(BaseContext):
 
     async def dial(self, addr: Address) -> "tuple[Sink, Stream]":
         return await dial(addr, self._core.network_config, self._core.counters)
-
-    # -- storage --------------------------------------------------------------------------
-
-    async def open(self, partition: str, name: bytes) -> "tuple[Blob, int]":
-        return await self._core.storage.open(partition, name)
-
-    async def remove(self, partition: str, name: bytes | None = None) -> None:
-        await self._core.storage.remove(partition, name)
-
-    async def scan(self, partition: str) -> list[bytes]:
-        return await self._core.storage.scan(partition)
-
 
 async def _on_own_thread(loop: asyncio.AbstractEventLoop, call: Callable[[], T], label: str) -> T:
     """Run ``call`` on a new daemon thread; its outcome comes back through the loop."""

@@ -16,7 +16,10 @@ Semantics (SPEC section 2, Network):
 * ``Sink.send(data)`` hands all bytes to the transport and waits (up to ``write_timeout``)
   only while the transport's write buffer is above its high-water mark; a dead peer raises
   ``SendFailed``.  Returning from ``send`` means "queued", not "delivered", as with a
-  socket write.
+  socket write.  The first send of a loop iteration is written at once; further sends in
+  the same iteration (a task sending several messages without waiting) are coalesced, up
+  to 64 KiB, and written together at the start of the next iteration: one system call
+  instead of one per message, no added latency for request/response traffic.
 * A half that raised ``RecvFailed``/``SendFailed``/``Timeout`` is poisoned: every later call
   raises ``Closed``; so does every call after ``close()``.  Cancelling a waiting ``recv`` or
   ``send`` (e.g. ``asyncio.wait_for``) does not poison: nothing was consumed.
@@ -62,6 +65,9 @@ _TIMED_OUT = 2
 # socket busy while the sender is woken less often.
 _WRITE_HIGH = 256 * 1024
 _WRITE_LOW = 64 * 1024
+# At most this many bytes are coalesced before they are handed to the transport, so the
+# transport's flow control (above) still bounds what a sender can queue.
+_CORK_LIMIT = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -116,6 +122,10 @@ class _Connection(asyncio.BufferedProtocol):
         self._lost_exc: BaseException | None = None
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[bool]] = []
+        # Write coalescing: the first send of a loop iteration goes straight to the
+        # transport (no added latency); later sends in the same iteration are collected in
+        # _cork and written together when _flush runs at the start of the next iteration.
+        self._cork: bytearray | None = None
         self._sink_done = False  # closed or poisoned
         self._stream_done = False
         self._on_made: Any = None  # listener callback for inbound connections
@@ -233,11 +243,28 @@ class _Connection(asyncio.BufferedProtocol):
             assert self._transport is not None
             self._transport.resume_reading()
 
+    def _flush(self) -> None:
+        """Write what sends coalesced during the last loop iteration; end the cork."""
+        cork = self._cork
+        self._cork = None
+        if cork and not self._lost:
+            transport = self._transport
+            if transport is not None and not transport.is_closing():
+                try:
+                    transport.write(cork)
+                except RuntimeError:
+                    # uvloop: the transport is shutting down; connection_lost reports it and
+                    # the next send raises SendFailed.
+                    pass
+
     def _half_closed(self) -> None:
         """Called when a half becomes closed or poisoned."""
         transport = self._transport
         if transport is None:
             return
+        if self._sink_done:
+            # Bytes accepted by send are written before the half-close/close.
+            self._flush()
         if self._stream_done:
             # Reading is over: release the memory and stop the peer from filling it.
             self._start = self._end = 0
@@ -404,7 +431,20 @@ class Sink:
         size = len(data)
         if not size:
             return
+        cork = conn._cork
+        if cork is not None and len(cork) + size <= _CORK_LIMIT:
+            # Not the first send of this loop iteration: coalesce (one syscall for many sends).
+            cork += data
+            conn._net["bytes_sent"] += size
+            return
         try:
+            if cork is None:
+                conn._cork = bytearray()
+                conn._loop.call_soon(conn._flush)
+            elif cork:
+                # Too much to coalesce: keep the order, write what is corked first.
+                conn._cork = bytearray()
+                transport.write(cork)
             transport.write(data)
         except RuntimeError as exc:
             # uvloop refuses writes on a transport that is already shutting down.

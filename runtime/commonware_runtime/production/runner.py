@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
-import inspect
 import logging
 import os
 import signal
@@ -24,8 +23,7 @@ from datetime import timedelta
 from typing import Any, Awaitable, Callable, TypeVar
 
 from ..arguments import NS_PER_SECOND, duration_ns
-from ..errors import Closed
-from ..tasks import _ABORTED, _ERR, _OK, Handle, TaskRecord, drive
+from ..tasks import Handle, TaskRecord, discard_unstarted
 from .context import Context, ProductionCore
 from .network import NetworkConfig
 
@@ -214,7 +212,7 @@ class Runner:
             context = Context(core, "", record)
             self._context = context
             installed = self._install_signals(loop)
-            value = self._run_root(loop, core, handle, main, context)
+            value = core.run_root(loop, main, context)
         finally:
             self._shutdown(loop, core, executor, installed)
         if core.panic is not None:  # a task panicked while the others were being cancelled
@@ -222,38 +220,6 @@ class Runner:
         return value
 
     # -----------------------------------------------------------------------------------------
-
-    @staticmethod
-    def _run_root(
-        loop: asyncio.AbstractEventLoop,
-        core: ProductionCore,
-        handle: Handle[T],
-        main: Callable[[Context], Awaitable[T]],
-        context: Context,
-    ) -> T:
-        awaitable = main(context)
-        if not inspect.isawaitable(awaitable):
-            raise TypeError(f"main {main!r} must return an awaitable, got {type(awaitable).__name__}")
-        task = loop.create_task(drive(core, handle, awaitable), name="root")
-        handle._task = task
-        try:
-            loop.run_until_complete(task)
-        except asyncio.CancelledError:
-            # The root was aborted (a second SIGINT/SIGTERM); reported as Closed below.
-            if handle._state != _ABORTED:
-                raise
-        except RuntimeError:
-            # on_panic stopped the loop before the root finished.
-            if core.panic is None or task.done():
-                raise
-        if core.panic is not None:
-            raise core.panic
-        if handle._state == _ERR:
-            raise handle._value
-        if handle._state == _ABORTED:
-            raise Closed("the root task was cancelled")
-        assert handle._state == _OK
-        return handle._value  # type: ignore[no-any-return]
 
     # -- signals --------------------------------------------------------------------------
 
@@ -328,6 +294,7 @@ class Runner:
             if not pending:
                 return
             for task in pending:
+                discard_unstarted(task)
                 task.cancel()
             gathered = asyncio.gather(*pending, return_exceptions=True)
             try:
