@@ -1,11 +1,15 @@
 """Scheduler benchmarks: the deterministic runtime against stock asyncio, uvloop and trio.
 
 Run: ``.venv/bin/python benchmarks/bench_scheduler.py [--rounds 5] [--quick] [--only a,b,c,d]
-[--json out.json]``.  Every measurement runs in its own interpreter; the variants of all
-workloads are interleaved round by round (see ``harness.py``).  Times are measured inside
-the event loop, from the first statement of the workload to its last (loop construction
-and teardown excluded, the same for every framework); workload (d) divides the runner's
-scheduling decisions by the wall time of the whole ``Runner.start``.
+[--metric wall|cpu] [--json out.json] [--ab RUNTIME_DIR]``.  Every measurement runs in its
+own interpreter; the variants of all workloads are interleaved round by round (see
+``harness.py``).  Times are measured inside the event loop, from the first statement of the
+workload to its last (loop construction and teardown excluded, the same for every
+framework); workload (d) divides the runner's scheduling decisions by the wall time of the
+whole ``Runner.start``.  Both wall and process CPU time are recorded; ``--metric`` picks the
+one the ratios use (CPU time is the robust one when other jobs share the machine).
+``--ab DIR`` adds every variant of ours again, run on the package copy in ``DIR`` (labels
+end in ``[B]``): an interleaved A/B of a patch.
 
 Workloads and targets (issue 2):
   (a) ping-pong of N messages between two tasks over two ``asyncio.Queue(maxsize=1)``
@@ -30,7 +34,8 @@ import os
 import random
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -39,7 +44,15 @@ sys.path.insert(0, HERE)
 # patch): the child processes inherit the variable, so every variant sees the same copy.
 sys.path.insert(0, os.environ.get("COMMONWARE_BENCH_RUNTIME") or os.path.join(ROOT, "runtime"))
 
-from harness import Case, Result, machine_info, main_or_worker, markdown_table, run_cases, summarize  # noqa: E402
+from harness import (
+    Case,
+    Result,
+    machine_info,
+    main_or_worker,
+    markdown_table,
+    run_cases,
+    summarize,
+)
 
 SCRIPT = os.path.abspath(__file__)
 
@@ -51,14 +64,14 @@ class Stopwatch:
     shared 2-core machine it is much less disturbed by other processes than the wall time.
     """
 
-    __slots__ = ("_wall", "_cpu", "wall", "cpu")
+    __slots__ = ("_cpu", "_wall", "cpu", "wall")
 
     def __init__(self) -> None:
         self.wall = self.cpu = 0.0
         self._wall = time.perf_counter()
         self._cpu = time.process_time()
 
-    def stop(self) -> "Stopwatch":
+    def stop(self) -> Stopwatch:
         self.wall = time.perf_counter() - self._wall
         self.cpu = time.process_time() - self._cpu
         return self
@@ -159,8 +172,8 @@ def work_pingpong(impl: str, n: int) -> dict[str, Any]:
             await handle
             return watch.stop()
 
-        watch, total, steps = _run_ours(main)
-        return watch.out(total=total.wall, steps=steps)
+        watch, run, steps = _run_ours(main)
+        return watch.out(total=run.wall, steps=steps)
     if impl == "trio":
         import trio
 
@@ -225,8 +238,8 @@ def work_spawn(impl: str, n: int, gc_enabled: bool = True) -> dict[str, Any]:
                 raise AssertionError("lost tasks")
             return watch
 
-        watch, total, steps = _run_ours(main)
-        return watch.out(total=total.wall, ns_per_task=watch.wall / n * 1e9, steps=steps)
+        watch, run, steps = _run_ours(main)
+        return watch.out(total=run.wall, ns_per_task=watch.wall / n * 1e9, steps=steps)
     if impl == "trio":
         import trio
 
@@ -295,8 +308,8 @@ def work_sleeps(impl: str, tasks: int, sleeps: int) -> dict[str, Any]:
                 await handle
             return watch.stop(), asyncio.get_running_loop().time()
 
-        (watch, virtual), total, steps = _run_ours(main)
-        return watch.out(total=total.wall, virtual=virtual, steps=steps)
+        (watch, virtual), run, steps = _run_ours(main)
+        return watch.out(total=run.wall, virtual=virtual, steps=steps)
     if impl == "trio":
         import trio
 
@@ -333,7 +346,7 @@ def work_decisions(record: bool, tasks: int, yields: int) -> dict[str, Any]:
     return watch.out(total=watch.wall, steps=steps, decisions_per_s=steps / watch.wall, cpu_decisions_per_s=steps / watch.cpu)
 
 
-WORKERS = {
+WORKERS: dict[str, Callable[..., dict[str, Any]]] = {
     "pingpong": work_pingpong,
     "spawn": work_spawn,
     "sleeps": work_sleeps,

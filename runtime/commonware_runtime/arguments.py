@@ -20,10 +20,15 @@ _LABEL = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
 _PARTITION = re.compile(r"[A-Za-z0-9_-]+\Z")
 U64_MAX = (1 << 64) - 1
 NS_PER_SECOND = 1_000_000_000
+_INF = float("inf")
 
 
 def duration_ns(value: Duration, what: str = "duration") -> int:
     """Convert seconds (float/int) or a ``timedelta`` to integer nanoseconds (>= 0)."""
+    if type(value) is float and 0.0 <= value < _INF:
+        # Fast path (every sleep): seconds_to_ns inlined; NaN/inf/negatives fall through.
+        whole = int(value)  # == math.floor for value >= 0
+        return whole * NS_PER_SECOND + round((value - whole) * NS_PER_SECOND)
     if isinstance(value, timedelta):
         ns = (value.days * 86_400 + value.seconds) * NS_PER_SECOND + value.microseconds * 1_000
     elif isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import types
 import logging
 from typing import Any, Awaitable, Callable, TypeVar
 
@@ -22,6 +23,7 @@ from .errors import Closed
 from .tasks import _ABORTED, _ERR, _OK, Handle, TaskRecord, drive
 
 T = TypeVar("T")
+_CoroutineType = types.CoroutineType
 logger = logging.getLogger("commonware_runtime")
 
 
@@ -178,7 +180,7 @@ class BaseContext:
         record = TaskRecord(self._label)
         handle: Handle[T] = Handle(record)
         awaitable = fn(self._derive(self._label, record))
-        if not inspect.isawaitable(awaitable):
+        if type(awaitable) is not _CoroutineType and not inspect.isawaitable(awaitable):
             raise TypeError(f"spawned function {fn!r} must return an awaitable, got {type(awaitable).__name__}")
         if parent is not None:
             parent.adopt(handle)

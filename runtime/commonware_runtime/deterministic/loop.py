@@ -96,6 +96,8 @@ class EventLoop(asyncio.BaseEventLoop):
         self._started = False
         self._last_audited_ns = -1
         self.auditor = auditor if auditor is not None else Auditor()
+        # The auditor empties this array in place when folding, so the reference stays valid.
+        self._decisions = self.auditor.decisions
         self._scheduler = scheduler if scheduler is not None else random.Random(derive_seed(seed, "scheduler"))
         self._next_id = 1
         self._labels: dict[str, int] = {}
@@ -131,21 +133,47 @@ class EventLoop(asyncio.BaseEventLoop):
         self._push_timer(when_ns, timer)
         return timer
 
+    def wake_at_ns(self, when_ns: int, fut: asyncio.Future[None]) -> None:
+        """Resolve ``fut`` (unless it is done by then) at virtual instant ``when_ns``.
+
+        The runtime's own sleeps use this instead of a TimerHandle: no handle, no context
+        copy, no cancel() on the way out; a cancelled sleep leaves a dead entry, skipped.
+        """
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (when_ns, self._timer_seq, fut))
+
     def _push_timer(self, when_ns: int, timer: asyncio.TimerHandle) -> None:
         self._timer_seq += 1
         heapq.heappush(self._timers, (when_ns, self._timer_seq, timer))
         timer._scheduled = True  # type: ignore[attr-defined]
 
     def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
+        # TimerHandle.cancel() lands here also for timers that already fired (asyncio.sleep
+        # cancels its handle on the way out): only handles still in the heap count.
+        if not handle._scheduled:  # type: ignore[attr-defined]
+            return
         self._timer_cancelled_count += 1
         timers = self._timers
         # Timeouts that finish early leave cancelled timers behind: compact when they dominate.
         if self._timer_cancelled_count > 256 and self._timer_cancelled_count * 2 > len(timers):
-            timers[:] = [t for t in timers if not t[2]._cancelled]
+            timers[:] = [t for t in timers if not _dead(t[2])]
             heapq.heapify(timers)
             self._timer_cancelled_count = 0
 
     # -- scheduling -----------------------------------------------------------------------
+
+    def call_soon(self, callback: Callable[..., object], *args: Any, context: Any = None) -> asyncio.Handle:
+        # BaseEventLoop.call_soon and _call_soon in one frame: every task step comes here.
+        if self._closed:
+            raise RuntimeError("Event loop is closed")
+        if self._debug:
+            self._check_thread()
+            self._check_callback(callback, "call_soon")
+        handle = asyncio.Handle(callback, args, self, context)
+        if handle._source_traceback:
+            del handle._source_traceback[-1]
+        self._ready.append(handle)
+        return handle
 
     def _call_soon(self, callback: Callable[..., object], args: Any, context: Any) -> asyncio.Handle:
         handle = asyncio.Handle(callback, args, self, context)
@@ -165,7 +193,8 @@ class EventLoop(asyncio.BaseEventLoop):
         """Nothing to wake: the loop never blocks on a selector."""
 
     def create_task(self, coro: Any, *, name: str | None = None, context: Any = None) -> asyncio.Task[Any]:
-        self._check_closed()
+        if self._closed:
+            raise RuntimeError("Event loop is closed")
         if self._task_factory is not None:
             task = self._task_factory(self, coro) if context is None else self._task_factory(self, coro, context=context)
             if not isinstance(task, _Task):
@@ -184,7 +213,7 @@ class EventLoop(asyncio.BaseEventLoop):
         if index is None:
             index = self._labels[label] = len(self._labels)
             self.auditor.event("label", index, label)
-        decisions = self.auditor.decisions
+        decisions = self._decisions
         decisions.append(MARK_SPAWN)
         decisions.append(tid)
         decisions.append(index)
@@ -213,7 +242,7 @@ class EventLoop(asyncio.BaseEventLoop):
             self._started = True
         timers = self._timers
         if not self._ready:
-            while timers and timers[0][2]._cancelled:
+            while timers and _dead(timers[0][2]):
                 heapq.heappop(timers)
                 self._timer_cancelled_count = max(0, self._timer_cancelled_count - 1)
             if timers:
@@ -230,8 +259,13 @@ class EventLoop(asyncio.BaseEventLoop):
                 f"after {self.steps} scheduling decisions"
             )
         self._now_ns = now
+        future_type = _Future
         while timers and timers[0][0] <= now:
             timer = heapq.heappop(timers)[2]
+            if type(timer) is future_type:  # a sleep (wake_at_ns)
+                if not timer.done():
+                    timer.set_result(None)
+                continue
             timer._scheduled = False  # type: ignore[attr-defined]
             if timer._cancelled:
                 self._timer_cancelled_count = max(0, self._timer_cancelled_count - 1)
@@ -243,7 +277,7 @@ class EventLoop(asyncio.BaseEventLoop):
         self._ready = []
         if now != self._last_audited_ns:
             self._last_audited_ns = now
-            decisions = self.auditor.decisions
+            decisions = self._decisions
             decisions.append(MARK_TIME)
             decisions.append(now & 0xFFFFFFFF)
             decisions.append(now >> 32)
@@ -251,7 +285,7 @@ class EventLoop(asyncio.BaseEventLoop):
 
     def _run_batch_random(self, batch: list[asyncio.Handle]) -> None:
         rand = self._scheduler.random
-        record = self.auditor.decisions.append
+        record = self._decisions.append
         task_type = _Task
         n = len(batch)
         self.steps += n
@@ -268,9 +302,24 @@ class EventLoop(asyncio.BaseEventLoop):
             if handle._cancelled:
                 record(LOOP_CALLBACK)
                 continue
-            owner = getattr(handle._callback, "__self__", None)
+            callback = handle._callback
+            owner = getattr(callback, "__self__", None)
             record(owner._cw_id if type(owner) is task_type else LOOP_CALLBACK)
-            handle._run()
+            # Handle._run inlined: one Python frame less per decision.
+            try:
+                handle._context.run(callback, *handle._args)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._callback_failed(handle, exc)
+
+    def _callback_failed(self, handle: asyncio.Handle, exc: BaseException) -> None:
+        """What Handle._run does with a callback's exception: hand it to the loop's handler."""
+        cb = asyncio.format_helpers._format_callback_source(handle._callback, handle._args)  # type: ignore[attr-defined]
+        context = {"exception": exc, "handle": handle, "message": f"Exception in callback {cb}"}
+        if handle._source_traceback:
+            context["source_traceback"] = handle._source_traceback
+        self.call_exception_handler(context)
 
     def _run_batch_recording(self, batch: list[asyncio.Handle]) -> None:
         schedule = self.recorder.schedule
@@ -388,6 +437,14 @@ _LIBRARY_DIRS = (
     os.path.dirname(asyncio.__file__) + os.sep,
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,
 )
+
+
+_Future = asyncio.Future
+
+
+def _dead(entry: Any) -> bool:
+    """A heap entry that will never fire: a cancelled TimerHandle or a finished sleep future."""
+    return entry.done() if type(entry) is _Future else entry._cancelled  # type: ignore[no-any-return]
 
 
 def await_site(task: asyncio.Task[Any]) -> str:

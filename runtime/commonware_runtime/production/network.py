@@ -16,10 +16,10 @@ Semantics (SPEC section 2, Network):
 * ``Sink.send(data)`` hands all bytes to the transport and waits (up to ``write_timeout``)
   only while the transport's write buffer is above its high-water mark; a dead peer raises
   ``SendFailed``.  Returning from ``send`` means "queued", not "delivered", as with a
-  socket write.  The first send of a loop iteration is written at once; further sends in
-  the same iteration (a task sending several messages without waiting) are coalesced, up
-  to 64 KiB, and written together at the start of the next iteration: one system call
-  instead of one per message, no added latency for request/response traffic.
+  socket write.  A send is written at once unless it follows another send with no wait
+  for incoming data in between; such bursts are coalesced (up to 64 KiB) and written
+  together at the next loop iteration: one system call instead of one per message, and no
+  added latency for request/response traffic.
 * A half that raised ``RecvFailed``/``SendFailed``/``Timeout`` is poisoned: every later call
   raises ``Closed``; so does every call after ``close()``.  Cancelling a waiting ``recv`` or
   ``send`` (e.g. ``asyncio.wait_for``) does not poison: nothing was consumed.
@@ -122,10 +122,13 @@ class _Connection(asyncio.BufferedProtocol):
         self._lost_exc: BaseException | None = None
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[bool]] = []
-        # Write coalescing: the first send of a loop iteration goes straight to the
-        # transport (no added latency); later sends in the same iteration are collected in
-        # _cork and written together when _flush runs at the start of the next iteration.
+        # Write coalescing: a send goes straight to the transport unless it follows another
+        # send with no wait for incoming data in between; such back-to-back sends are
+        # collected in _cork and written together by _flush at the next loop iteration.
         self._cork: bytearray | None = None
+        # A send happened since the stream last had to wait: further sends are likely part
+        # of a burst, so they go to the cork (request/response traffic never gets here).
+        self._hot = False
         self._sink_done = False  # closed or poisoned
         self._stream_done = False
         self._on_made: Any = None  # listener callback for inbound connections
@@ -247,6 +250,7 @@ class _Connection(asyncio.BufferedProtocol):
         """Write what sends coalesced during the last loop iteration; end the cork."""
         cork = self._cork
         self._cork = None
+        self._hot = False
         if cork and not self._lost:
             transport = self._transport
             if transport is not None and not transport.is_closing():
@@ -330,6 +334,7 @@ class Stream:
             waiter: asyncio.Future[int] = conn._loop.create_future()
             conn._waiter = waiter
             conn._want = n
+            conn._hot = False
             if conn._reading_paused:
                 conn._reading_paused = False
                 assert conn._transport is not None
@@ -432,20 +437,25 @@ class Sink:
         if not size:
             return
         cork = conn._cork
-        if cork is not None and len(cork) + size <= _CORK_LIMIT:
-            # Not the first send of this loop iteration: coalesce (one syscall for many sends).
-            cork += data
-            conn._net["bytes_sent"] += size
-            return
         try:
-            if cork is None:
-                conn._cork = bytearray()
-                conn._loop.call_soon(conn._flush)
-            elif cork:
+            if cork is None and not conn._hot:
+                # First send since this connection's reader last waited: write at once.
+                conn._hot = True
+                transport.write(data)
+            else:
+                # Back-to-back sends: coalesce them into one write at the next iteration.
+                if cork is None:
+                    conn._cork = cork = bytearray()
+                    conn._loop.call_soon(conn._flush)
+                if len(cork) + size <= _CORK_LIMIT:
+                    cork += data
+                    conn._net["bytes_sent"] += size
+                    return
                 # Too much to coalesce: keep the order, write what is corked first.
-                conn._cork = bytearray()
-                transport.write(cork)
-            transport.write(data)
+                if cork:
+                    conn._cork = bytearray()
+                    transport.write(cork)
+                transport.write(data)
         except RuntimeError as exc:
             # uvloop refuses writes on a transport that is already shutting down.
             raise self._poison(self._failed(f"transport closed ({exc})")) from exc
