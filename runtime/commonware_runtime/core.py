@@ -20,7 +20,7 @@ from .errors import Timeout
 from .metrics import Metrics, RuntimeCounters
 from .signal import Signal, _State
 from .errors import Closed
-from .tasks import _ABORTED, _ERR, _OK, Handle, TaskRecord, drive
+from .tasks import _ABORTED, _ERR, _OK, Handle, drive
 
 T = TypeVar("T")
 _CoroutineType = types.CoroutineType
@@ -90,7 +90,7 @@ class RuntimeCore:
 
     # -- shutdown -------------------------------------------------------------------------
 
-    def hold(self, record: TaskRecord | None) -> Signal:
+    def hold(self, record: Handle[Any] | None) -> Signal:
         signal = Signal(self.stop_state, self._release)
         if self.stop_state.value is not None and record is None:
             return signal
@@ -110,12 +110,12 @@ class RuntimeCore:
                 if not fut.done():
                     fut.set_result(None)
 
-    def release_signals(self, record: TaskRecord) -> None:
+    def release_signals(self, record: Handle[Any]) -> None:
         signals, record.signals = record.signals, None
         for signal in signals or ():
             signal.release()
 
-    async def stop(self, value: int, timeout: Duration | None, caller: TaskRecord | None) -> None:
+    async def stop(self, value: int, timeout: Duration | None, caller: Handle[Any] | None) -> None:
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"stop value must be an int, got {type(value).__name__} {value!r}")
         deadline = None if timeout is None else duration_seconds(timeout, "timeout")
@@ -151,12 +151,12 @@ class BaseContext:
 
     __slots__ = ("_core", "_label", "_record")
 
-    def __init__(self, core: RuntimeCore, label: str, record: TaskRecord | None) -> None:
+    def __init__(self, core: RuntimeCore, label: str, record: Handle[Any] | None) -> None:
         self._core = core
         self._label = label
         self._record = record
 
-    def _derive(self, label: str, record: TaskRecord | None) -> "BaseContext":
+    def _derive(self, label: str, record: Handle[Any] | None) -> "BaseContext":
         clone = object.__new__(type(self))
         clone._core = self._core
         clone._label = label
@@ -174,12 +174,11 @@ class BaseContext:
 
     # -- spawner --------------------------------------------------------------------------
 
-    def _spawn(self, fn: Callable[[Any], Awaitable[T]], parent: TaskRecord | None) -> Handle[T]:
+    def _spawn(self, fn: Callable[[Any], Awaitable[T]], parent: Handle[Any] | None) -> Handle[T]:
         if not callable(fn):
             raise TypeError(f"spawn expects a callable taking the context, got {fn!r}")
-        record = TaskRecord(self._label)
-        handle: Handle[T] = Handle(record)
-        awaitable = fn(self._derive(self._label, record))
+        handle: Handle[T] = Handle(self._label)
+        awaitable = fn(self._derive(self._label, handle))
         if type(awaitable) is not _CoroutineType and not inspect.isawaitable(awaitable):
             raise TypeError(f"spawned function {fn!r} must return an awaitable, got {type(awaitable).__name__}")
         if parent is not None:
@@ -201,9 +200,8 @@ class BaseContext:
             raise TypeError(f"spawn_blocking expects a callable taking the context, got {fn!r}")
         if not isinstance(dedicated, bool):
             raise TypeError(f"dedicated must be a bool, got {dedicated!r}")
-        record = TaskRecord(self._label)
-        handle: Handle[T] = Handle(record)
-        ctx = self._derive(self._label, record)
+        handle: Handle[T] = Handle(self._label)
+        ctx = self._derive(self._label, handle)
         self._core.new_task(handle, self._run_blocking(fn, ctx, dedicated))
         return handle
 

@@ -41,13 +41,6 @@ class RuntimeCounters:
             "syncs": 0,
         }
 
-    def task_started(self, name: str) -> None:
-        self.tasks_spawned[name] = self.tasks_spawned.get(name, 0) + 1
-        self.tasks_running[name] = self.tasks_running.get(name, 0) + 1
-
-    def task_finished(self, name: str) -> None:
-        self.tasks_running[name] -= 1
-
     def collect(self) -> Iterator[Metric]:
         spawned = CounterMetricFamily("runtime_tasks_spawned", "Total tasks spawned, by task name", labels=["name"])
         for name in sorted(self.tasks_spawned):

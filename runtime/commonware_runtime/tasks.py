@@ -24,15 +24,26 @@ T = TypeVar("T")
 _PENDING, _OK, _ERR, _ABORTED = 0, 1, 2, 3
 
 
-class TaskRecord:
-    """What the runtime knows of one spawned task: its name, children and held stop signals."""
+class Handle(Generic[T]):
+    """Awaitable handle to a spawned task.
 
-    __slots__ = ("name", "children", "signals")
+    ``await handle`` returns the task's value, raises ``Closed`` if the task was aborted
+    and ``Exited`` (``__cause__`` = the original exception) if it raised.
+    """
+
+    __slots__ = ("name", "children", "signals", "_task", "_state", "_value", "_waiters", "_pending")
 
     def __init__(self, name: str) -> None:
+        # The handle is also the runtime's record of its task (one object per spawn, not
+        # two: every object a spawn creates is work for the cyclic garbage collector).
         self.name = name
-        self.children: list[Handle[Any]] | None = None
-        self.signals: list[Signal] | None = None
+        self.children: list[Handle[Any]] | None = None  # spawn_child handles, aborted with this task
+        self.signals: list[Signal] | None = None  # stop signals this task holds
+        self._task: asyncio.Task[Any] | None = None
+        self._state = _PENDING
+        self._value: Any = None
+        self._waiters: list[asyncio.Future[None]] | None = None
+        self._pending: Any = None  # the task's awaitable until the task first runs
 
     def adopt(self, child: "Handle[Any]") -> None:
         children = self.children
@@ -51,28 +62,6 @@ class TaskRecord:
             for child in children:
                 child.abort()
 
-
-class Handle(Generic[T]):
-    """Awaitable handle to a spawned task.
-
-    ``await handle`` returns the task's value, raises ``Closed`` if the task was aborted
-    and ``Exited`` (``__cause__`` = the original exception) if it raised.
-    """
-
-    __slots__ = ("_task", "_record", "_state", "_value", "_waiters", "_pending")
-
-    def __init__(self, record: TaskRecord) -> None:
-        self._task: asyncio.Task[Any] | None = None
-        self._record = record
-        self._state = _PENDING
-        self._value: Any = None
-        self._waiters: list[asyncio.Future[None]] | None = None
-        self._pending: Any = None  # the task's awaitable until the task first runs
-
-    @property
-    def name(self) -> str:
-        return self._record.name
-
     def done(self) -> bool:
         return self._state != _PENDING
 
@@ -86,7 +75,7 @@ class Handle(Generic[T]):
             task.cancel()
         discard(self._pending)
         self._pending = None
-        self._record.abort_children()
+        self.abort_children()
 
     def _finish(self, state: int, value: Any) -> None:
         if self._state != _PENDING:
@@ -104,9 +93,9 @@ class Handle(Generic[T]):
         if state == _OK:
             return self._value  # type: ignore[no-any-return]
         if state == _ABORTED:
-            raise Closed(f"task {self._record.name or '<unlabeled>'!r} was aborted")
+            raise Closed(f"task {self.name or '<unlabeled>'!r} was aborted")
         exc = self._value
-        raise Exited(f"task {self._record.name or '<unlabeled>'!r} raised {type(exc).__name__}: {exc}") from exc
+        raise Exited(f"task {self.name or '<unlabeled>'!r} raised {type(exc).__name__}: {exc}") from exc
 
     def __await__(self) -> Generator[Any, None, T]:
         if self._state == _PENDING:
@@ -120,14 +109,13 @@ class Handle(Generic[T]):
 
     def __repr__(self) -> str:
         state = ("pending", "ok", "raised", "aborted")[self._state]
-        return f"<Handle {self._record.name!r} {state}>"
+        return f"<Handle {self.name!r} {state}>"
 
 
 async def drive(core: "RuntimeCore", handle: Handle[Any], awaitable: Awaitable[Any]) -> None:
     """Run one spawned task to its end and record the outcome in its handle."""
     handle._pending = None
-    record = handle._record
-    name = record.name
+    name = handle.name
     # RuntimeCounters.task_started/task_finished inlined: two calls less per task.
     counters = core.counters
     running = counters.tasks_running
@@ -155,10 +143,10 @@ async def drive(core: "RuntimeCore", handle: Handle[Any], awaitable: Awaitable[A
     finally:
         running[name] -= 1
         if not finalizing:
-            if record.children is not None:
-                record.abort_children()
-            if record.signals is not None:
-                core.release_signals(record)
+            if handle.children is not None:
+                handle.abort_children()
+            if handle.signals is not None:
+                core.release_signals(handle)
 
 
 def discard(awaitable: Any) -> None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, TypeVar
 from ..arguments import NS_PER_SECOND, Address, Duration, duration_ns, timestamp_ns
 from ..auditor import Auditor
 from ..core import BaseContext, RuntimeCore
-from ..tasks import Handle, TaskRecord, drive
+from ..tasks import Handle, drive
 from .loop import EventLoop, derive_seed
 from .rng import AuditedRandom
 
@@ -83,7 +83,7 @@ class DeterministicCore(RuntimeCore):
     def new_task(self, handle: Handle[Any], awaitable: Awaitable[Any]) -> None:
         # The loop is known: no get_running_loop(), no Handle.name property.
         handle._pending = awaitable
-        handle._task = self.loop.create_task(drive(self, handle, awaitable), name=handle._record.name)
+        handle._task = self.loop.create_task(drive(self, handle, awaitable), name=handle.name)
 
 
 class Context(BaseContext):
@@ -92,11 +92,11 @@ class Context(BaseContext):
     __slots__ = ("_host",)
     _core: DeterministicCore
 
-    def __init__(self, core: DeterministicCore, label: str = "", record: TaskRecord | None = None, host: str = DEFAULT_HOST) -> None:
+    def __init__(self, core: DeterministicCore, label: str = "", record: Handle[Any] | None = None, host: str = DEFAULT_HOST) -> None:
         super().__init__(core, label, record)
         self._host = host
 
-    def _derive(self, label: str, record: TaskRecord | None) -> "Context":
+    def _derive(self, label: str, record: Handle[Any] | None) -> "Context":
         # BaseContext._derive inlined: one frame less per spawn.
         clone = object.__new__(type(self))
         clone._core = self._core

@@ -12,7 +12,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 from ..arguments import NS_PER_SECOND, duration_ns, timestamp_ns
 from ..auditor import Auditor
 from ..errors import RuntimeStalled, RuntimeTimeout
-from ..tasks import Handle, TaskRecord, discard_unstarted
+from ..tasks import Handle, discard_unstarted
 from .context import Context, DeterministicCore
 from .loop import EventLoop
 from .trace import Recorder, ReplayDivergence, Replayer, Schedule
@@ -184,11 +184,10 @@ class Runner:
             loop.start_recording(self.recorder)
         elif self.replay is not None:
             loop.start_replay(Replayer(self.replay))
-        record = TaskRecord("")
-        handle: Handle[T] = Handle(record)
+        handle: Handle[T] = Handle("")
         core.root = handle
         try:
-            value = core.run_root(loop, main, Context(core, "", record))
+            value = core.run_root(loop, main, Context(core, "", handle))
             self._teardown(loop)
             if self.replay is not None and loop.steps != self.replay.steps:
                 raise ReplayDivergence(

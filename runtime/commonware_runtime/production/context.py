@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, TypeVar
 
 from ..arguments import Address, timestamp_ns
 from ..core import BaseContext, RuntimeCore
-from ..tasks import TaskRecord
+from ..tasks import Handle
 from .network import NetworkConfig, bind, dial
 from .process import ProcessCollector
 from .storage import Storage
@@ -89,7 +89,7 @@ class Context(BaseContext):
     __slots__ = ()
     _core: ProductionCore
 
-    def __init__(self, core: ProductionCore, label: str = "", record: TaskRecord | None = None) -> None:
+    def __init__(self, core: ProductionCore, label: str = "", record: Handle[Any] | None = None) -> None:
         super().__init__(core, label, record)
 
     def with_label(self, label: str) -> "Context":

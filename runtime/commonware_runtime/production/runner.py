@@ -23,7 +23,7 @@ from datetime import timedelta
 from typing import Any, Awaitable, Callable, TypeVar
 
 from ..arguments import NS_PER_SECOND, duration_ns
-from ..tasks import Handle, TaskRecord, discard_unstarted
+from ..tasks import Handle, discard_unstarted
 from .context import Context, ProductionCore
 from .network import NetworkConfig
 
@@ -206,10 +206,9 @@ class Runner:
                 storage_directory=directory,
             )
             self._core = core
-            record = TaskRecord("")
-            handle: Handle[T] = Handle(record)
+            handle: Handle[T] = Handle("")
             core.root = handle
-            context = Context(core, "", record)
+            context = Context(core, "", handle)
             self._context = context
             installed = self._install_signals(loop)
             value = core.run_root(loop, main, context)
