@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-PORT = 7000
+PORT = 0  # any free port: the example also runs on real TCP
 CLIENTS = 4
 MESSAGES = 20
 
