@@ -147,6 +147,40 @@ def test_big_send_and_big_recv(run: Run) -> None:
     run(main)
 
 
+def test_back_to_back_sends_keep_order_and_close_flushes(run: Run) -> None:
+    async def main() -> None:
+        listener, (csink, cstream), (ssink, sstream) = await pair()
+        rng = random.Random(4)
+        # A burst of small sends (coalesced) mixed with large ones (written through), then a
+        # close in the same iteration: every byte arrives, in order, before the end of stream.
+        pieces = [rng.randbytes(rng.choice([1, 10, 300, 70_000, 200_000])) for _ in range(300)]
+        expected = b"".join(pieces)
+        receiving = asyncio.ensure_future(sstream.recv(len(expected)))
+        for piece in pieces:
+            await csink.send(piece)
+        csink.close()
+        assert await receiving == expected
+        with pytest.raises(RecvFailed):
+            await sstream.recv(1)
+        # Two tasks sending bursts concurrently: each send's bytes stay contiguous.
+        async def burst(tag: bytes) -> None:
+            for i in range(200):
+                await ssink.send(tag + bytes([i]) * 7)
+                if i % 50 == 0:
+                    await asyncio.sleep(0)
+
+        await asyncio.gather(burst(b"A"), burst(b"B"))
+        seen: dict[bytes, int] = {b"A": 0, b"B": 0}
+        for _ in range(400):
+            record = await cstream.recv(8)
+            tag, body = record[:1], record[1:]
+            assert body == bytes([seen[tag]]) * 7
+            seen[tag] += 1
+        assert seen == {b"A": 200, b"B": 200}
+
+    run(main)
+
+
 def test_peek(run: Run) -> None:
     async def main() -> None:
         listener, (csink, _), (_, sstream) = await pair()
