@@ -126,6 +126,20 @@ class EventLoop(asyncio.BaseEventLoop):
         self._push_timer(seconds_to_ns(when), timer)
         return timer
 
+    def call_later(self, delay: float, callback: Callable[..., object], *args: Any, context: Any = None) -> asyncio.TimerHandle:
+        # Relative to the exact integer clock (asyncio's version goes through float time()),
+        # so sleep(d) wakes at now + d to the nanosecond.
+        if delay is None:
+            raise TypeError("delay must not be None")
+        if self._closed:
+            raise RuntimeError("Event loop is closed")
+        when_ns = self._now_ns + (seconds_to_ns(delay) if delay > 0 else 0)
+        timer = asyncio.TimerHandle(when_ns / NS_PER_SECOND, callback, args, self, context)
+        if timer._source_traceback:
+            del timer._source_traceback[-1]
+        self._push_timer(when_ns, timer)
+        return timer
+
     def call_at_ns(self, when_ns: int, callback: Callable[..., object], *args: Any) -> asyncio.TimerHandle:
         """Schedule at an exact virtual instant (the runtime's own clock uses this)."""
         self._check_closed()
