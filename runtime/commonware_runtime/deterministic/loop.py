@@ -26,7 +26,7 @@ import threading
 import types
 from typing import Any, Callable, Iterable
 
-from ..arguments import NS_PER_SECOND, seconds_to_ns
+from ..arguments import NS_PER_SECOND, Duration, seconds_to_ns
 from ..auditor import Auditor
 from ..errors import RuntimeStalled, RuntimeTimeout
 
@@ -75,8 +75,8 @@ class EventLoop(asyncio.BaseEventLoop):
         self,
         seed: int = 42,
         *,
-        cycle: float = 0.001,
-        timeout: float | None = None,
+        cycle: Duration = 0.001,
+        timeout: Duration | None = None,
         auditor: Auditor | None = None,
         scheduler: random.Random | None = None,
         now_ns: int = 0,
