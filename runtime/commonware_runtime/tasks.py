@@ -155,12 +155,12 @@ def discard(awaitable: Any) -> None:
         awaitable.close()
 
 
-def discard_unstarted(task: "asyncio.Task[Any]") -> None:
-    """For a task about to be cancelled: if its driver never started, close what it would have run."""
+def discard_unstarted(task: "asyncio.Task[Any]", *, abandon: bool = False) -> None:
+    """For a task about to be cancelled: if its driver never started, close what it would
+    have run.  ``abandon=True`` (the loop will never run again) closes the driver too."""
     coro = task.get_coro()
-    if (
-        inspect.iscoroutine(coro)
-        and coro.cr_code is drive.__code__
-        and inspect.getcoroutinestate(coro) == inspect.CORO_CREATED
-    ):
-        discard(coro.cr_frame.f_locals.get("awaitable"))
+    if inspect.iscoroutine(coro) and inspect.getcoroutinestate(coro) == inspect.CORO_CREATED:
+        if coro.cr_code is drive.__code__ and coro.cr_frame is not None:
+            discard(coro.cr_frame.f_locals.get("awaitable"))
+        if abandon:
+            coro.close()

@@ -245,7 +245,7 @@ class Runner:
                 schedule.error = {"type": type(error).__name__, "message": str(error)}
         loop.quiesce()
         for task in asyncio.all_tasks(loop):
-            discard_unstarted(task)
+            discard_unstarted(task, abandon=error is not None)
             task._log_destroy_pending = False  # type: ignore[attr-defined]
         if loop.is_closed():
             return

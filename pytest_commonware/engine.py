@@ -1,0 +1,486 @@
+"""The plugin's engine: options, the run plan of a test, and running one test function on a runner.
+
+Nothing here is a pytest hook.  ``plugin.py`` translates pytest's hooks into calls of this
+module (the way pytest-xdist keeps its hooks thin over its scheduling code), so the rules
+"which seeds", "which runtime", "how is one run made and judged" live in one readable place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import inspect
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Iterable, Mapping
+
+import pytest
+
+from commonware_runtime import deterministic, production
+from commonware_runtime.arguments import NS_PER_SECOND
+
+__all__ = [
+    "CONTEXT_FIXTURES",
+    "RUNTIMES",
+    "RECORD_MODES",
+    "RunSpec",
+    "MarkerArgs",
+    "Settings",
+    "ContextSlot",
+    "DeferredFixture",
+    "RunResult",
+    "marker_args",
+    "seed_list",
+    "plan",
+    "deterministic_config",
+    "make_main",
+    "run_deterministic",
+    "run_production",
+    "first_divergence",
+]
+
+CONTEXT_FIXTURES = ("deterministic_context", "production_context", "runtime_context")
+RUNTIMES = ("deterministic", "production", "both")
+RECORD_MODES = ("failed", "all", "none")
+MARKER_KEYS = ("runtime", "seeds", "timeout", "cycle", "catch_panics", "record")
+# Auditor checkpoints every this many steps when two runs are compared: the second run's
+# first differing auditor state is then located to within a few decisions.
+CHECK_CHECKPOINT_EVERY = 16
+
+
+# ---------------------------------------------------------------------------------------------
+# what a test item runs
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One pytest item's run: the runtime and, when deterministic, the seed."""
+
+    runtime: str  # "deterministic" | "production"
+    seed: int | None
+    both: bool = False  # the test runs on both runtimes: the id names the runtime
+
+    @property
+    def id(self) -> str:
+        if self.runtime == "production":
+            return "production"
+        return f"deterministic-seed={self.seed}" if self.both else f"seed={self.seed}"
+
+
+@dataclass(frozen=True)
+class MarkerArgs:
+    """The merged ``@pytest.mark.commonware(...)`` arguments of one test (closest marker wins per key)."""
+
+    runtime: str | None = None
+    seeds: int | tuple[int, ...] | None = None
+    timeout: float | None = None
+    cycle: float | None = None
+    catch_panics: bool | None = None
+    record: str | None = None
+
+
+def _usage(where: str, message: str) -> pytest.UsageError:
+    return pytest.UsageError(f"{where}: {message}")
+
+
+def _validate_marker_value(where: str, key: str, value: Any) -> Any:
+    if key == "runtime":
+        if value not in RUNTIMES:
+            raise _usage(where, f"@pytest.mark.commonware(runtime={value!r}): runtime must be one of {', '.join(RUNTIMES)}")
+        return value
+    if key == "seeds":
+        if isinstance(value, bool):
+            raise _usage(where, f"@pytest.mark.commonware(seeds={value!r}): seeds must be a count or a list of seeds")
+        if isinstance(value, int):
+            if value < 1:
+                raise _usage(where, f"@pytest.mark.commonware(seeds={value!r}): the seed count must be at least 1")
+            return value
+        if isinstance(value, (list, tuple, range)):
+            seeds = tuple(value)
+            if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+                raise _usage(where, f"@pytest.mark.commonware(seeds={value!r}): a seed list must hold non-negative ints")
+            return seeds
+        raise _usage(where, f"@pytest.mark.commonware(seeds={value!r}): seeds must be a count or a list of seeds")
+    if key in ("timeout", "cycle"):
+        if value is None and key == "timeout":
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise _usage(where, f"@pytest.mark.commonware({key}={value!r}): {key} must be a positive number of seconds")
+        return float(value)
+    if key == "catch_panics":
+        if not isinstance(value, bool):
+            raise _usage(where, f"@pytest.mark.commonware(catch_panics={value!r}): catch_panics must be a bool")
+        return value
+    if key == "record":
+        if value is True:
+            return "all"
+        if value is False:
+            return "none"
+        if value not in RECORD_MODES:
+            raise _usage(where, f"@pytest.mark.commonware(record={value!r}): record must be one of {', '.join(RECORD_MODES)} (or a bool)")
+        return value
+    raise AssertionError(key)
+
+
+def marker_args(markers: Iterable[Any], where: str) -> MarkerArgs:
+    """Merge ``commonware`` markers, closest first (as ``node.iter_markers`` yields them)."""
+    values: dict[str, Any] = {}
+    for mark in markers:
+        if mark.args:
+            raise _usage(where, f"@pytest.mark.commonware takes keyword arguments only ({', '.join(MARKER_KEYS)}), got {mark.args!r}")
+        for key, value in mark.kwargs.items():
+            if key not in MARKER_KEYS:
+                raise _usage(where, f"@pytest.mark.commonware got an unknown argument {key!r}; known: {', '.join(MARKER_KEYS)}")
+            if key not in values:  # the closest marker that sets a key wins
+                values[key] = _validate_marker_value(where, key, value)
+    return MarkerArgs(**values)
+
+
+# ---------------------------------------------------------------------------------------------
+# options
+
+
+@dataclass
+class Settings:
+    """The resolved ``--cw-*`` options (command line first, then the ini key, then the default)."""
+
+    seeds: int | None = None  # from --cw-seeds (overrides markers)
+    ini_seeds: int | None = None  # from the cw_seeds ini key (a default below markers)
+    seed_base: int = 0
+    seed: int | None = None
+    runtime: str | None = None
+    traces_dir: Path = Path("traces")
+    record: str | None = None  # from --cw-record (overrides markers)
+    ini_record: str = "failed"
+    replay: Path | None = None
+    bisect: Path | None = None
+    check_determinism: bool = False
+    golden: Path | None = None  # the file to compare with / to update
+    golden_explicit: bool = False
+    update_golden: bool = False
+    invocation_dir: Path = field(default_factory=Path.cwd)
+
+    def seeds_for(self, marker: MarkerArgs) -> list[int]:
+        return seed_list(self, marker)
+
+    def record_for(self, marker: MarkerArgs) -> str:
+        if self.record is not None:
+            return self.record
+        if marker.record is not None:
+            return marker.record
+        return self.ini_record
+
+    def display_path(self, path: Path) -> str:
+        """``path`` as the user would type it from where pytest was started."""
+        try:
+            return os.path.relpath(path, self.invocation_dir) if path.is_absolute() else str(path)
+        except ValueError:  # another drive (Windows)
+            return str(path)
+
+
+def parse_int(name: str, text: Any, minimum: int) -> int:
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        try:
+            value = int(str(text).strip())
+        except ValueError:
+            raise pytest.UsageError(f"{name}: expected an integer, got {text!r}") from None
+    if value < minimum:
+        raise pytest.UsageError(f"{name}: must be at least {minimum}, got {value}")
+    return value
+
+
+def parse_choice(name: str, text: Any, choices: tuple[str, ...]) -> str:
+    value = str(text).strip()
+    if value not in choices:
+        raise pytest.UsageError(f"{name}: must be one of {', '.join(choices)}, got {text!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# the plan: which items a test function becomes
+
+
+def seed_list(settings: Settings, marker: MarkerArgs) -> list[int]:
+    """The seeds of one deterministic test: a pure function of the options and the marker."""
+    if settings.seed is not None:
+        return [settings.seed]
+    if settings.seeds is not None:
+        count = settings.seeds
+    elif isinstance(marker.seeds, tuple):
+        return list(marker.seeds)
+    elif marker.seeds is not None:
+        count = marker.seeds
+    elif settings.ini_seeds is not None:
+        count = settings.ini_seeds
+    else:
+        count = 1
+    return list(range(settings.seed_base, settings.seed_base + count))
+
+
+def runtime_of(settings: Settings, marker: MarkerArgs, fixtures: Iterable[str], where: str) -> str:
+    """"deterministic", "production" or "both" for a test requesting ``fixtures``."""
+    requested = [name for name in CONTEXT_FIXTURES if name in fixtures]
+    if "deterministic_context" in requested and "production_context" in requested:
+        raise _usage(where, "a test can use deterministic_context or production_context, not both "
+                            "(use runtime_context with @pytest.mark.commonware(runtime='both'))")
+    if "deterministic_context" in requested:
+        fixed = "deterministic"
+    elif "production_context" in requested:
+        fixed = "production"
+    else:
+        fixed = None
+    chosen = settings.runtime or marker.runtime or "deterministic"
+    if fixed is None:
+        return chosen
+    if "runtime_context" in requested and chosen not in (fixed, "both"):
+        raise _usage(where, f"the test uses {fixed}_context and runtime_context, but its runtime is {chosen!r}")
+    return fixed
+
+
+def plan(settings: Settings, marker: MarkerArgs, fixtures: Iterable[str], where: str) -> list[RunSpec]:
+    runtime = runtime_of(settings, marker, fixtures, where)
+    both = runtime == "both"
+    specs: list[RunSpec] = []
+    if runtime in ("deterministic", "both"):
+        specs.extend(RunSpec("deterministic", seed, both) for seed in seed_list(settings, marker))
+    if runtime in ("production", "both"):
+        specs.append(RunSpec("production", None, both))
+    return specs
+
+
+def deterministic_config(seed: int, marker: MarkerArgs) -> deterministic.Config:
+    config = deterministic.Config(seed=seed)
+    if marker.cycle is not None:
+        config = config.with_cycle(marker.cycle)
+    if marker.timeout is not None:
+        config = config.with_timeout(marker.timeout)
+    if marker.catch_panics is not None:
+        config = config.with_catch_panics(marker.catch_panics)
+    return config
+
+
+def config_from_dict(values: Mapping[str, Any], where: str) -> deterministic.Config:
+    """A ``deterministic.Config`` from a trace's ``config`` mapping (unknown keys are an error)."""
+    known = {f.name for f in dataclasses.fields(deterministic.Config)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise pytest.UsageError(f"{where}: the trace's config has keys this version does not know: {', '.join(unknown)}")
+    try:
+        return deterministic.Config(**dict(values))
+    except (TypeError, ValueError) as exc:
+        raise pytest.UsageError(f"{where}: the trace's config is invalid: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# the context fixtures' values and async fixtures
+
+
+class ContextSlot:
+    """The value of a context fixture before its run exists.
+
+    Fixtures are set up before the test runs, but the root context only exists inside the
+    runner.  The plugin hands the test the real context; fixtures that asked for the context
+    get this slot, which forwards every attribute to the context while a run is going on.
+    """
+
+    __slots__ = ("_fixture", "_context")
+
+    def __init__(self, fixture: str) -> None:
+        self._fixture = fixture
+        self._context: Any = None
+
+    def bind(self, context: Any) -> None:
+        self._context = context
+
+    def unbind(self) -> None:
+        self._context = None
+
+    def __getattr__(self, name: str) -> Any:
+        context = self._context
+        if context is None:
+            raise RuntimeError(
+                f"{self._fixture} exists only while its test runs inside the runner; "
+                f"use it from the test or from an async fixture, not from a sync fixture's setup"
+            )
+        return getattr(context, name)
+
+    def __repr__(self) -> str:
+        return f"<{self._fixture} slot {'bound to ' + repr(self._context) if self._context is not None else '(unbound)'}>"
+
+
+@dataclass
+class DeferredFixture:
+    """An ``async def`` fixture of a test the plugin runs: evaluated inside each run, on its loop."""
+
+    name: str
+    func: Callable[..., Any]
+    kwargs: dict[str, Any]
+
+
+class _FixtureScope:
+    """Resolves deferred fixtures inside one run and tears them down in reverse order."""
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+        self._values: dict[int, Any] = {}
+        self._generators: list[tuple[str, Any]] = []
+
+    async def resolve(self, value: Any) -> Any:
+        if not isinstance(value, DeferredFixture):
+            return value
+        key = id(value)  # only a memo key within one run, never part of what the run does
+        if key in self._values:
+            return self._values[key]
+        kwargs = {
+            name: self._context if isinstance(arg, ContextSlot) else await self.resolve(arg)
+            for name, arg in value.kwargs.items()
+        }
+        result = value.func(**kwargs)
+        if inspect.isasyncgen(result):
+            try:
+                produced = await result.__anext__()
+            except StopAsyncIteration:
+                raise RuntimeError(f"async fixture {value.name!r} did not yield a value") from None
+            self._generators.append((value.name, result))
+        else:
+            produced = await result
+        self._values[key] = produced
+        return produced
+
+    async def close(self) -> None:
+        errors: list[BaseException] = []
+        while self._generators:
+            name, gen = self._generators.pop()
+            try:
+                await gen.__anext__()
+            except StopAsyncIteration:
+                continue
+            except BaseException as exc:  # noqa: BLE001 - the first one is raised below
+                errors.append(exc)
+                continue
+            errors.append(RuntimeError(f"async fixture {name!r} yielded more than once"))
+        if errors:
+            raise errors[0]
+
+
+def make_main(testfn: Callable[..., Awaitable[Any]], kwargs: Mapping[str, Any]) -> Callable[[Any], Awaitable[Any]]:
+    """The root task of one run: bind the context slots, resolve async fixtures, run the test."""
+
+    async def main(context: Any) -> Any:
+        slots = [v for v in kwargs.values() if isinstance(v, ContextSlot)]
+        for slot in slots:
+            slot.bind(context)
+        scope = _FixtureScope(context)
+        try:
+            call = {}
+            for name, value in kwargs.items():
+                call[name] = context if isinstance(value, ContextSlot) else await scope.resolve(value)
+            try:
+                return await testfn(**call)
+            finally:
+                await scope.close()
+        finally:
+            for slot in slots:
+                slot.unbind()
+
+    return main
+
+
+# ---------------------------------------------------------------------------------------------
+# runs
+
+
+@dataclass
+class RunResult:
+    error: BaseException | None
+    schedule: deterministic.Schedule | None
+    auditor: str | None
+    steps: int
+
+
+def run_deterministic(
+    config: deterministic.Config,
+    main: Callable[[Any], Awaitable[Any]],
+    *,
+    record: bool = True,
+    checkpoint_every: int = 1024,
+    replay: deterministic.Schedule | None = None,
+) -> RunResult:
+    """One deterministic run.  Test failures are returned, not raised (the caller judges)."""
+    recorder = deterministic.Recorder(checkpoint_every=checkpoint_every) if record and replay is None else None
+    runner = deterministic.Runner(config, recorder=recorder, replay=replay)
+    error: BaseException | None = None
+    try:
+        runner.start(main)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - handed to pytest by the caller
+        error = exc
+    schedule = recorder.schedule if recorder is not None else None
+    return RunResult(error, schedule, runner.auditor_state, runner.steps)
+
+
+def run_production(
+    main: Callable[[Any], Awaitable[Any]],
+    marker: MarkerArgs,
+    storage_directory: Path | None,
+) -> None:
+    config = production.Config(storage_directory=storage_directory)
+    if marker.catch_panics is not None:
+        config = config.with_catch_panics(marker.catch_panics)
+    timeout = marker.timeout
+    if timeout is None:
+        production.Runner(config).start(main)
+        return
+
+    async def timed(context: Any) -> Any:
+        try:
+            return await asyncio.wait_for(main(context), timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"the test did not finish within its timeout of {timeout}s (real time)") from None
+
+    production.Runner(config).start(timed)
+
+
+def _fmt_time(ns: int) -> str:
+    return f"t={ns / NS_PER_SECOND:.9f}s"
+
+
+def _time_at(schedule: deterministic.Schedule, step: int) -> int:
+    times = schedule.round_times
+    steps = schedule.round_steps
+    lo, hi = 0, len(steps) - 1
+    if hi < 0:
+        return 0
+    while lo < hi:  # the last round starting at or before ``step``
+        mid = (lo + hi + 1) // 2
+        if steps[mid] <= step:
+            lo = mid
+        else:
+            hi = mid - 1
+    return times[lo]  # type: ignore[no-any-return]
+
+
+def first_divergence(a: deterministic.Schedule, b: deterministic.Schedule) -> str | None:
+    """Where two recordings of the same (test, seed) first differ, in words; None if they don't."""
+    for step in range(min(len(a.ids), len(b.ids))):
+        ta, tb = _time_at(a, step), _time_at(b, step)
+        if ta != tb:
+            return (f"step {step}: run 1 was at {_fmt_time(ta)}, run 2 at {_fmt_time(tb)} "
+                    f"(run 1 ran {a.task_label(a.ids[step])!r}, run 2 ran {b.task_label(b.ids[step])!r})")
+        if a.ids[step] != b.ids[step]:
+            return (f"step {step} ({_fmt_time(ta)}): run 1 ran task {a.task_label(a.ids[step])!r} (id {a.ids[step]}), "
+                    f"run 2 ran task {b.task_label(b.ids[step])!r} (id {b.ids[step]})")
+    for (sa, ta, ha), (sb, tb, hb) in zip(a.checkpoints, b.checkpoints):
+        if (sa, ta) != (sb, tb) or ha != hb:
+            return (f"before step {sa} ({_fmt_time(ta)}): same scheduling decisions so far, but the auditor states differ "
+                    f"({ha[:16]}... vs {hb[:16]}...): network, storage, context.rng or metrics events differ")
+    if len(a.ids) != len(b.ids):
+        return f"step {min(len(a.ids), len(b.ids))}: run 1 made {len(a.ids)} scheduling decisions, run 2 made {len(b.ids)}"
+    if a.auditor != b.auditor:
+        return (f"after the last checkpoint: same scheduling decisions, final auditor states differ "
+                f"({a.auditor[:16]}... vs {b.auditor[:16]}...)")
+    return None

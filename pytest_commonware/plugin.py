@@ -1,0 +1,498 @@
+"""pytest-commonware: run ``async def`` tests on commonware runtimes (see docs/plugin.md).
+
+Auto-loaded through the ``pytest11`` entry point ``commonware``.  The hooks here are thin:
+options and plans come from ``engine``, the golden file from ``golden``, ``--cw-bisect``
+from ``bisect``, trace files from ``tracefile``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generator
+
+import pytest
+
+from . import engine
+from .engine import CONTEXT_FIXTURES, ContextSlot, DeferredFixture, MarkerArgs, RunSpec, Settings
+from .golden import GoldenError, load_golden, merge_golden, write_golden
+from .tracefile import Trace, TraceError, load_trace, trace_from_schedule, trace_path, write_trace
+
+RUN_PARAM = "_cw_run"  # the hidden fixture every claimed test is parametrized over
+SECTION = "commonware"
+BISECT_SECTION = "commonware bisect"
+
+
+@dataclass
+class State:
+    """Per-session plugin state (on ``config.stash``)."""
+
+    settings: Settings
+    replay_trace: Trace | None = None
+    bisect_trace: Trace | None = None
+    golden: dict[str, str] | None = None  # compared against (None: no golden file)
+    golden_fresh: dict[str, str] = field(default_factory=dict)  # --cw-update-golden results
+    bisect_reports: list[str] = field(default_factory=list)
+    golden_written: str | None = None
+
+
+@dataclass
+class ItemRun:
+    """What one item's run wants to say in its report."""
+
+    lines: list[str] = field(default_factory=list)
+    reproduce: str | None = None
+
+
+STATE = pytest.StashKey[State]()
+ITEM_RUN = pytest.StashKey[ItemRun]()
+
+
+# ---------------------------------------------------------------------------------------------
+# options
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("commonware", "commonware runtime (deterministic simulation)")
+
+    def add(flag: str, ini: str, help: str, *, kind: str = "string", **kwargs: Any) -> None:
+        group.addoption(flag, dest=ini, default=None, help=help, **kwargs)
+        parser.addini(ini, help=help, type=kind, default=False if kind == "bool" else None)
+
+    add("--cw-seeds", "cw_seeds", "run each deterministic test on N seeds (default 1; overrides markers' seeds=)", metavar="N")
+    add("--cw-seed-base", "cw_seed_base", "the first seed (default 0): seeds are B .. B+N-1", metavar="B")
+    add("--cw-seed", "cw_seed", "run exactly seed S", metavar="S")
+    add("--cw-runtime", "cw_runtime", "deterministic|production|both: override every marker's runtime", metavar="RUNTIME")
+    add("--cw-traces", "cw_traces", "where trace files are written (default traces/)", metavar="DIR")
+    add("--cw-record", "cw_record", "failed|all|none: which deterministic runs write a trace (default failed)", metavar="MODE")
+    add("--cw-replay", "cw_replay", "replay the trace FILE: run only the test it names, driven by its schedule", metavar="FILE")
+    add("--cw-bisect", "cw_bisect", "find the decisive decision and a minimal schedule of the failing trace FILE", metavar="FILE")
+    add("--cw-golden", "cw_golden", "compare every (test, seed) auditor state with FILE (default traces/golden.yaml when it exists)", metavar="FILE")
+    group.addoption("--cw-check-determinism", dest="cw_check_determinism", action="store_true", default=None,
+                    help="run every deterministic seed twice and fail when the runs differ")
+    parser.addini("cw_check_determinism", help="run every deterministic seed twice", type="bool", default=False)
+    group.addoption("--cw-update-golden", dest="cw_update_golden", action="store_true", default=None,
+                    help="write/refresh the golden file instead of comparing with it")
+    parser.addini("cw_update_golden", help="write/refresh the golden file", type="bool", default=False)
+
+
+def _value(config: pytest.Config, name: str) -> tuple[Any, str, Path]:
+    """(value, where it came from, the directory a relative path in it is relative to)."""
+    value = config.getoption(name)
+    if value is not None:
+        return value, "--" + name.replace("_", "-"), config.invocation_params.dir
+    ini = config.getini(name)
+    base = config.inipath.parent if config.inipath is not None else config.rootpath
+    return (ini if ini not in ("", None, []) else None), f"ini {name}", base
+
+
+def _settings(config: pytest.Config) -> Settings:
+    s = Settings(invocation_dir=config.invocation_params.dir)
+    value, where, _ = _value(config, "cw_seeds")
+    if value is not None:
+        if config.getoption("cw_seeds") is not None:
+            s.seeds = engine.parse_int(where, value, 1)
+        else:
+            s.ini_seeds = engine.parse_int(where, value, 1)
+    value, where, _ = _value(config, "cw_seed_base")
+    if value is not None:
+        s.seed_base = engine.parse_int(where, value, 0)
+    value, where, _ = _value(config, "cw_seed")
+    if value is not None:
+        s.seed = engine.parse_int(where, value, 0)
+    value, where, _ = _value(config, "cw_runtime")
+    if value is not None:
+        s.runtime = engine.parse_choice(where, value, engine.RUNTIMES)
+    value, where, base = _value(config, "cw_traces")
+    s.traces_dir = (base / value) if value is not None else config.rootpath / "traces"
+    record = config.getoption("cw_record")
+    if record is not None:
+        s.record = engine.parse_choice("--cw-record", record, engine.RECORD_MODES)
+    ini_record = config.getini("cw_record")
+    if ini_record:
+        s.ini_record = engine.parse_choice("ini cw_record", ini_record, engine.RECORD_MODES)
+    for name in ("cw_replay", "cw_bisect"):
+        value, where, base = _value(config, name)
+        if value is not None:
+            setattr(s, name[3:], base / value)
+    if s.replay is not None and s.bisect is not None:
+        raise pytest.UsageError("--cw-replay and --cw-bisect cannot be combined (bisect replays the trace itself)")
+    s.check_determinism = bool(config.getoption("cw_check_determinism") or config.getini("cw_check_determinism"))
+    s.update_golden = bool(config.getoption("cw_update_golden") or config.getini("cw_update_golden"))
+    value, where, base = _value(config, "cw_golden")
+    if value is not None:
+        s.golden, s.golden_explicit = base / value, True
+    else:
+        s.golden = config.rootpath / "traces" / "golden.yaml"
+    return s
+
+
+def _load(path: Path, what: str, settings: Settings) -> Trace:
+    try:
+        return load_trace(path)
+    except TraceError as exc:
+        # One line naming the file as the user typed it, and the problem.
+        raise pytest.UsageError(f"{what}: {settings.display_path(path)}: {exc.problem}") from None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "commonware(runtime='deterministic'|'production'|'both', seeds=N|[...], timeout=s, cycle=s, "
+        "catch_panics=bool, record='failed'|'all'|'none'): how pytest-commonware runs this async test",
+    )
+    settings = _settings(config)
+    state = State(settings)
+    if settings.replay is not None:
+        state.replay_trace = _load(settings.replay, "--cw-replay", settings)
+    if settings.bisect is not None:
+        state.bisect_trace = _load(settings.bisect, "--cw-bisect", settings)
+    target = state.replay_trace or state.bisect_trace
+    if target is not None:
+        if target.runtime != "deterministic":
+            raise pytest.UsageError(f"{settings.replay or settings.bisect}: only deterministic runs can be replayed")
+        # Without explicit paths, collect only the file the trace names (not the whole suite).
+        if config.args_source != pytest.Config.ArgsSource.ARGS:
+            config.args = [str(config.rootpath / target.test.split("::")[0])]
+    elif not settings.update_golden and settings.golden is not None:
+        if settings.golden.exists():
+            try:
+                state.golden = load_golden(settings.golden)
+            except GoldenError as exc:
+                raise pytest.UsageError(f"--cw-golden: {exc}") from None
+        elif settings.golden_explicit:
+            raise pytest.UsageError(f"--cw-golden: {settings.display_path(settings.golden)}: no such file "
+                                    f"(create it with --cw-update-golden)")
+    config.stash[STATE] = state
+
+
+def _state(config: pytest.Config) -> State:
+    return config.stash[STATE]
+
+
+# ---------------------------------------------------------------------------------------------
+# collection
+
+
+def _claimed_fixtures(metafunc_or_item_names: Any) -> list[str]:
+    return [name for name in CONTEXT_FIXTURES if name in metafunc_or_item_names]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if not _claimed_fixtures(metafunc.fixturenames) or not inspect.iscoroutinefunction(metafunc.function):
+        return
+    state = _state(metafunc.config)
+    where = metafunc.definition.nodeid
+    settings = state.settings
+    target = state.replay_trace or state.bisect_trace
+    if target is not None:
+        # Replaying: the traced seed must be collected, whatever seeds were used to record it.
+        settings = Settings(**{**settings.__dict__, "seed": target.seed})
+    try:
+        marker = engine.marker_args(metafunc.definition.iter_markers("commonware"), where)
+        specs = engine.plan(settings, marker, metafunc.fixturenames, where)
+    except pytest.UsageError as exc:
+        problem = str(exc)
+    else:
+        metafunc.parametrize(RUN_PARAM, specs, ids=[s.id for s in specs], indirect=True)
+        return
+    # A bad marker belongs to one test: a collection error naming it, without a traceback.
+    pytest.fail(f"usage error: {problem}", pytrace=False)
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    state = _state(config)
+    target = state.replay_trace or state.bisect_trace
+    if target is None:
+        return
+    keep = [item for item in items if item.nodeid == target.test]
+    drop = [item for item in items if item.nodeid != target.test]
+    if not keep:
+        path = state.settings.replay or state.settings.bisect
+        raise pytest.UsageError(
+            f"{path}: the trace names test {target.test!r} (seed {target.seed}), which this session did not collect "
+            f"(renamed or removed? run pytest from the directory the trace was recorded in)"
+        )
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+    items[:] = keep
+
+
+# ---------------------------------------------------------------------------------------------
+# fixtures
+
+
+@pytest.fixture
+def _cw_run(request: pytest.FixtureRequest) -> RunSpec | None:
+    return getattr(request, "param", None)
+
+
+def _context_fixture(name: str, request: pytest.FixtureRequest, spec: RunSpec | None) -> ContextSlot:
+    if spec is None:
+        pytest.fail(
+            f"{request.node.nodeid}: {name} is only available to 'async def' tests (the plugin runs them inside "
+            f"a runner); a sync test cannot request it",
+            pytrace=False,
+        )
+    return ContextSlot(name)
+
+
+@pytest.fixture
+def deterministic_context(request: pytest.FixtureRequest, _cw_run: RunSpec | None) -> ContextSlot:
+    """The root context of the deterministic run this async test runs in."""
+    return _context_fixture("deterministic_context", request, _cw_run)
+
+
+@pytest.fixture
+def production_context(request: pytest.FixtureRequest, _cw_run: RunSpec | None) -> ContextSlot:
+    """The root context of the production run this async test runs in."""
+    return _context_fixture("production_context", request, _cw_run)
+
+
+@pytest.fixture
+def runtime_context(request: pytest.FixtureRequest, _cw_run: RunSpec | None) -> ContextSlot:
+    """The root context of the runtime the marker (or --cw-runtime) selects for this run."""
+    return _context_fixture("runtime_context", request, _cw_run)
+
+
+@pytest.fixture
+def cw_seed(_cw_run: RunSpec | None) -> int | None:
+    """The seed of the current deterministic run (None for a production run or an unclaimed test)."""
+    return None if _cw_run is None else _cw_run.seed
+
+
+def _spec(item: pytest.Item) -> RunSpec | None:
+    callspec = getattr(item, "callspec", None)
+    if callspec is None:
+        return None
+    spec = callspec.params.get(RUN_PARAM)
+    return spec if isinstance(spec, RunSpec) else None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> Any:
+    """``async def`` fixtures of a claimed test are evaluated inside each of its runs."""
+    func = fixturedef.func
+    if not (inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func)):
+        return None
+    if _spec(request.node) is None:  # type: ignore[arg-type]
+        return None
+    if fixturedef.scope != "function":
+        raise pytest.UsageError(
+            f"async fixture {fixturedef.argname!r} has scope {fixturedef.scope!r}: async fixtures of commonware "
+            f"tests run inside each test's own runner, so they must be function-scoped"
+        )
+    kwargs = {name: request.getfixturevalue(name) for name in fixturedef.argnames}
+    from _pytest.fixtures import resolve_fixture_function  # binds fixtures defined in test classes
+
+    deferred = DeferredFixture(fixturedef.argname, resolve_fixture_function(fixturedef, request), kwargs)
+    fixturedef.cached_result = (deferred, fixturedef.cache_key(request), None)  # type: ignore[attr-defined]
+    return deferred
+
+
+# ---------------------------------------------------------------------------------------------
+# running
+
+
+def _reproduce_command(settings: Settings, path: Path) -> str:
+    return f"pytest --cw-replay {shlex.quote(settings.display_path(path))}"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    spec = _spec(pyfuncitem)
+    if spec is None:
+        return None
+    state = _state(pyfuncitem.config)
+    note = ItemRun()
+    pyfuncitem.stash[ITEM_RUN] = note
+    marker = engine.marker_args(pyfuncitem.iter_markers("commonware"), pyfuncitem.nodeid)
+    kwargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    testfn = pyfuncitem.obj
+
+    def make_main() -> Any:
+        return engine.make_main(testfn, kwargs)
+
+    if spec.runtime == "production":
+        factory = getattr(pyfuncitem.config, "_tmp_path_factory", None)
+        directory = factory.mktemp("cw-production") if factory is not None else None
+        engine.run_production(make_main(), marker, directory)
+        return True
+    assert spec.seed is not None
+    if state.bisect_trace is not None:
+        _run_bisect(pyfuncitem, state, make_main, note)
+    elif state.replay_trace is not None:
+        _run_replay(pyfuncitem, state, make_main, note)
+    else:
+        _run_seed(pyfuncitem, state, spec.seed, marker, make_main, note)
+    return True
+
+
+def _run_seed(item: pytest.Function, state: State, seed: int, marker: MarkerArgs, make_main: Any, note: ItemRun) -> None:
+    settings = state.settings
+    config = engine.deterministic_config(seed, marker)
+    record = settings.record_for(marker)
+    check = settings.check_determinism
+    every = engine.CHECK_CHECKPOINT_EVERY if check else 1024
+    result = engine.run_deterministic(config, make_main(), record=record != "none" or check, checkpoint_every=every)
+    if result.schedule is not None and (record == "all" or (record == "failed" and result.error is not None)):
+        try:
+            trace = trace_from_schedule(result.schedule, test=item.nodeid, seed=seed, config=config.to_dict())
+            path = write_trace(trace_path(settings.traces_dir, item.nodeid, seed), trace)
+        except (OSError, ValueError) as exc:
+            note.lines.append(f"could not write the trace: {exc}")
+        else:
+            note.lines.append(f"trace written to {settings.display_path(path)}")
+            if result.error is not None:
+                note.reproduce = _reproduce_command(settings, path)
+    if check:
+        second = engine.run_deterministic(config, make_main(), record=True, checkpoint_every=every)
+        problem = _compare_runs(result, second)
+        if problem is not None:
+            raise pytest.fail(f"nondeterministic: seed {seed} ran twice and the runs differ: {problem}", pytrace=False)
+    if result.error is not None:
+        raise result.error
+    if result.auditor is not None:
+        if settings.update_golden:
+            state.golden_fresh[item.nodeid] = result.auditor
+        elif state.golden is not None and item.nodeid in state.golden:
+            expected = state.golden[item.nodeid]
+            if expected != result.auditor:
+                golden = settings.display_path(settings.golden) if settings.golden else "the golden file"
+                pytest.fail(
+                    f"auditor state changed: {golden} has {expected} for {item.nodeid}, this run ended with "
+                    f"{result.auditor} ({result.steps} steps). The run is no longer the same execution; if the "
+                    f"change is intended, refresh the file with --cw-update-golden",
+                    pytrace=False,
+                )
+
+
+def _compare_runs(a: engine.RunResult, b: engine.RunResult) -> str | None:
+    if a.schedule is not None and b.schedule is not None:
+        where = engine.first_divergence(a.schedule, b.schedule)
+        if where is not None:
+            return f"first divergent {where}; auditor {a.auditor} vs {b.auditor}, {a.steps} vs {b.steps} steps"
+    if a.auditor != b.auditor or a.steps != b.steps:
+        return f"auditor {a.auditor} vs {b.auditor}, {a.steps} vs {b.steps} steps"
+    ea = None if a.error is None else type(a.error).__name__
+    eb = None if b.error is None else type(b.error).__name__
+    if ea != eb:
+        return f"run 1 ended with {ea or 'success'}, run 2 with {eb or 'success'}"
+    return None
+
+
+def _run_replay(item: pytest.Function, state: State, make_main: Any, note: ItemRun) -> None:
+    trace = state.replay_trace
+    assert trace is not None and state.settings.replay is not None
+    shown = state.settings.display_path(state.settings.replay)
+    config = engine.config_from_dict(trace.config, shown)
+    result = engine.run_deterministic(config, make_main(), replay=trace.schedule)
+    recorded = None if trace.error is None else f"{trace.error.get('type')}: {trace.error.get('message')}"
+    error = result.error
+    from commonware_runtime.deterministic import ReplayDivergence
+
+    if isinstance(error, ReplayDivergence):
+        note.lines.append(f"replaying {shown} diverged: the test or the code it runs changed since the trace was recorded")
+        pytest.fail(f"{type(error).__name__}: {error}", pytrace=False)
+    if error is not None:
+        same = trace.error is not None and type(error).__name__ == trace.error.get("type")
+        note.lines.append(
+            f"replayed {shown}: " + ("reproduced the recorded failure" if same else f"failed differently; recorded: {recorded}")
+        )
+        note.reproduce = _reproduce_command(state.settings, state.settings.replay)
+        raise error
+    if trace.outcome == "failed":
+        pytest.fail(f"replaying {shown} did not reproduce the recorded failure ({recorded}): the run passed", pytrace=False)
+    note.lines.append(f"replayed {shown}: passed, as recorded ({result.steps} steps)")
+
+
+def _run_bisect(item: pytest.Function, state: State, make_main: Any, note: ItemRun) -> None:
+    from .bisect import BisectError, bisect_trace, min_trace_path
+
+    trace = state.bisect_trace
+    source = state.settings.bisect
+    assert trace is not None and source is not None
+    shown = state.settings.display_path(source)
+    try:
+        result = bisect_trace(trace, make_main, min_trace_path(source), where=shown,
+                              display=state.settings.display_path)
+    except BisectError as exc:
+        pytest.fail(f"bisect failed: {exc}", pytrace=False)
+    note.lines.append(result.report)
+    item.user_properties.append(("cw_bisect", result.report))
+    if not result.replay_ok:
+        pytest.fail(result.report, pytrace=False)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    report = yield
+    note = item.stash.get(ITEM_RUN, None)
+    if note is not None and report.when == "call":
+        lines = list(note.lines)
+        if note.reproduce and report.failed:
+            lines.append(f"reproduce with: {note.reproduce}")
+        if lines:
+            report.sections.append((SECTION, "\n".join(lines)))
+    return report
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    # On the xdist controller too: user_properties travel with the report.
+    for name, value in getattr(report, "user_properties", ()):
+        if name == "cw_bisect" and report.when == "call":
+            _BISECT_REPORTS.append(str(value))
+
+
+_BISECT_REPORTS: list[str] = []
+
+
+# ---------------------------------------------------------------------------------------------
+# golden file across xdist workers
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """xdist controller: collect a finished worker's golden results."""
+    output = getattr(node, "workeroutput", None) or {}
+    fresh = output.get("cw_golden")
+    if fresh:
+        _state(node.config).golden_fresh.update(fresh)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    state = config.stash.get(STATE, None)
+    if state is None or not state.settings.update_golden:
+        return
+    workeroutput = getattr(config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: the controller merges and writes
+        workeroutput["cw_golden"] = dict(state.golden_fresh)
+        return
+    path = state.settings.golden
+    if path is None or not state.golden_fresh:
+        return
+    existing: dict[str, str] = {}
+    if path.exists():
+        try:
+            existing = load_golden(path)
+        except GoldenError:
+            existing = {}  # being rewritten: a broken file is replaced (said in the summary)
+    write_golden(path, merge_golden(existing, state.golden_fresh))
+    state.golden_written = f"{state.settings.display_path(path)}: {len(state.golden_fresh)} auditor state(s) written"
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    state = config.stash.get(STATE, None)
+    if state is None:
+        return
+    if _BISECT_REPORTS:
+        terminalreporter.section(BISECT_SECTION)
+        for text in _BISECT_REPORTS:
+            terminalreporter.write_line(text)
+        _BISECT_REPORTS.clear()
+    if state.golden_written:
+        terminalreporter.write_line(f"commonware golden: {state.golden_written}")

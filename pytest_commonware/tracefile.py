@@ -1,0 +1,830 @@
+"""Trace files: a recorded deterministic run as versioned YAML (see docs/trace-format.md).
+
+A trace holds what is needed to replay a run (the config and every scheduling decision)
+and what is needed to explain it (test id, outcome, task labels, auditor checkpoints).
+Writing is atomic (temp file, fsync, rename). Loading uses a safe YAML loader only and
+validates every field and the consistency of the decoded schedule, so a malformed,
+truncated, hostile or future-version file fails with one ``TraceError`` line
+``<file>: <problem>`` and never with a traceback from deep inside or with code execution.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import bisect
+import hashlib
+import itertools
+import os
+import platform
+import re
+import sys
+import tempfile
+import zlib
+from array import array
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from commonware_runtime.deterministic.trace import Schedule
+
+__all__ = [
+    "ENCODING",
+    "FORMAT",
+    "VERSION",
+    "Divergence",
+    "Trace",
+    "TraceError",
+    "first_divergence",
+    "load_trace",
+    "runtime_version",
+    "step_times",
+    "trace_from_schedule",
+    "trace_path",
+    "write_trace",
+]
+
+FORMAT = "commonware-trace"
+VERSION = 1
+ENCODING = "le-zlib-base64"  # the only `decisions.encoding` of version 1
+
+NS_PER_SECOND = 1_000_000_000
+
+# Limits that keep a hostile or corrupt file from exhausting memory or time. Real traces
+# are far below them (a 10-million-step run is a few tens of MiB at most).
+MAX_FILE_BYTES = 512 * 1024 * 1024
+MAX_STEPS = 100_000_000
+MAX_TASKS = 10_000_000
+MAX_LABEL_CHARS = 65_536
+MAX_TEXT_CHARS = 1_000_000  # test id, error message, version strings
+MAX_PLAIN_NODES = 100_000  # values inside `config` and `extra`
+MAX_PLAIN_DEPTH = 64
+
+_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
+_ARRAY_SPEC = re.compile(r"([ui])(8|16|32|64):")
+_REQUIRED = (
+    "format", "version", "test", "seed", "runtime", "config", "outcome", "auditor",
+    "steps", "tasks", "checkpoints", "decisions", "python", "commonware_runtime",
+)
+_OPTIONAL = ("error", "extra")
+_DECISION_KEYS = ("encoding", "checkpoint_every", "rounds", "picks", "ids", "round_steps", "round_times")
+
+# array typecodes by (signed, width in bytes): found by itemsize, which varies by platform.
+_TYPECODES: dict[tuple[bool, int], str] = {}
+for _code in "BHILQ":
+    _TYPECODES.setdefault((False, array(_code).itemsize), _code)
+for _code in "bhilq":
+    _TYPECODES.setdefault((True, array(_code).itemsize), _code)
+_BIG_ENDIAN = sys.byteorder == "big"
+
+
+class TraceError(Exception):
+    """A trace file cannot be read; ``str()`` is one line: ``<file>: <problem>``."""
+
+    def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
+        self.path = os.fspath(path)
+        self.problem = " ".join(problem.split())  # one line, whatever the source said
+        super().__init__(f"{self.path}: {self.problem}")
+
+
+@dataclass
+class Trace:
+    """One recorded deterministic run (the fields of the file, see docs/trace-format.md).
+
+    ``checkpoints`` are ``{"step": int, "time": int (virtual ns), "auditor": hex}``;
+    ``tasks`` maps stable task id (from 1) to label; ``schedule`` is the runtime object a
+    ``deterministic.Runner(config, replay=trace.schedule)`` replays.
+    """
+
+    test: str
+    seed: int
+    runtime: str
+    config: dict[str, Any]
+    outcome: str
+    error: dict[str, str] | None
+    auditor: str
+    steps: int
+    tasks: dict[int, str]
+    checkpoints: list[dict[str, Any]]
+    schedule: Schedule
+    python: str = field(default_factory=platform.python_version)
+    commonware_runtime: str = field(default_factory=lambda: runtime_version())
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def label(self, tid: int) -> str:
+        """The label of task ``tid`` (``<callback>`` for 0, a plain loop callback)."""
+        return self.schedule.task_label(tid)
+
+
+def runtime_version() -> str:
+    """The installed commonware-runtime version (the package's own when not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("commonware-runtime")
+    except PackageNotFoundError:
+        import commonware_runtime
+
+        return str(getattr(commonware_runtime, "__version__", "unknown"))
+
+
+# ------------------------------------------------------------------------------------------
+# building and writing
+
+
+def trace_from_schedule(
+    schedule: Schedule, *, test: str, seed: int, config: dict[str, Any], runtime: str = "deterministic"
+) -> Trace:
+    """A ``Trace`` of a finished recorded run (``Recorder().schedule`` after the Runner returned or raised)."""
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be a deterministic.Schedule, got {type(schedule).__name__}")
+    if not isinstance(test, str) or not test:
+        raise ValueError(f"test must be a non-empty str (the pytest node id), got {test!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if seed != schedule.seed:
+        raise ValueError(f"seed {seed} is not the seed the schedule was recorded with ({schedule.seed})")
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be a dict (e.g. Config.to_dict()), got {type(config).__name__}")
+    if runtime != "deterministic":
+        raise ValueError(f"only deterministic runs have a schedule to trace, got runtime={runtime!r}")
+    if not _HEX64.match(schedule.auditor or ""):
+        raise ValueError("the schedule is unfinished (no final auditor state): trace it after the Runner returned")
+    if schedule.steps != len(schedule.ids) or len(schedule.ids) != len(schedule.picks):
+        raise ValueError(
+            f"the schedule is incomplete: the run counted {schedule.steps} steps, "
+            f"{len(schedule.ids)} decisions were recorded (a run interrupted inside a round)"
+        )
+    tasks = {tid: label for tid, label in enumerate(schedule.labels) if tid > 0}
+    checkpoints = [{"step": s, "time": t, "auditor": a} for s, t, a in schedule.checkpoints]
+    error = None if schedule.error is None else dict(schedule.error)
+    return Trace(
+        test=test,
+        seed=seed,
+        runtime=runtime,
+        config=dict(config),
+        outcome=schedule.outcome,
+        error=error,
+        auditor=schedule.auditor,
+        steps=schedule.steps,
+        tasks=tasks,
+        checkpoints=checkpoints,
+        schedule=schedule,
+    )
+
+
+def write_trace(path: str | os.PathLike[str], trace: Trace) -> Path:
+    """Write ``trace`` to ``path`` atomically (temp file in the same directory, fsync, rename)."""
+    if not isinstance(trace, Trace):
+        raise TypeError(f"trace must be a Trace, got {type(trace).__name__}")
+    target = Path(os.fspath(path))
+    document = _document(trace)
+    try:
+        # Never write what load_trace would refuse: the same checks run on the way out.
+        _parse_document(document, str(target))
+    except TraceError as exc:
+        raise ValueError(f"refusing to write an invalid trace to {target}: {exc.problem}") from None
+    text = yaml.dump(document, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
+    atomic_write(target, text.encode("utf-8"))
+    return target
+
+
+def atomic_write(target: Path, data: bytes) -> None:
+    """Replace ``target`` with ``data`` so readers see the old file or the new one, never a part."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a trace is meant to be shared
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(target.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # The rename itself is durable only once the directory is synced (POSIX); Windows has no such call.
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _document(trace: Trace) -> dict[str, Any]:
+    schedule = trace.schedule
+    doc: dict[str, Any] = {
+        "format": FORMAT,
+        "version": VERSION,
+        "test": trace.test,
+        "seed": trace.seed,
+        "runtime": trace.runtime,
+        "config": trace.config,
+        "outcome": trace.outcome,
+    }
+    if trace.error is not None:
+        doc["error"] = {"type": trace.error.get("type"), "message": trace.error.get("message")}
+    doc.update(
+        auditor=trace.auditor,
+        steps=trace.steps,
+        tasks=dict(trace.tasks),
+        checkpoints=[_Flow(step=c.get("step"), time=c.get("time"), auditor=c.get("auditor")) for c in trace.checkpoints],
+        decisions={
+            "encoding": ENCODING,
+            "checkpoint_every": schedule.checkpoint_every,
+            "rounds": len(schedule.round_steps),
+            "picks": _Block(_encode_array(schedule.picks, delta=False)),
+            "ids": _Block(_encode_array(schedule.ids, delta=False)),
+            "round_steps": _Block(_encode_array(schedule.round_steps, delta=True)),
+            "round_times": _Block(_encode_array(schedule.round_times, delta=True)),
+        },
+        python=trace.python,
+        commonware_runtime=trace.commonware_runtime,
+    )
+    if trace.extra:
+        doc["extra"] = trace.extra
+    return doc
+
+
+class _Block(str):
+    """A str dumped as a YAML literal block (wrapped base64 stays readable and diffable)."""
+
+
+class _Flow(dict):  # type: ignore[type-arg]
+    """A mapping dumped on one line."""
+
+
+class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
+    """The safe dumper (the C emitter when libyaml is there: long base64 blocks are slow in Python)."""
+
+
+_Dumper.add_representer(_Block, lambda d, v: d.represent_scalar("tag:yaml.org,2002:str", str(v), style="|"))
+_Dumper.add_representer(_Flow, lambda d, v: d.represent_mapping("tag:yaml.org,2002:map", v.items(), flow_style=True))
+
+
+def _encode_array(values: array | list[int], *, delta: bool) -> str:
+    """``<u|i><bits>:`` then base64 of zlib of the little-endian fixed-width values, wrapped at 76."""
+    data = list(values)
+    if delta and data:
+        data = [data[0]] + [b - a for a, b in itertools.pairwise(data)]
+    lo = min(data, default=0)
+    hi = max(data, default=0)
+    signed = lo < 0
+    for width in (1, 2, 4, 8):
+        bits = 8 * width
+        if (signed and -(1 << (bits - 1)) <= lo and hi < (1 << (bits - 1))) or (not signed and hi < (1 << bits)):
+            break
+    else:
+        raise ValueError(f"schedule value out of the 64-bit range: {lo if lo < -(1 << 63) else hi}")
+    arr = array(_TYPECODES[(signed, width)], data)
+    if _BIG_ENDIAN:
+        arr.byteswap()
+    text = base64.b64encode(zlib.compress(arr.tobytes(), 9)).decode("ascii")
+    lines = [text[i : i + 76] for i in range(0, len(text), 76)] or [""]
+    return f"{'i' if signed else 'u'}{8 * width}:" + "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------
+# loading and validation
+
+
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """The safe loader (no Python tags), refusing duplicate keys instead of keeping the last."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:
+                    continue  # unhashable: the base class reports it
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r}", key_node.start_mark
+                    )
+        return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
+
+
+def load_trace(path: str | os.PathLike[str]) -> Trace:
+    """Read and validate a trace file; any problem raises ``TraceError("<file>: <problem>")``."""
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_FILE_BYTES:
+                raise TraceError(name, f"file is {size} bytes, more than the {MAX_FILE_BYTES} a trace may have")
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise TraceError(name, "no such file") from None
+    except IsADirectoryError:
+        raise TraceError(name, "is a directory, not a trace file") from None
+    except PermissionError:
+        raise TraceError(name, "permission denied") from None
+    except OSError as exc:
+        raise TraceError(name, f"cannot read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise TraceError(name, f"file is more than the {MAX_FILE_BYTES} bytes a trace may have")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TraceError(name, f"not UTF-8 text (byte {exc.start}): not a trace file") from None
+    try:
+        document = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        raise TraceError(name, f"not valid YAML: {_yaml_problem(exc)}") from None
+    except RecursionError:
+        raise TraceError(name, "not valid YAML: nested too deeply") from None
+    return _parse_document(document, name)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    if isinstance(exc, yaml.MarkedYAMLError):
+        where = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "invalid YAML"
+        if isinstance(exc, yaml.constructor.ConstructorError) and "constructor for the tag" in problem:
+            problem = f"unsupported tag (only plain YAML data is accepted): {problem}"
+        if where is not None:
+            return f"{problem} (line {where.line + 1}, column {where.column + 1})"
+        return problem
+    return str(exc)
+
+
+class _Problem(Exception):
+    """A validation failure; turned into ``TraceError`` with the file name."""
+
+
+def _parse_document(doc: Any, name: str) -> Trace:
+    try:
+        return _parse(doc)
+    except _Problem as exc:
+        raise TraceError(name, str(exc)) from None
+    except RecursionError:
+        raise TraceError(name, "nested too deeply") from None
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _int(doc: dict[str, Any], key: str, what: str, *, lo: int = 0, hi: int | None = None) -> int:
+    value = doc[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Problem(f"{what} must be an integer, got {_type_name(value)} {_short(value)}")
+    if value < lo or (hi is not None and value > hi):
+        bound = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
+        raise _Problem(f"{what} must be {bound}, got {value}")
+    return value
+
+
+def _str(doc: dict[str, Any], key: str, what: str, *, limit: int = MAX_TEXT_CHARS, empty: bool = False) -> str:
+    value = doc[key]
+    if not isinstance(value, str):
+        raise _Problem(f"{what} must be a string, got {_type_name(value)} {_short(value)}")
+    if not value and not empty:
+        raise _Problem(f"{what} must not be empty")
+    if len(value) > limit:
+        raise _Problem(f"{what} is {len(value)} characters long, more than {limit}")
+    return value
+
+
+def _plain(value: Any, what: str) -> None:
+    """``value`` is plain data (null, bool, int, float, str, lists, str-keyed mappings), finite and acyclic."""
+    budget = [MAX_PLAIN_NODES]
+    on_path: set[int] = set()
+
+    def walk(v: Any, where: str, depth: int) -> None:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise _Problem(f"{what} holds more than {MAX_PLAIN_NODES} values")
+        if depth > MAX_PLAIN_DEPTH:
+            raise _Problem(f"{where} is nested more than {MAX_PLAIN_DEPTH} levels deep")
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return
+        if isinstance(v, (list, dict)):
+            if id(v) in on_path:
+                raise _Problem(f"{where} contains itself (a recursive YAML alias)")
+            on_path.add(id(v))
+            if isinstance(v, list):
+                for i, item in enumerate(v):
+                    walk(item, f"{where}[{i}]", depth + 1)
+            else:
+                for k, item in v.items():
+                    if not isinstance(k, str):
+                        raise _Problem(f"{where} has a non-string key {_short(k)}")
+                    walk(item, f"{where}.{k}", depth + 1)
+            on_path.discard(id(v))
+            return
+        raise _Problem(f"{where} holds a {_type_name(v)} value ({_short(v)}); only plain YAML data is allowed")
+
+    walk(value, what, 0)
+
+
+def _parse(doc: Any) -> Trace:
+    if doc is None:
+        raise _Problem("empty file, not a trace")
+    if not isinstance(doc, dict):
+        raise _Problem(f"not a trace: the top level is a {_type_name(doc)}, expected a mapping")
+    if "format" not in doc:
+        raise _Problem(f"not a trace: no 'format: {FORMAT}' key")
+    if doc["format"] != FORMAT:
+        raise _Problem(f"format is {_short(doc['format'])}, expected {FORMAT!r}")
+    if "version" not in doc:
+        raise _Problem("missing key 'version'")
+    version = doc["version"]
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise _Problem(f"version must be an integer, got {_type_name(version)} {_short(version)}")
+    if version > VERSION:
+        raise _Problem(
+            f"trace format version {version} is newer than this pytest-commonware reads (version {VERSION}); "
+            f"upgrade pytest-commonware"
+        )
+    if version != VERSION:
+        raise _Problem(f"unknown trace format version {version} (this pytest-commonware reads version {VERSION})")
+    for key in _REQUIRED:
+        if key not in doc:
+            raise _Problem(f"missing key {key!r}")
+    for key in doc:
+        if key not in _REQUIRED and key not in _OPTIONAL:
+            raise _Problem(f"unknown key {_short(key)} (put additional data under 'extra')")
+
+    test = _str(doc, "test", "'test'")
+    seed = _int(doc, "seed", "'seed'")
+    runtime = doc["runtime"]
+    if runtime != "deterministic":
+        raise _Problem(f"runtime is {_short(runtime)}, only 'deterministic' runs are traced")
+    config = doc["config"]
+    if not isinstance(config, dict):
+        raise _Problem(f"'config' must be a mapping, got {_type_name(config)}")
+    _plain(config, "config")
+    if "seed" in config and config["seed"] != seed:
+        raise _Problem(f"config.seed is {_short(config['seed'])} but 'seed' is {seed}")
+    outcome = doc["outcome"]
+    if outcome not in ("passed", "failed"):
+        raise _Problem(f"outcome must be 'passed' or 'failed', got {_short(outcome)}")
+    error = doc.get("error")
+    if outcome == "failed":
+        if not isinstance(error, dict):
+            raise _Problem(f"outcome is 'failed' but 'error' is {'missing' if 'error' not in doc else _type_name(error)}"
+                           f" (expected a mapping with 'type' and 'message')")
+        for key in error:
+            if key not in ("type", "message"):
+                raise _Problem(f"error has an unknown key {_short(key)}")
+        for key in ("type", "message"):
+            if key not in error:
+                raise _Problem(f"error is missing {key!r}")
+        error = {
+            "type": _str(error, "type", "error.type"),
+            "message": _str(error, "message", "error.message", empty=True),
+        }
+    elif error is not None:
+        raise _Problem("outcome is 'passed' but an 'error' is given")
+    auditor = doc["auditor"]
+    if not isinstance(auditor, str) or not _HEX64.match(auditor):
+        raise _Problem(f"auditor must be 64 lowercase hex digits, got {_short(auditor)}")
+    steps = _int(doc, "steps", "'steps'", hi=MAX_STEPS)
+    python = _str(doc, "python", "'python'", limit=200)
+    runtime_ver = _str(doc, "commonware_runtime", "'commonware_runtime'", limit=200)
+    extra = doc.get("extra", {})
+    if not isinstance(extra, dict):
+        raise _Problem(f"'extra' must be a mapping, got {_type_name(extra)}")
+    _plain(extra, "extra")
+
+    labels = _parse_tasks(doc["tasks"])
+    schedule = _parse_decisions(doc["decisions"], steps, len(labels) - 1)
+    schedule.seed = seed
+    schedule.labels = labels
+    schedule.auditor = auditor
+    schedule.outcome = outcome
+    schedule.error = error
+    checkpoints = _parse_checkpoints(doc["checkpoints"], schedule)
+    schedule.checkpoints = [(c["step"], c["time"], c["auditor"]) for c in checkpoints]
+    return Trace(
+        test=test, seed=seed, runtime=runtime, config=config, outcome=outcome, error=error, auditor=auditor,
+        steps=steps, tasks={tid: labels[tid] for tid in range(1, len(labels))}, checkpoints=checkpoints,
+        schedule=schedule, python=python, commonware_runtime=runtime_ver, extra=extra,
+    )
+
+
+def _parse_tasks(tasks: Any) -> list[str]:
+    if not isinstance(tasks, dict):
+        raise _Problem(f"'tasks' must be a mapping of task id to label, got {_type_name(tasks)}")
+    if len(tasks) > MAX_TASKS:
+        raise _Problem(f"'tasks' lists {len(tasks)} tasks, more than {MAX_TASKS}")
+    labels = [""]
+    for expected, (tid, label) in enumerate(sorted(tasks.items(), key=_task_key), start=1):
+        if isinstance(tid, bool) or not isinstance(tid, int):
+            raise _Problem(f"tasks: ids must be integers, got {_type_name(tid)} {_short(tid)}")
+        if tid != expected:
+            raise _Problem(f"tasks: ids must run 1..{len(tasks)} without gaps, {expected} is missing")
+        if not isinstance(label, str):
+            raise _Problem(f"tasks: the label of task {tid} must be a string, got {_type_name(label)}")
+        if len(label) > MAX_LABEL_CHARS:
+            raise _Problem(f"tasks: the label of task {tid} is longer than {MAX_LABEL_CHARS} characters")
+        labels.append(label)
+    return labels
+
+
+def _task_key(item: tuple[Any, Any]) -> tuple[int, Any]:
+    # Non-int ids sort first so the type error names them rather than a gap.
+    tid = item[0]
+    return (1, tid) if isinstance(tid, int) and not isinstance(tid, bool) else (0, 0)
+
+
+def _parse_checkpoints(value: Any, schedule: Schedule) -> list[dict[str, Any]]:
+    if not isinstance(value, list):
+        raise _Problem(f"'checkpoints' must be a list, got {_type_name(value)}")
+    rounds = len(schedule.round_steps)
+    if len(value) > rounds:
+        raise _Problem(f"'checkpoints' has {len(value)} entries for {rounds} rounds (at most one per round)")
+    round_at = {s: i for i, s in enumerate(schedule.round_steps)}
+    out: list[dict[str, Any]] = []
+    previous = -1
+    for i, cp in enumerate(value):
+        where = f"checkpoints[{i}]"
+        if not isinstance(cp, dict) or set(cp) != {"step", "time", "auditor"}:
+            raise _Problem(f"{where} must be a mapping with exactly 'step', 'time' and 'auditor'")
+        step = _int(cp, "step", f"{where}.step")
+        time_ns = _int(cp, "time", f"{where}.time", lo=-(1 << 63), hi=(1 << 63) - 1)
+        auditor = cp["auditor"]
+        if not isinstance(auditor, str) or not _HEX64.match(auditor):
+            raise _Problem(f"{where}.auditor must be 64 lowercase hex digits, got {_short(auditor)}")
+        if step <= previous:
+            raise _Problem(f"{where}.step {step} does not come after the previous checkpoint's step {previous}")
+        r = round_at.get(step)
+        if r is None:
+            raise _Problem(f"{where}.step {step} is not the first step of a round: the trace is inconsistent")
+        if schedule.round_times[r] != time_ns:
+            raise _Problem(
+                f"{where}.time {time_ns} ns differs from the time of the round at step {step} "
+                f"({schedule.round_times[r]} ns): the trace is inconsistent"
+            )
+        previous = step
+        out.append({"step": step, "time": time_ns, "auditor": auditor})
+    return out
+
+
+def _parse_decisions(value: Any, steps: int, ntasks: int) -> Schedule:
+    if not isinstance(value, dict):
+        raise _Problem(f"'decisions' must be a mapping, got {_type_name(value)}")
+    for key in _DECISION_KEYS:
+        if key not in value:
+            raise _Problem(f"decisions: missing key {key!r}")
+    for key in value:
+        if key not in _DECISION_KEYS:
+            raise _Problem(f"decisions: unknown key {_short(key)}")
+    if value["encoding"] != ENCODING:
+        raise _Problem(f"decisions.encoding is {_short(value['encoding'])}, this version reads only {ENCODING!r}")
+    every = _int(value, "checkpoint_every", "decisions.checkpoint_every", lo=1)
+    rounds = _int(value, "rounds", "decisions.rounds", hi=steps)
+    if (rounds == 0) != (steps == 0):
+        raise _Problem(f"decisions: {rounds} rounds for {steps} steps: every round makes at least one decision")
+    picks = _decode_array(value["picks"], "decisions.picks", steps, delta=False, typecode="I")
+    ids = _decode_array(value["ids"], "decisions.ids", steps, delta=False, typecode="I")
+    round_steps = _decode_array(value["round_steps"], "decisions.round_steps", rounds, delta=True, typecode="Q")
+    round_times = _decode_array(value["round_times"], "decisions.round_times", rounds, delta=True, typecode="q")
+
+    if rounds:
+        if round_steps[0] != 0:
+            raise _Problem(f"decisions.round_steps: the first round starts at step {round_steps[0]}, not 0")
+        for r in range(1, rounds):
+            if round_steps[r] <= round_steps[r - 1]:
+                raise _Problem(f"decisions.round_steps: round {r} starts at step {round_steps[r]}, "
+                               f"not after round {r - 1} (step {round_steps[r - 1]})")
+            if round_times[r] < round_times[r - 1]:
+                raise _Problem(f"decisions.round_times: round {r} is at {round_times[r]} ns, "
+                               f"before round {r - 1} ({round_times[r - 1]} ns)")
+        if round_steps[-1] >= steps:
+            raise _Problem(f"decisions.round_steps: the last round starts at step {round_steps[-1]}, "
+                           f"past the end of the run ({steps} steps)")
+    if ids and max(ids) > ntasks:
+        step = next(s for s, tid in enumerate(ids) if tid > ntasks)
+        raise _Problem(f"decisions.ids: step {step} runs task {ids[step]}, which 'tasks' does not list")
+    _check_picks(picks, round_steps, steps)
+    return Schedule(
+        seed=0, picks=picks, ids=ids, round_steps=round_steps, round_times=round_times,
+        steps=steps, checkpoint_every=every,
+    )
+
+
+def _check_picks(picks: array, round_steps: array, steps: int) -> None:
+    """Within a round of k decisions the i-th pick indexes a ready list of k - i entries."""
+    if not picks or max(picks) == 0:
+        return
+    bounds = list(round_steps[1:]) + [steps]
+    for start, end in zip(round_steps, bounds):
+        for step in range(start, end):
+            if picks[step] >= end - step:
+                raise _Problem(
+                    f"decisions.picks: step {step} picks entry {picks[step]} of a ready list of {end - step}: "
+                    f"the trace is inconsistent"
+                )
+
+
+def _decode_array(value: Any, what: str, count: int, *, delta: bool, typecode: str) -> array:
+    if not isinstance(value, str):
+        raise _Problem(f"{what} must be an encoded string, got {_type_name(value)}")
+    m = _ARRAY_SPEC.match(value)
+    if m is None:
+        raise _Problem(f"{what} must start with a width such as 'u8:', 'u32:' or 'i64:'")
+    signed = m.group(1) == "i"
+    width = int(m.group(2)) // 8
+    try:
+        compressed = base64.b64decode("".join(value[m.end():].split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise _Problem(f"{what} is not valid base64 (truncated or edited?)") from None
+    expected = count * width
+    decompressor = zlib.decompressobj()
+    try:
+        # Bounded: a small hostile blob cannot inflate past what `steps` announces.
+        raw = decompressor.decompress(compressed, expected + 1)
+    except zlib.error as exc:
+        raise _Problem(f"{what} is not valid zlib data ({exc})") from None
+    if len(raw) > expected or decompressor.unconsumed_tail:
+        raise _Problem(f"{what} decodes to more than the {count} values announced: the trace is inconsistent")
+    if not decompressor.eof:
+        raise _Problem(f"{what} is truncated (the compressed stream ends early)")
+    if decompressor.unused_data:
+        raise _Problem(f"{what} has trailing data after the compressed stream")
+    if len(raw) != expected:
+        raise _Problem(f"{what} decodes to {len(raw) // width} values, expected {count}: the trace is truncated or inconsistent")
+    arr = array(_TYPECODES[(signed, width)])
+    arr.frombytes(raw)
+    if _BIG_ENDIAN:
+        arr.byteswap()
+    if not delta and arr.typecode == typecode:
+        return arr
+    values = list(itertools.accumulate(arr)) if delta else arr.tolist()
+    out = array(typecode)
+    try:
+        out.fromlist(values)
+    except OverflowError:
+        raise _Problem(f"{what} holds a value out of range") from None
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# reading schedules
+
+
+def step_times(schedule: Schedule) -> Iterator[tuple[int, int, int]]:
+    """``(step, round index, virtual time ns)`` for every decision, in order."""
+    bounds = list(schedule.round_steps[1:]) + [len(schedule.ids)]
+    for r, (start, end) in enumerate(zip(schedule.round_steps, bounds)):
+        t = schedule.round_times[r]
+        for step in range(start, end):
+            yield step, r, t
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """Where two traces first differ: ``step`` (and its time), what each one has there.
+
+    ``kind`` is ``"schedule"`` (a different task, time, round boundary or ready-list
+    position), ``"length"`` (one run ends first), ``"auditor"`` (same decisions, a
+    checkpoint's state differs), ``"final-auditor"`` or ``"outcome"``; ``message`` says it
+    all in one line.
+    """
+
+    kind: str
+    step: int
+    time_ns: int | None
+    expected: str
+    actual: str
+    message: str
+
+
+def _task(trace: Trace, tid: int) -> str:
+    return f"task #{tid} {trace.label(tid)!r}"
+
+
+def _t(ns: int) -> str:
+    return f"{ns / NS_PER_SECOND:.9f}s"
+
+
+def first_divergence(expected: Trace, actual: Trace) -> Divergence | None:
+    """The first difference between two runs, or None when their schedules and states agree.
+
+    Scheduling decisions are compared first (task and label, time, round boundary, pick),
+    then auditor checkpoints (an event other than scheduling differed), then the end
+    (length, final auditor, outcome).
+    """
+    a, b = expected.schedule, actual.schedule
+    if (a.ids == b.ids and a.picks == b.picks and a.round_steps == b.round_steps
+            and a.round_times == b.round_times and a.labels == b.labels):
+        n = len(a.ids)
+    else:
+        n = 0
+        for (step, ra, ta), (_, rb, tb) in zip(step_times(a), step_times(b)):
+            tid_a, tid_b = a.ids[step], b.ids[step]
+            task_a, task_b = _task(expected, tid_a), _task(actual, tid_b)
+            new_a = a.round_steps[ra] == step
+            new_b = b.round_steps[rb] == step
+            if ta != tb or new_a != new_b or task_a != task_b:
+                exp = f"{task_a} at t={_t(ta)}" + (" (new round)" if new_a else "")
+                act = f"{task_b} at t={_t(tb)}" + (" (new round)" if new_b else "")
+                return Divergence("schedule", step, ta, exp, act, f"first divergence at step {step}: {exp} vs {act}")
+            if a.picks[step] != b.picks[step]:
+                exp = f"{task_a} as ready entry {a.picks[step]}"
+                act = f"{task_b} as ready entry {b.picks[step]}"
+                return Divergence("schedule", step, ta, exp, act,
+                                  f"first divergence at step {step} (t={_t(ta)}): the ready lists differ: {exp} vs {act}")
+            n = step + 1
+    if len(a.ids) != len(b.ids):
+        def at(trace: Trace, s: Schedule) -> tuple[str, int | None]:
+            if n >= len(s.ids):
+                return f"the end of the run ({len(s.ids)} steps)", None
+            r = _round_of(s, n)
+            return f"{_task(trace, s.ids[n])} at t={_t(s.round_times[r])}", s.round_times[r]
+
+        exp, ta2 = at(expected, a)
+        act, tb2 = at(actual, b)
+        return Divergence("length", n, ta2 if ta2 is not None else tb2, exp, act, f"first divergence at step {n}: {exp} vs {act}")
+    checkpoints_b = {step: (t, aud) for step, t, aud in b.checkpoints}
+    for step, t, aud in a.checkpoints:
+        other = checkpoints_b.get(step)
+        if other is not None and other[1] != aud:
+            return Divergence(
+                "auditor", step, t, f"auditor {aud[:16]}...", f"auditor {other[1][:16]}...",
+                f"first divergence before step {step} (t={_t(t)}): same schedule, but the auditor state differs "
+                f"({aud[:16]}... vs {other[1][:16]}...): an event other than scheduling (network, storage, RNG, "
+                f"metrics) differs",
+            )
+    end_time = a.round_times[-1] if len(a.round_times) else None
+    if expected.auditor != actual.auditor:
+        return Divergence(
+            "final-auditor", n, end_time, f"final auditor {expected.auditor[:16]}...", f"final auditor {actual.auditor[:16]}...",
+            f"same schedule ({n} steps), but the final auditor state differs ({expected.auditor[:16]}... vs "
+            f"{actual.auditor[:16]}...): an event other than scheduling differs after the last checkpoint",
+        )
+    if expected.outcome != actual.outcome or expected.error != actual.error:
+        exp, act = _outcome(expected), _outcome(actual)
+        return Divergence("outcome", n, end_time, exp, act, f"same schedule and auditor, but the outcomes differ: {exp} vs {act}")
+    return None
+
+
+def _outcome(trace: Trace) -> str:
+    if trace.error is None:
+        return trace.outcome
+    return f"{trace.outcome} ({trace.error['type']}: {trace.error['message']})"
+
+
+def _round_of(schedule: Schedule, step: int) -> int:
+    return bisect.bisect_right(schedule.round_steps, step) - 1
+
+
+# ------------------------------------------------------------------------------------------
+# file names
+
+_SAFE = re.compile(r"[^A-Za-z0-9._=-]")
+_MAX_NAME = 150
+
+
+def trace_path(directory: str | os.PathLike[str], nodeid: str, seed: int) -> Path:
+    """Where the trace of (``nodeid``, ``seed``) goes: ``directory/<sanitized id>__seed-<seed>.yaml``.
+
+    ``tests/test_mod.py::test_protocol[seed=17]`` gives
+    ``tests.test_mod.py__test_protocol__seed-17.yaml``: directories become ``.``, ``::``
+    becomes ``__``, the seed's own parameter id is dropped (the suffix names it), other
+    parameters stay. Whenever characters had to be replaced, or the name is too long, an
+    8-digit hash of the node id is appended so distinct ids never share a file.
+    """
+    if not isinstance(nodeid, str) or not nodeid:
+        raise ValueError(f"nodeid must be a non-empty str, got {nodeid!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    base, params = nodeid, ""
+    colons = nodeid.find("::")
+    cut = nodeid.find("[", colons) if colons >= 0 else -1
+    if cut >= 0 and nodeid.endswith("]"):
+        base, params = nodeid[:cut], nodeid[cut + 1 : -1]
+    # Drop the seed's parameter id ("seed=17", "deterministic-seed=17") from the ids.
+    params = re.sub(rf"(?:^|-)(?:deterministic-)?seed={seed}(?=-|$)", "", params).strip("-")
+    name = "__".join(part.replace("\\", "/").replace("/", ".") for part in base.split("::"))
+    if params:
+        name += "__" + params
+    safe = _SAFE.sub("_", name).lstrip(".-") or "test"
+    lossy = safe != name
+    if lossy or len(safe) > _MAX_NAME:
+        digest = hashlib.sha256(nodeid.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        safe = f"{safe[:_MAX_NAME]}-{digest}"
+    return Path(os.fspath(directory)) / f"{safe}__seed-{seed}.yaml"

@@ -1,0 +1,142 @@
+"""Traces of failing seeds, the reproduce command, and ``--cw-replay``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pytest_commonware.tracefile import load_trace
+
+pytest_plugins = ["pytester"]
+
+QUIET = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest")
+
+# The lost update: a reads, yields, writes; b yields first, then does the same. Whether b's
+# read falls between a's read and write depends on the order of one round's decisions.
+RACE = """
+import asyncio
+import pytest
+
+counter = 0
+
+async def bump(ctx, delay):
+    global counter
+    for _ in range(delay):
+        await asyncio.sleep(0)
+    value = counter
+    await asyncio.sleep(0)          # the await between read and write
+    counter = value + 1
+
+@pytest.mark.commonware(seeds=8)
+async def test_race(deterministic_context):
+    global counter
+    counter = 0
+    a = deterministic_context.with_label("a").spawn(lambda ctx: bump(ctx, 0))
+    b = deterministic_context.with_label("b").spawn(lambda ctx: bump(ctx, 1))
+    await a
+    await b
+    assert counter == 2, "lost update"
+
+async def test_other(deterministic_context):
+    await deterministic_context.sleep(1)
+"""
+
+
+def _failing_traces(pytester: pytest.Pytester) -> list[Path]:
+    return sorted((pytester.path / "traces").glob("test_race.py__test_race__*.yaml"))
+
+
+def test_failing_seed_writes_trace_and_reproduce_command(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_race=RACE)
+    result = pytester.runpytest(*QUIET)
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) >= 1 and outcomes.get("passed", 0) >= 2  # the race depends on the seed
+    traces = _failing_traces(pytester)
+    assert len(traces) == outcomes["failed"]  # --cw-record=failed: only failing seeds
+    trace = load_trace(traces[0])
+    assert trace.outcome == "failed" and trace.error is not None and trace.error["type"] == "AssertionError"
+    assert trace.test == f"test_race.py::test_race[seed={trace.seed}]"
+    assert trace.config["seed"] == trace.seed and trace.steps == len(trace.schedule.ids) > 0
+    # The report ends with the command that reproduces the seed.
+    text = result.stdout.str()
+    section = text[text.index(f"test_race[seed={trace.seed}]"):]
+    section = section[: section.index("\n____") if "\n____" in section else section.index("short test summary")]
+    last = [line for line in section.strip().splitlines() if line.strip() and not line.startswith("=")][-1]
+    assert last == f"reproduce with: pytest --cw-replay traces/{traces[0].name}"
+
+
+def test_record_all_and_none(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_race=RACE)
+    pytester.runpytest(*QUIET, "--cw-record=all", "--cw-traces=all-traces")
+    assert len(list((pytester.path / "all-traces").glob("*.yaml"))) == 8 + 1
+    pytester.runpytest(*QUIET, "--cw-record=none", "--cw-traces=no-traces")
+    assert not (pytester.path / "no-traces").exists()
+
+
+def test_replay_reproduces_the_failure(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_race=RACE)
+    pytester.runpytest(*QUIET)
+    trace = _failing_traces(pytester)[0]
+    seed = load_trace(trace).seed
+    # Recorded among 8 seeds; replayed alone (the other test deselected), with no test path.
+    result = pytester.runpytest("-v", *QUIET, "--cw-replay", str(trace.relative_to(pytester.path)))
+    result.assert_outcomes(failed=1, deselected=1)
+    result.stdout.fnmatch_lines([
+        f"*test_race[[]seed={seed}[]] FAILED*",
+        "*AssertionError: lost update*",
+        "*replayed traces/*: reproduced the recorded failure*",
+    ])
+
+
+def test_replay_of_a_passing_run_passes(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_race=RACE)
+    pytester.runpytest(*QUIET, "--cw-record=all")
+    passing = [t for t in _failing_traces(pytester) if load_trace(t).outcome == "passed"][0]
+    pytester.runpytest(*QUIET, "--cw-replay", str(passing)).assert_outcomes(passed=1, deselected=1)
+
+
+def test_replaying_a_changed_test_diverges_loudly(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_race=RACE)
+    pytester.runpytest(*QUIET)
+    trace = _failing_traces(pytester)[0]
+    # Task b now yields three times before reading: the recorded schedule no longer fits.
+    pytester.makepyfile(test_race=RACE.replace("bump(ctx, 1)", "bump(ctx, 3)"))
+    result = pytester.runpytest(*QUIET, "--cw-replay", str(trace))
+    result.assert_outcomes(failed=1, deselected=1)
+    result.stdout.fnmatch_lines(["*ReplayDivergence: replay diverged at step*expected*", "*diverged: the test or the code it runs changed*"])
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ("format: [unclosed\n", "not valid YAML"),
+        ("format: commonware-trace\nversion: 99\n", "version"),
+        ("!!python/object/apply:os.system ['echo pwned']\n", "unsupported tag"),
+        ("", ""),
+    ],
+    ids=["broken-yaml", "future-version", "hostile-tag", "empty"],
+)
+def test_malformed_trace_is_a_usage_error(pytester: pytest.Pytester, content: str, problem: str) -> None:
+    pytester.makepyfile(test_race=RACE)
+    bad = pytester.path / "bad.yaml"
+    bad.write_text(content)
+    result = pytester.runpytest(*QUIET, "--cw-replay", "bad.yaml")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    errors = [line for line in result.stderr.lines if line.strip()]
+    assert len(errors) == 1, errors
+    assert errors[0].startswith("ERROR: --cw-replay: bad.yaml: ") and problem in errors[0]
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+
+
+def test_missing_trace_file_and_vanished_test(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_race=RACE)
+    result = pytester.runpytest(*QUIET, "--cw-replay", "nowhere.yaml")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --cw-replay: nowhere.yaml: no such file"])
+    pytester.runpytest(*QUIET)
+    trace = _failing_traces(pytester)[0]
+    pytester.makepyfile(test_race=RACE.replace("def test_race", "def test_renamed"))
+    result = pytester.runpytest(*QUIET, "--cw-replay", str(trace))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: *the trace names test 'test_race.py::test_race*which this session did not collect*"])

@@ -1,0 +1,172 @@
+"""``python -m pytest_commonware trace show|diff|export``: output, exit codes, bad files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+try:
+    import pytest_commonware  # noqa: F401
+except ImportError:  # not installed yet: the package sits next to runtime/ in the source tree
+    sys.path.insert(0, str(ROOT))
+
+from commonware_runtime import deterministic
+
+from pytest_commonware.cli import main
+from pytest_commonware.tracefile import (
+    Trace,
+    step_times,
+    trace_from_schedule,
+    write_trace,
+)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "runtime"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest_commonware", *args], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+
+
+async def workload(ctx: Any) -> None:
+    async def worker(c: Any, i: int) -> None:
+        for _ in range(3):
+            await c.sleep(c.rng.random() * 0.004)
+
+    handles = [ctx.with_label(f"worker_{i}").spawn(lambda c, i=i: worker(c, i)) for i in range(6)]
+    for h in handles:
+        await h
+
+
+def recorded(seed: int) -> Trace:
+    config = deterministic.Config(seed=seed)
+    recorder = deterministic.Recorder(checkpoint_every=8)
+    deterministic.Runner(config, recorder=recorder).start(workload)
+    assert recorder.schedule is not None
+    return trace_from_schedule(recorder.schedule, test=f"tests/test_w.py::test_w[seed={seed}]", seed=seed,
+                               config=config.to_dict())
+
+
+@pytest.fixture(scope="module")
+def traces(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    d = tmp_path_factory.mktemp("traces")
+    one, two = recorded(1), recorded(2)
+    return {"one": one, "two": two, "p1": write_trace(d / "one.yaml", one), "p2": write_trace(d / "two.yaml", two),
+            "p1b": write_trace(d / "one-again.yaml", recorded(1)), "dir": d}
+
+
+def test_show_prints_every_decision_and_round(traces: dict[str, Any]) -> None:
+    trace: Trace = traces["one"]
+    result = cli("trace", "show", str(traces["p1"]))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"test:     {trace.test}"
+    assert any(line.startswith("outcome:  passed") for line in lines)
+    s = trace.schedule
+    decision_lines = [line for line in lines if line.split() and line.split()[0].isdigit()]
+    assert len(decision_lines) == trace.steps
+    for line, (step, _, t) in zip(decision_lines, step_times(s)):
+        tid = s.ids[step]
+        fields = line.split()
+        assert fields[0] == str(step) and fields[1] == f"{t / 1e9:.9f}" and fields[2] == f"#{tid}"
+        assert fields[3] == trace.label(tid) and fields[-1] == ("callback" if tid == 0 else "run")
+    assert sum("-- round " in line for line in lines) == len(s.round_steps)
+    assert sum("-- checkpoint: auditor " in line for line in lines) == len(trace.checkpoints)
+    assert "worker_5" in result.stdout
+    assert lines[-1].startswith(f"-- end after {trace.steps} steps: passed")
+
+
+def test_show_window(traces: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["trace", "show", str(traces["p1"]), "--start", "3", "--limit", "4"]) == 0
+    out = capsys.readouterr().out
+    steps = [int(line.split()[0]) for line in out.splitlines() if line.split() and line.split()[0].isdigit()]
+    assert steps == [3, 4, 5, 6]
+    assert f"{traces['one'].steps - 7} more steps" in out
+
+
+def test_diff_identical(traces: dict[str, Any]) -> None:
+    result = cli("trace", "diff", str(traces["p1"]), str(traces["p1b"]))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("identical: ")
+
+
+def test_diff_of_two_seeds_names_the_first_divergent_step(traces: dict[str, Any]) -> None:
+    a, b = traces["one"].schedule, traces["two"].schedule
+    # Computed independently: the first step whose task, time or round start differs.
+    ta, tb = list(step_times(a)), list(step_times(b))
+    first = next(
+        i for i in range(min(len(ta), len(tb)))
+        if (a.ids[i], ta[i][2], a.round_steps[ta[i][1]] == i, a.picks[i])
+        != (b.ids[i], tb[i][2], b.round_steps[tb[i][1]] == i, b.picks[i])
+    )
+    result = cli("trace", "diff", str(traces["p1"]), str(traces["p2"]))
+    assert result.returncode == 1, result.stderr
+    out = result.stdout
+    assert f"first divergence at step {first}, t={ta[first][2] / 1e9:.9f}s" in out
+    assert f"  A: task #{a.ids[first]} '{traces['one'].label(a.ids[first])}'" in out
+    assert f"  B: task #{b.ids[first]} '{traces['two'].label(b.ids[first])}'" in out
+
+
+def test_export_chrome(traces: dict[str, Any], tmp_path: Path) -> None:
+    trace: Trace = traces["one"]
+    s = trace.schedule
+    result = cli("trace", "export", str(traces["p1"]), "--format", "chrome")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    events = doc["traceEvents"]
+    names = {e["tid"]: e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "thread_name"}
+    assert names == {tid: f"#{tid} {trace.label(tid)}" for tid in set(s.ids)}
+    complete = [e for e in events if e["ph"] == "X"]
+    assert len(complete) == trace.steps
+    assert [e["args"]["step"] for e in complete] == list(range(trace.steps))
+    for e, (step, r, t) in zip(complete, step_times(s)):
+        assert e["tid"] == s.ids[step] and e["name"] == trace.label(s.ids[step])
+        assert e["args"]["virtual_time_ns"] == t and t / 1000 <= e["ts"] and e["dur"] > 0
+        if s.round_steps[r] == step:
+            assert e["ts"] == t / 1000  # a round's first decision sits at the round's virtual time
+        if r + 1 < len(s.round_times):
+            assert e["ts"] + e["dur"] <= s.round_times[r + 1] / 1000  # and the round stays in its slot
+    rounds = [e for e in events if e["ph"] == "i" and e["name"].startswith("round ")]
+    assert [e["ts"] for e in rounds] == [t / 1000 for t in s.round_times]
+    assert doc["otherData"]["auditor"] == trace.auditor
+
+    out = tmp_path / "sub" / "t.json"
+    result = cli("trace", "export", str(traces["p1"]), "--format", "chrome", "-o", str(out))
+    assert result.returncode == 0 and result.stdout == ""
+    assert json.loads(out.read_text()) == doc
+
+
+@pytest.mark.parametrize("content", [b"", b"format: commonware-trace\nversion: 99\n", b"!!python/name:os.system\n",
+                                     b"\x00\x01binary"])
+def test_bad_file_is_one_error_line(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    for args in (["show", str(path)], ["export", str(path), "--format", "chrome"]):
+        result = cli("trace", *args)
+        assert result.returncode == 2
+        assert result.stdout == ""
+        assert result.stderr.startswith(f"error: {path}: ") and result.stderr.count("\n") == 1
+        assert "Traceback" not in result.stderr
+
+
+def test_bad_files_in_process(traces: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "missing.yaml"
+    assert main(["trace", "diff", str(traces["p1"]), str(missing)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"error: {missing}: no such file\n" and captured.out == ""
+    blocked = tmp_path / "file"
+    blocked.write_text("x")
+    assert main(["trace", "export", str(traces["p1"]), "--format", "chrome", "-o", str(blocked / "t.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {blocked / 't.json'}: cannot write") and err.count("\n") == 1
+    with pytest.raises(SystemExit) as info:
+        main(["trace", "export", str(traces["p1"]), "--format", "svg"])
+    assert info.value.code == 2
