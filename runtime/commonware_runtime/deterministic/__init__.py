@@ -2,6 +2,7 @@
 
 from .context import Context
 from .loop import EventLoop, UnsupportedOperation
+from .storage import StorageFaults
 from .runner import Checkpoint, Config, Runner
 from .trace import Recorder, Replayer, ReplayDivergence, Schedule
 
@@ -15,5 +16,6 @@ __all__ = [
     "Replayer",
     "Runner",
     "Schedule",
+    "StorageFaults",
     "UnsupportedOperation",
 ]

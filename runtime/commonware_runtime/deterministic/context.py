@@ -178,7 +178,12 @@ class Context(BaseContext):
 
     @property
     def storage_faults(self) -> "StorageFaults":
+        """Live storage fault controls: per-operation failure rates, partial writes, crash mode."""
         return self._core.storage.faults
+
+    @storage_faults.setter
+    def storage_faults(self, faults: "StorageFaults") -> None:
+        self._core.storage.faults = faults
 
     # -- audit ----------------------------------------------------------------------------
 
