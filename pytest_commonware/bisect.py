@@ -37,9 +37,10 @@ import asyncio
 import inspect
 import math
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Protocol
 
 from commonware_runtime import deterministic
 from commonware_runtime.arguments import NS_PER_SECOND
@@ -129,7 +130,7 @@ def _site(task: asyncio.Task[Any]) -> str:
         code = inner.cr_code
         return f"its start ({code.co_name}() at {os.path.basename(code.co_filename)}:{code.co_firstlineno})"
     site = await_site(task)
-    return site[2:] if site.startswith("? ") else site  # "?": a bare yield (asyncio.sleep(0))
+    return site.removeprefix("? ")  # "?": a bare yield (asyncio.sleep(0))
 
 
 def canonical_index(order: list[int]) -> int:
@@ -192,7 +193,7 @@ class DrivenRunner(deterministic.Runner):
         loop: EventLoop = core.loop
         schedule = self.recording.begin(self.config.seed)
         schedule.labels = loop.task_labels  # shared: labels appear as tasks are created
-        loop._run_batch = self._batch_runner(loop, schedule)  # type: ignore[method-assign]
+        loop._run_batch = self._batch_runner(loop, schedule)  # type: ignore[method-assign, assignment]
         return core
 
     def _batch_runner(self, loop: EventLoop, schedule: deterministic.Schedule) -> Callable[[list[asyncio.Handle]], None]:
@@ -234,7 +235,7 @@ class DrivenRunner(deterministic.Runner):
     def _note(self, step: int, loop: EventLoop, batch: list[asyncio.Handle], order: list[int], i: int, c: int) -> None:
         handle = batch[i]
         tid = _tid(handle, loop)
-        owner = getattr(handle._callback, "__self__", None)
+        owner = getattr(handle._callback, "__self__", None)  # type: ignore[attr-defined]
         site = _site(owner) if isinstance(owner, asyncio.Task) and tid else ""
         ctid = _tid(batch[c], loop)
         decision = Decision(

@@ -11,33 +11,33 @@ import asyncio
 import dataclasses
 import inspect
 import os
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable, Mapping
+from typing import Any
 
 import pytest
-
 from commonware_runtime import deterministic, production
 from commonware_runtime.arguments import NS_PER_SECOND
 
 __all__ = [
     "CONTEXT_FIXTURES",
-    "RUNTIMES",
     "RECORD_MODES",
-    "RunSpec",
-    "MarkerArgs",
-    "Settings",
+    "RUNTIMES",
     "ContextSlot",
     "DeferredFixture",
+    "MarkerArgs",
     "RunResult",
-    "marker_args",
-    "seed_list",
-    "plan",
+    "RunSpec",
+    "Settings",
     "deterministic_config",
+    "first_divergence",
     "make_main",
+    "marker_args",
+    "plan",
     "run_deterministic",
     "run_production",
-    "first_divergence",
+    "seed_list",
 ]
 
 CONTEXT_FIXTURES = ("deterministic_context", "production_context", "runtime_context")
@@ -286,7 +286,7 @@ class ContextSlot:
     get this slot, which forwards every attribute to the context while a run is going on.
     """
 
-    __slots__ = ("_fixture", "_context")
+    __slots__ = ("_context", "_fixture")
 
     def __init__(self, fixture: str) -> None:
         self._fixture = fixture
@@ -439,7 +439,7 @@ def run_production(
     async def timed(context: Any) -> Any:
         try:
             return await asyncio.wait_for(main(context), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise TimeoutError(f"the test did not finish within its timeout of {timeout}s (real time)") from None
 
     production.Runner(config).start(timed)

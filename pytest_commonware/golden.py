@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-import yaml
+import yaml  # type: ignore[import-untyped]
 
-__all__ = ["GoldenError", "load_golden", "write_golden", "merge_golden"]
+__all__ = ["GoldenError", "load_golden", "merge_golden", "write_golden"]
 
 FORMAT = "commonware-golden"
 VERSION = 1

@@ -9,16 +9,31 @@ from __future__ import annotations
 
 import inspect
 import shlex
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generator
+from typing import Any
 
 import pytest
 
 from . import engine
-from .engine import CONTEXT_FIXTURES, ContextSlot, DeferredFixture, MarkerArgs, RunSpec, Settings
+from .engine import (
+    CONTEXT_FIXTURES,
+    ContextSlot,
+    DeferredFixture,
+    MarkerArgs,
+    RunSpec,
+    Settings,
+)
 from .golden import GoldenError, load_golden, merge_golden, write_golden
-from .tracefile import Trace, TraceError, load_trace, trace_from_schedule, trace_path, write_trace
+from .tracefile import (
+    Trace,
+    TraceError,
+    load_trace,
+    trace_from_schedule,
+    trace_path,
+    write_trace,
+)
 
 RUN_PARAM = "_cw_run"  # the hidden fixture every claimed test is parametrized over
 SECTION = "commonware"
@@ -57,9 +72,9 @@ ITEM_RUN = pytest.StashKey[ItemRun]()
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("commonware", "commonware runtime (deterministic simulation)")
 
-    def add(flag: str, ini: str, help: str, *, kind: str = "string", **kwargs: Any) -> None:
+    def add(flag: str, ini: str, help: str, **kwargs: Any) -> None:
         group.addoption(flag, dest=ini, default=None, help=help, **kwargs)
-        parser.addini(ini, help=help, type=kind, default=False if kind == "bool" else None)
+        parser.addini(ini, help=help, type="string", default=None)
 
     add("--cw-seeds", "cw_seeds", "run each deterministic test on N seeds (default 1; overrides markers' seeds=)", metavar="N")
     add("--cw-seed-base", "cw_seed_base", "the first seed (default 0): seeds are B .. B+N-1", metavar="B")
@@ -285,10 +300,12 @@ def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.Fix
             f"tests run inside each test's own runner, so they must be function-scoped"
         )
     kwargs = {name: request.getfixturevalue(name) for name in fixturedef.argnames}
-    from _pytest.fixtures import resolve_fixture_function  # binds fixtures defined in test classes
+    from _pytest.fixtures import (
+        resolve_fixture_function,  # binds fixtures defined in test classes
+    )
 
     deferred = DeferredFixture(fixturedef.argname, resolve_fixture_function(fixturedef, request), kwargs)
-    fixturedef.cached_result = (deferred, fixturedef.cache_key(request), None)  # type: ignore[attr-defined]
+    fixturedef.cached_result = (deferred, fixturedef.cache_key(request), None)  # type: ignore[arg-type]
     return deferred
 
 

@@ -349,3 +349,26 @@ def test_xdist(pytester: pytest.Pytester) -> None:
     table = yaml.safe_load((pytester.path / "traces" / "golden.yaml").read_text())["auditor"]
     # The 5 passing seeds + the deterministic half of test_both (a failing run is no reference).
     assert len(table) == 6 and "test_par.py::test_many[seed=4]" not in table
+
+
+def test_production_timeout_and_catch_panics(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+        from commonware_runtime import Exited
+
+        @pytest.mark.commonware(runtime="production", timeout=0.05)
+        async def test_slow(runtime_context):
+            await runtime_context.sleep(5)
+
+        @pytest.mark.commonware(catch_panics=True)
+        async def test_caught(deterministic_context):
+            async def boom(ctx):
+                raise ValueError("x")
+            with pytest.raises(Exited):
+                await deterministic_context.spawn(boom)
+        """
+    )
+    result = pytester.runpytest(*QUIET)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*TimeoutError: the test did not finish within its timeout of 0.05s (real time)*"])

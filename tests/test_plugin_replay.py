@@ -92,7 +92,7 @@ def test_replay_reproduces_the_failure(pytester: pytest.Pytester) -> None:
 def test_replay_of_a_passing_run_passes(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_race=RACE)
     pytester.runpytest(*QUIET, "--cw-record=all")
-    passing = [t for t in _failing_traces(pytester) if load_trace(t).outcome == "passed"][0]
+    passing = next(t for t in _failing_traces(pytester) if load_trace(t).outcome == "passed")
     pytester.runpytest(*QUIET, "--cw-replay", str(passing)).assert_outcomes(passed=1, deselected=1)
 
 

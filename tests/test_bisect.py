@@ -1,0 +1,209 @@
+"""``--cw-bisect``: the driven runner, the decisive decision, the minimal schedule."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from commonware_runtime import deterministic
+
+from pytest_commonware.bisect import (
+    BisectError,
+    Deviation,
+    DeviationDriver,
+    DrivenRunner,
+    PrefixDriver,
+    bisect_trace,
+    min_trace_path,
+)
+from pytest_commonware.engine import run_deterministic
+from pytest_commonware.tracefile import load_trace, trace_from_schedule
+
+pytest_plugins = ["pytester"]
+
+QUIET = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest")
+
+
+def race_main() -> Any:
+    """The lost update: ``a`` reads, yields, writes; ``b`` yields once first, then does the same."""
+    state = {"counter": 0}
+
+    async def bump(delay: int) -> None:
+        for _ in range(delay):
+            await asyncio.sleep(0)
+        value = state["counter"]
+        await asyncio.sleep(0)
+        state["counter"] = value + 1
+
+    async def main(ctx: Any) -> None:
+        a = ctx.with_label("a").spawn(lambda _: bump(0))
+        b = ctx.with_label("b").spawn(lambda _: bump(1))
+        await a
+        await b
+        assert state["counter"] == 2, "lost update"
+
+    return main
+
+
+def _failing_trace(test: str = "t.py::test_race") -> Any:
+    for seed in range(50):
+        config = deterministic.Config(seed=seed)
+        result = run_deterministic(config, race_main())
+        if result.error is not None:
+            assert result.schedule is not None
+            return trace_from_schedule(result.schedule, test=f"{test}[seed={seed}]", seed=seed, config=config.to_dict())
+    raise AssertionError("no seed in 0..49 loses the update")
+
+
+def test_canonical_order_is_ready_order_and_replayable() -> None:
+    log: list[str] = []
+
+    async def worker(name: str) -> None:
+        for _ in range(3):
+            log.append(name)
+            await asyncio.sleep(0)
+
+    async def main(ctx: Any) -> None:
+        handles = [ctx.with_label(n).spawn(lambda _, n=n: worker(n)) for n in "abcde"]
+        for h in handles:
+            await h
+
+    runner = DrivenRunner(deterministic.Config(seed=3), PrefixDriver(deterministic.Schedule(seed=3), 0))
+    runner.start(main)
+    assert log == list("abcde") * 3  # oldest ready first, every round
+    assert runner.decisions == []  # the canonical run has no deviations
+    schedule = runner.finished_schedule(None)
+    assert schedule.steps == len(schedule.ids) == len(schedule.picks) > 0
+    # The recording is an ordinary schedule: the runtime's own Replayer follows it.
+    log.clear()
+    deterministic.Runner(deterministic.Config(seed=3), replay=schedule).start(main)
+    assert log == list("abcde") * 3
+
+
+def test_deviation_driver_runs_the_named_task() -> None:
+    log: list[str] = []
+
+    async def worker(name: str) -> None:
+        await asyncio.sleep(0)
+        log.append(name)
+
+    async def main(ctx: Any) -> None:
+        handles = [ctx.with_label(n).spawn(lambda _, n=n: worker(n)) for n in "abc"]
+        for h in handles:
+            await h
+
+    # Steps: 0 root; 1-3 first steps of a, b, c (ids 2, 3, 4); 4-6 their second steps.
+    runner = DrivenRunner(deterministic.Config(), DeviationDriver([Deviation(step=4, tid=4, rank=0)]))
+    runner.start(main)
+    assert log == ["c", "a", "b"]
+    assert [(d.step, d.label, d.canonical_label) for d in runner.decisions] == [(4, "c", "a")]
+
+
+def test_bisect_finds_the_decisive_decision(tmp_path: Path) -> None:
+    trace = _failing_trace()
+    out = tmp_path / "race.min.yaml"
+    result = bisect_trace(trace, race_main, out, where="race.yaml")
+    assert not result.canonical_fails
+    d = result.decisive
+    assert d is not None and d.deviation
+    assert d.step == result.prefix - 1
+    assert (d.label, d.canonical_label) == ("b", "a")  # b ran before a: that decides the race
+    assert "bump()" in d.site
+    assert len(result.minimal) == 1 and result.minimal[0].step == d.step
+    assert result.trace_deviations >= len(result.minimal)
+    assert result.replay_ok
+    # The minimal trace is a replayable trace of the same test and seed, failing the same way.
+    minimal = load_trace(out)
+    assert (minimal.test, minimal.seed, minimal.outcome) == (trace.test, trace.seed, "failed")
+    assert minimal.error is not None and minimal.error["type"] == "AssertionError"
+    assert minimal.extra["bisect"]["decisive_step"] == d.step
+    replay = run_deterministic(deterministic.Config(seed=trace.seed), race_main(), replay=minimal.schedule)
+    assert isinstance(replay.error, AssertionError)
+    assert "decisive decision: step" in result.report and "reproduce: pytest --cw-replay" in result.report
+
+
+def test_bisect_of_a_schedule_independent_failure(tmp_path: Path) -> None:
+    async def main(ctx: Any) -> None:
+        await ctx.with_label("w").spawn(lambda c: c.sleep(1))
+        raise ValueError("always")
+
+    config = deterministic.Config(seed=1)
+    result = run_deterministic(config, main)
+    assert result.schedule is not None
+    trace = trace_from_schedule(result.schedule, test="t.py::test_x[seed=1]", seed=1, config=config.to_dict())
+    bisected = bisect_trace(trace, lambda: main, tmp_path / "x.min.yaml", where="x.yaml")
+    assert bisected.canonical_fails and bisected.decisive is None and bisected.minimal == []
+    assert "does not" in bisected.report and bisected.replay_ok
+
+
+def test_bisect_refuses_a_passing_trace(tmp_path: Path) -> None:
+    async def main(ctx: Any) -> None:
+        await ctx.sleep(1)
+
+    config = deterministic.Config(seed=0)
+    result = run_deterministic(config, main)
+    assert result.schedule is not None
+    trace = trace_from_schedule(result.schedule, test="t.py::test_ok[seed=0]", seed=0, config=config.to_dict())
+    with pytest.raises(BisectError, match="passing run"):
+        bisect_trace(trace, lambda: main, tmp_path / "x.min.yaml", where="x.yaml")
+
+
+def test_min_trace_path() -> None:
+    assert min_trace_path(Path("traces/a__seed-3.yaml")) == Path("traces/a__seed-3.min.yaml")
+    assert min_trace_path(Path("x.yml")) == Path("x.min.yaml")
+    assert min_trace_path(Path("trace")) == Path("trace.min.yaml")
+
+
+RACE_TEST = """
+import asyncio
+import pytest
+
+counter = 0
+
+async def bump(ctx, delay):
+    global counter
+    for _ in range(delay):
+        await asyncio.sleep(0)
+    value = counter
+    await asyncio.sleep(0)
+    counter = value + 1
+
+@pytest.mark.commonware(seeds=8)
+async def test_race(deterministic_context):
+    global counter
+    counter = 0
+    a = deterministic_context.with_label("a").spawn(lambda ctx: bump(ctx, 0))
+    b = deterministic_context.with_label("b").spawn(lambda ctx: bump(ctx, 1))
+    await a
+    await b
+    assert counter == 2, "lost update"
+"""
+
+
+def test_cw_bisect_option(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_race=RACE_TEST)
+    pytester.runpytest(*QUIET)
+    trace = min((pytester.path / "traces").glob("*.yaml"))
+    rel = trace.relative_to(pytester.path)
+    result = pytester.runpytest(*QUIET, "--cw-bisect", str(rel))
+    result.assert_outcomes(passed=1)
+    minimal = trace.with_name(trace.name[: -len(".yaml")] + ".min.yaml")
+    result.stdout.fnmatch_lines([
+        "*commonware bisect*",
+        f"bisect of {rel}",
+        "*the canonical schedule (oldest ready task first) passes*",
+        (
+            "*decisive decision: step * ran 'b' (id *), resuming from its start (bump() at test_race.py:*), "
+            "where the canonical order runs 'a' (id *) first*"
+        ),
+        "*minimal schedule: 1 deviation(s) from the canonical order*",
+        f"*written {minimal.relative_to(pytester.path)} (replays to the same failure)*",
+        f"*reproduce: pytest --cw-replay {minimal.relative_to(pytester.path)}*",
+    ])
+    assert minimal.exists()
+    # The minimal trace replays through the plugin to the same failure.
+    replay = pytester.runpytest("-v", *QUIET, "--cw-replay", str(minimal))
+    replay.assert_outcomes(failed=1)
+    replay.stdout.fnmatch_lines(["*AssertionError: lost update*", "*reproduced the recorded failure*"])
