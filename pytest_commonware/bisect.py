@@ -7,7 +7,7 @@ ready first (``call_soon`` order), which is the order of the round's ready list 
 removal.  A *deviation* is a decision that is not the canonical choice.
 
 Two questions, each answered by running the test again under a *driver* that makes every
-decision (``DrivenRunner``, below):
+decision (``deterministic.Runner(config, driver=...)``, see ``EventLoop.start_driven``):
 
 1. The decisive decision.  ``prefix(k)``: follow the trace's first ``k`` decisions, then
    make every later decision canonically.  ``prefix(steps)`` is the recorded run (it
@@ -24,11 +24,8 @@ decision (``DrivenRunner``, below):
    whose members can be dropped without losing the failure; the others become canonical.
    That run is recorded like any other and written as a replayable trace.
 
-The driver is installed without touching the runtime: ``DrivenRunner`` overrides
-``deterministic.Runner._build`` and replaces the loop's round executor (``loop._run_batch``,
-which the loop calls with the round's ready list) by one that asks the driver for every
-pick, removes with the loop's own swap-remove (so the recorded picks mean exactly what
-the runtime's ``Replayer`` expects) and records like ``Recorder`` does.
+The runtime asks the driver for every pick and removes with the same swap-remove as a
+seeded run, so the recorded picks mean exactly what the runtime's ``Replayer`` expects.
 """
 
 from __future__ import annotations
@@ -54,7 +51,7 @@ __all__ = [
     "BisectResult",
     "Decision",
     "Deviation",
-    "DrivenRunner",
+    "NotingDriver",
     "bisect_trace",
     "min_trace_path",
 ]
@@ -172,65 +169,23 @@ class DeviationDriver:
         return candidates[min(d.rank, len(candidates) - 1)][1]
 
 
-class DrivenRunner(deterministic.Runner):
-    """A ``deterministic.Runner`` whose every scheduling decision is made by ``driver``.
+class NotingDriver:
+    """Wraps a driver; notes every deviation from the canonical order (and ``note_step``)."""
 
-    The run is recorded (``.schedule`` afterwards, replayable by ``Runner(replay=...)``);
-    ``.decisions`` lists every deviation from the canonical order, plus the step named by
-    ``note_step`` whether it deviates or not.
-    """
-
-    def __init__(self, config: deterministic.Config, driver: Driver, *, note_step: int | None = None) -> None:
-        super().__init__(config)
+    def __init__(self, driver: Driver, note_step: int | None = None) -> None:
         self.driver = driver
         self.note_step = note_step
-        self.recording = deterministic.Recorder()
         self.decisions: list[Decision] = []
         self.noted: Decision | None = None
 
-    def _build(self) -> Any:
-        core = super()._build()
-        loop: EventLoop = core.loop
-        schedule = self.recording.begin(self.config.seed)
-        schedule.labels = loop.task_labels  # shared: labels appear as tasks are created
-        loop._run_batch = self._batch_runner(loop, schedule)  # type: ignore[method-assign, assignment]
-        return core
-
-    def _batch_runner(self, loop: EventLoop, schedule: deterministic.Schedule) -> Callable[[list[asyncio.Handle]], None]:
-        recorder = self.recording
-        driver = self.driver
-
-        def run_batch(batch: list[asyncio.Handle]) -> None:
-            recorder.round(loop.steps, loop.now_ns, loop.auditor)
-            record = loop.auditor.decisions.append
-            order = list(range(len(batch)))
-            step = loop.steps
-            n = len(batch)
-            loop.steps += n
-            while n:
-                i = driver.choose(step, batch, order, loop)
-                if not 0 <= i < n:
-                    raise BisectError(f"driver picked entry {i} of a ready list of {n} at step {step}")
-                handle = batch[i]
-                tid = _tid(handle, loop)
-                c = canonical_index(order)
-                if c != i or step == self.note_step:
-                    self._note(step, loop, batch, order, i, c)
-                # The loop's own swap-remove: recorded picks must index what Replayer will see.
-                last = batch.pop()
-                last_order = order.pop()
-                if i != n - 1:
-                    batch[i] = last
-                    order[i] = last_order
-                n -= 1
-                schedule.picks.append(i)
-                schedule.ids.append(tid)
-                record(tid)
-                step += 1
-                if not handle._cancelled:
-                    handle._run()
-
-        return run_batch
+    def choose(self, step: int, batch: list[asyncio.Handle], order: list[int], loop: EventLoop) -> int:
+        i = self.driver.choose(step, batch, order, loop)
+        if not 0 <= i < len(batch):
+            raise BisectError(f"driver picked entry {i} of a ready list of {len(batch)} at step {step}")
+        c = canonical_index(order)
+        if c != i or step == self.note_step:
+            self._note(step, loop, batch, order, i, c)
+        return i
 
     def _note(self, step: int, loop: EventLoop, batch: list[asyncio.Handle], order: list[int], i: int, c: int) -> None:
         handle = batch[i]
@@ -248,16 +203,6 @@ class DrivenRunner(deterministic.Runner):
         if step == self.note_step:
             self.noted = decision
 
-    def finished_schedule(self, error: BaseException | None) -> deterministic.Schedule:
-        schedule = self.recording.schedule
-        assert schedule is not None
-        schedule.steps = self.steps
-        schedule.auditor = self.auditor_state or ""
-        schedule.labels = list(schedule.labels)
-        if error is not None:
-            schedule.outcome = "failed"
-            schedule.error = {"type": type(error).__name__, "message": str(error)}
-        return schedule
 
 
 @dataclass
@@ -310,7 +255,9 @@ class _Bisector:
         if self.runs >= self.max_runs:
             raise BisectError(f"{self.where}: gave up after {self.runs} runs (the limit)")
         self.runs += 1
-        runner = DrivenRunner(self.config, driver, note_step=note_step)
+        noting = NotingDriver(driver, note_step)
+        recorder = deterministic.Recorder()
+        runner = deterministic.Runner(self.config, recorder=recorder, driver=noting)
         error: BaseException | None = None
         try:
             runner.start(self.make_main())
@@ -320,7 +267,8 @@ class _Bisector:
             raise
         except BaseException as exc:  # noqa: BLE001 - the failure under study
             error = exc
-        return DrivenRun(error, runner.finished_schedule(error), runner.decisions, runner.noted)
+        assert recorder.schedule is not None
+        return DrivenRun(error, recorder.schedule, noting.decisions, noting.noted)
 
     def fails(self, run: DrivenRun) -> bool:
         return run.error is not None and type(run.error).__name__ == self.expected

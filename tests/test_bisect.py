@@ -13,7 +13,7 @@ from pytest_commonware.bisect import (
     BisectError,
     Deviation,
     DeviationDriver,
-    DrivenRunner,
+    NotingDriver,
     PrefixDriver,
     bisect_trace,
     min_trace_path,
@@ -70,11 +70,13 @@ def test_canonical_order_is_ready_order_and_replayable() -> None:
         for h in handles:
             await h
 
-    runner = DrivenRunner(deterministic.Config(seed=3), PrefixDriver(deterministic.Schedule(seed=3), 0))
-    runner.start(main)
+    driver = NotingDriver(PrefixDriver(deterministic.Schedule(seed=3), 0))
+    recorder = deterministic.Recorder()
+    deterministic.Runner(deterministic.Config(seed=3), recorder=recorder, driver=driver).start(main)
     assert log == list("abcde") * 3  # oldest ready first, every round
-    assert runner.decisions == []  # the canonical run has no deviations
-    schedule = runner.finished_schedule(None)
+    assert driver.decisions == []  # the canonical run has no deviations
+    schedule = recorder.schedule
+    assert schedule is not None
     assert schedule.steps == len(schedule.ids) == len(schedule.picks) > 0
     # The recording is an ordinary schedule: the runtime's own Replayer follows it.
     log.clear()
@@ -95,10 +97,10 @@ def test_deviation_driver_runs_the_named_task() -> None:
             await h
 
     # Steps: 0 root; 1-3 first steps of a, b, c (ids 2, 3, 4); 4-6 their second steps.
-    runner = DrivenRunner(deterministic.Config(), DeviationDriver([Deviation(step=4, tid=4, rank=0)]))
-    runner.start(main)
+    driver = NotingDriver(DeviationDriver([Deviation(step=4, tid=4, rank=0)]))
+    deterministic.Runner(deterministic.Config(), driver=driver).start(main)
     assert log == ["c", "a", "b"]
-    assert [(d.step, d.label, d.canonical_label) for d in runner.decisions] == [(4, "c", "a")]
+    assert [(d.step, d.label, d.canonical_label) for d in driver.decisions] == [(4, "c", "a")]
 
 
 def test_bisect_finds_the_decisive_decision(tmp_path: Path) -> None:

@@ -105,6 +105,7 @@ class EventLoop(asyncio.BaseEventLoop):
         self.steps = 0
         self.recorder: Any = None  # a trace.Recorder while recording
         self.replayer: Any = None  # a trace.Replayer while replaying
+        self.driver: Any = None  # a schedule driver (start_driven)
         self._run_batch = self._run_batch_random
 
     # -- time -----------------------------------------------------------------------------
@@ -392,11 +393,58 @@ class EventLoop(asyncio.BaseEventLoop):
             if not handle._cancelled:
                 handle._run()
 
+    def start_driven(self, driver: Any, recorder: Any = None) -> None:
+        """Let ``driver.choose(step, ready, order, loop) -> index`` make every decision.
+
+        ``ready`` is the round's list of ready handles and ``order[i]`` the position entry
+        ``i`` had when the round began (so ``order.index(min(order))`` is the oldest ready
+        callback: the canonical choice). Removal is the same swap-remove as a seeded run, so
+        a recorded driven run replays with an ordinary ``Runner(replay=...)``. Used to
+        explore or shrink schedules (``pytest --cw-bisect``).
+        """
+        self.driver = driver
+        if recorder is not None:
+            schedule = recorder.begin(self.seed)
+            schedule.labels = self.task_labels
+            self.recorder = recorder
+        self._run_batch = self._run_batch_driven
+
+    def _run_batch_driven(self, batch: list[asyncio.Handle]) -> None:
+        recorder = self.recorder
+        schedule = None
+        if recorder is not None:
+            recorder.round(self.steps, self._now_ns, self.auditor)
+            schedule = recorder.schedule
+        driver = self.driver
+        record = self._decisions.append
+        order = list(range(len(batch)))
+        step = self.steps
+        n = len(batch)
+        self.steps += n
+        while n:
+            i = driver.choose(step, batch, order, self)
+            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n:
+                raise ValueError(f"schedule driver picked entry {i!r} of {n} ready callbacks at step {step}")
+            handle = batch[i]
+            tid = self.owner_id(handle)
+            last, last_order = batch.pop(), order.pop()
+            if i != n - 1:
+                batch[i], order[i] = last, last_order
+            n -= 1
+            step += 1
+            if schedule is not None:
+                schedule.picks.append(i)
+                schedule.ids.append(tid)
+            record(tid)
+            if not handle._cancelled:
+                handle._run()
+
     def quiesce(self) -> None:
         """After a run: no deadline, recording or replay for whatever the loop still does."""
         self._deadline_ns = None
         self.recorder = None
         self.replayer = None
+        self.driver = None
         self._run_batch = self._run_batch_random
 
     def label_of(self, handle: asyncio.Handle) -> str:

@@ -104,16 +104,20 @@ class Runner:
         *,
         recorder: Recorder | None = None,
         replay: Schedule | None = None,
+        driver: Any = None,
     ) -> None:
         if config is None:
             config = Config()
         if not isinstance(config, Config):
             raise TypeError(f"config must be a deterministic.Config, got {type(config).__name__}")
-        if recorder is not None and replay is not None:
-            raise ValueError("a run can record or replay, not both")
+        if replay is not None and (recorder is not None or driver is not None):
+            raise ValueError("a replayed run follows its trace: it cannot also record or be driven")
+        if driver is not None and not callable(getattr(driver, "choose", None)):
+            raise TypeError(f"driver must have a choose(step, ready, order, loop) method, got {driver!r}")
         self.config = config
         self.recorder = recorder
         self.replay = replay
+        self.driver = driver
         self._checkpoint: Checkpoint | None = None
         self._used = False
         self.auditor_state: str | None = None
@@ -180,7 +184,9 @@ class Runner:
         self._used = True
         core = self._build()
         loop = core.loop
-        if self.recorder is not None:
+        if self.driver is not None:
+            loop.start_driven(self.driver, self.recorder)
+        elif self.recorder is not None:
             loop.start_recording(self.recorder)
         elif self.replay is not None:
             loop.start_replay(Replayer(self.replay))
