@@ -880,18 +880,6 @@ def test_checkpoint_storage_and_time_survive_recovery_with_state() -> None:
     assert now >= end
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: the checkpoint's auditor is not the state the root last observed. After the "
-        "root's final step, asyncio's run_until_complete done-callback (core.py:75, the "
-        "callback that stops the loop) is scheduled as one more ready callback; "
-        "deterministic/loop.py counts it as a decision (task id 0) and folds it into the "
-        "auditor, so Checkpoint.auditor (runner.py:219) and Runner.auditor_state differ from "
-        "ctx.auditor().state() read at the root's end. commonware "
-        "(test_recover_synced_storage_persists) asserts they are equal."
-    ),
-)
 def test_checkpoint_auditor_is_the_roots_last_state() -> None:
     async def main(ctx: deterministic.Context) -> str:
         blob, _ = await ctx.open("test_partition", b"test_blob")

@@ -58,6 +58,9 @@ class RuntimeCore:
             self.panic = exc
             self.on_panic()
 
+    def root_finished(self) -> None:
+        """Called once, in the root task's last step (the deterministic runtime fingerprints here)."""
+
     def on_panic(self) -> None:
         """Stop the run so start() can raise the panic (both runtimes stop their loop)."""
         asyncio.get_running_loop().stop()

@@ -147,6 +147,8 @@ async def drive(core: "RuntimeCore", handle: Handle[Any], awaitable: Awaitable[A
                 handle.abort_children()
             if handle.signals is not None:
                 core.release_signals(handle)
+            if handle is core.root:
+                core.root_finished()
 
 
 def discard(awaitable: Any) -> None:

@@ -43,6 +43,7 @@ class DeterministicCore(RuntimeCore):
     ) -> None:
         self.loop = loop
         self.auditor: Auditor = loop.auditor
+        self.final_auditor: Auditor | None = None  # set when the root finishes
         self.start_ns = start_ns
         super().__init__(catch_panics=catch_panics, deterministic=True)
         self.rng = AuditedRandom(derive_seed(seed, "user"), self.auditor)
@@ -79,6 +80,11 @@ class DeterministicCore(RuntimeCore):
 
     def on_panic(self) -> None:
         self.loop.stop()
+
+    def root_finished(self) -> None:
+        # The run's fingerprint is the auditor as the root leaves it: what runs afterwards
+        # (the loop's own stop callback, unwinding leftover tasks) is teardown, not the run.
+        self.final_auditor = self.auditor.fork()
 
     def new_task(self, handle: Handle[Any], awaitable: Awaitable[Any]) -> None:
         # The loop is known: no get_running_loop(), no Handle.name property.

@@ -216,7 +216,7 @@ class Runner:
             scheduler_state=loop._scheduler.getstate(),
             user_rng_state=core.rng.getstate(),
             fault_rng_state=core.fault_rng.getstate(),
-            auditor=core.auditor.fork(),
+            auditor=(core.final_auditor or core.auditor).fork(),
             storage=core.storage.crash().durable_image(),
             restarts=0 if self._checkpoint is None else self._checkpoint.restarts + 1,
         )
@@ -240,7 +240,7 @@ class Runner:
         """Summarise the run, then close the loop without running anything that could count."""
         loop = core.loop
         self.steps = loop.steps
-        self.auditor_state = core.auditor.state()
+        self.auditor_state = (core.final_auditor or core.auditor).state()
         if self.recorder is not None and self.recorder.schedule is not None:
             schedule = self.recorder.schedule
             schedule.steps = loop.steps
