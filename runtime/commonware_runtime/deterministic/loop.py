@@ -135,6 +135,12 @@ class EventLoop(asyncio.BaseEventLoop):
         if self._closed:
             raise RuntimeError("Event loop is closed")
         when_ns = self._now_ns + (seconds_to_ns(delay) if delay > 0 else 0)
+        if callback is _SET_RESULT_UNLESS_CANCELLED and context is None and len(args) == 2:
+            # asyncio.sleep's timer: resolving a future needs no context copy nor Handle.
+            wakeup = _Wakeup(self, when_ns, args[0], args[1])
+            self._timer_seq += 1
+            heapq.heappush(self._timers, (when_ns, self._timer_seq, wakeup))
+            return wakeup  # type: ignore[return-value]
         timer = asyncio.TimerHandle(when_ns / NS_PER_SECOND, callback, args, self, context)
         if timer._source_traceback:
             del timer._source_traceback[-1]
@@ -280,6 +286,13 @@ class EventLoop(asyncio.BaseEventLoop):
             if type(timer) is future_type:  # a sleep (wake_at_ns)
                 if not timer.done():
                     timer.set_result(None)
+                continue
+            if type(timer) is _Wakeup:  # an asyncio.sleep
+                timer._scheduled = False
+                if timer._cancelled:
+                    self._timer_cancelled_count = max(0, self._timer_cancelled_count - 1)
+                elif not timer._fut.done():
+                    timer._fut.set_result(timer._result)
                 continue
             timer._scheduled = False  # type: ignore[attr-defined]
             if timer._cancelled:
@@ -502,11 +515,47 @@ _LIBRARY_DIRS = (
 
 
 _Future = asyncio.Future
+_SET_RESULT_UNLESS_CANCELLED = asyncio.futures._set_result_unless_cancelled  # type: ignore[attr-defined]
+
+
+class _Wakeup:
+    """The timer behind ``asyncio.sleep`` on this loop: resolves one future at ``when``.
+
+    It stands in for the ``TimerHandle`` that ``call_later`` returns (asyncio.sleep only
+    calls ``cancel()`` on it), without the context copy and handle a generic timer needs.
+    """
+
+    __slots__ = ("_loop", "_when_ns", "_fut", "_result", "_cancelled", "_scheduled")
+
+    def __init__(self, loop: "EventLoop", when_ns: int, fut: asyncio.Future[Any], result: Any) -> None:
+        self._loop = loop
+        self._when_ns = when_ns
+        self._fut = fut
+        self._result = result
+        self._cancelled = False
+        self._scheduled = True
+
+    def when(self) -> float:
+        return self._when_ns / NS_PER_SECOND
+
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def cancel(self) -> None:
+        if not self._cancelled:
+            self._cancelled = True
+            if self._scheduled:  # still in the heap: let the loop compact dead entries
+                self._loop._timer_handle_cancelled(self)  # type: ignore[arg-type]
 
 
 def _dead(entry: Any) -> bool:
-    """A heap entry that will never fire: a cancelled TimerHandle or a finished sleep future."""
-    return entry.done() if type(entry) is _Future else entry._cancelled  # type: ignore[no-any-return]
+    """A heap entry that will never fire: a cancelled timer or a finished sleep future."""
+    kind = type(entry)
+    if kind is _Future:
+        return entry.done()  # type: ignore[no-any-return]
+    if kind is _Wakeup:
+        return entry._cancelled or entry._fut.done()  # type: ignore[no-any-return]
+    return entry._cancelled  # type: ignore[no-any-return]
 
 
 def await_site(task: asyncio.Task[Any]) -> str:

@@ -18,6 +18,19 @@ Creating and removing partitions and blobs is durable at once (as if the directo
 were fsynced after every metadata change): a blob created but never synced survives a
 crash with its durable size, usually 0.
 
+Handles and removal
+-------------------
+Every ``open`` returns a new handle; the handles of one blob share its contents.
+Removing a blob (or its partition) behaves like POSIX ``unlink``, as in commonware: the
+name goes at once (``scan`` no longer lists it; opening it again creates a fresh, empty,
+independent blob), while handles already open keep working on the removed blob's
+contents.  Such a *detached* blob has no name left, so nothing done through its handles
+reaches ``audit()``, ``durable_image()`` or a crash image, nor the blob that later takes
+its name; its auditor events carry a ``.detached`` tag and a per-storage detach number so
+they never read like operations on the named blob.  A crash discards detached blobs with
+the rest of the process (their handles close like every other).  ``open_blobs`` counts
+handles, so it drops when a handle is closed, not on removal.
+
 Faults draw only from the fault stream ``rng`` given to :class:`Storage`, and only when
 the matching rate is positive, so a run without faults consumes nothing from it.
 """
@@ -150,7 +163,7 @@ def _replay(buf: bytearray, entries: list[_LogEntry]) -> None:
 class _BlobState:
     """The contents of one blob, shared by every handle opened on it."""
 
-    __slots__ = ("partition", "name", "current", "durable", "log", "log_bytes", "handles", "removed")
+    __slots__ = ("partition", "name", "current", "durable", "log", "log_bytes", "handles", "detached")
 
     def __init__(self, partition: str, name: bytes, contents: bytes = b"") -> None:
         self.partition = partition
@@ -161,9 +174,13 @@ class _BlobState:
         self.log_bytes = 0
         # Open handles by serial number (insertion ordered, never keyed by id()).
         self.handles: dict[int, Blob] = {}
-        self.removed = False
+        # None while the blob has a name; once removed, its detach number (unique per
+        # Storage) so auditor events of different detached blobs stay distinct.
+        self.detached: int | None = None
 
     def record(self, entry: _LogEntry) -> None:
+        if self.detached is not None:
+            return  # no name, so no durable image for the log to reach
         self.log.append(entry)
         self.log_bytes += len(entry[2])
 
@@ -230,6 +247,9 @@ class Storage:
         self._partitions = partitions
         self._crashed = False
         self._next_handle = 0
+        self._next_detached = 0
+        # Every open handle, named or detached, by serial (so a crash closes them all).
+        self._open: dict[int, Blob] = {}
 
     # -- properties -----------------------------------------------------------------
 
@@ -255,18 +275,34 @@ class Storage:
         if self._crashed:
             raise Closed(f"storage {op} after a crash: this storage belongs to the crashed process")
 
-    def _fault(self, rate: float, op: str, partition: str, name: bytes) -> bool:
+    def _fault(self, rate: float, op: str, partition: str, name: bytes, detached: int | None = None) -> bool:
         if rate <= 0.0:
             return False
         failed = self._rng.random() < rate
         if self._auditor is not None:
-            self._auditor.event("storage.fault", op, partition, name, int(failed))
+            if detached is None:
+                self._auditor.event("storage.fault", op, partition, name, int(failed))
+            else:
+                self._auditor.event("storage.fault.detached", op, partition, name, detached, int(failed))
         return failed
 
-    def _drop(self, state: _BlobState) -> None:
-        state.removed = True
-        for handle in list(state.handles.values()):
-            handle._release("removed")
+    def _event(self, tag: str, state: _BlobState, *fields: int | bytes | bytearray | memoryview) -> None:
+        """Audit an operation on a blob (the caller checked that an auditor is set)."""
+        assert self._auditor is not None
+        if state.detached is None:
+            self._auditor.event(tag, state.partition, state.name, *fields)
+        else:
+            self._auditor.event(tag + ".detached", state.partition, state.name, state.detached, *fields)
+
+    def _detach(self, state: _BlobState) -> None:
+        """The blob lost its name: open handles keep its contents, nothing else sees them."""
+        if state.handles:
+            state.detached = self._next_detached
+            self._next_detached += 1
+            # Its durable image and unsynced log can never be seen again: free them.
+            state.durable = bytearray()
+            state.log.clear()
+            state.log_bytes = 0
 
     # -- operations -----------------------------------------------------------------
 
@@ -289,6 +325,7 @@ class Storage:
         handle = Blob(self, state, self._next_handle)
         self._next_handle += 1
         state.handles[handle._serial] = handle
+        self._open[handle._serial] = handle
         self._counters.storage["open_blobs"] += 1
         size = len(state.current)
         if self._auditor is not None:
@@ -298,7 +335,8 @@ class Storage:
     async def remove(self, partition: str, name: BytesLike | None = None) -> None:
         """Remove one blob, or the whole partition when ``name`` is None (durable at once).
 
-        Open handles of removed blobs are closed: their later operations raise ``Closed``.
+        Like POSIX ``unlink``: handles already open keep working on the removed blob's
+        contents, detached from the name (see the module documentation).
         An injected fault raises ``WriteFailed`` (removal is a mutation of storage; the
         ``*Missing`` errors are kept for things that really are missing).
         """
@@ -315,7 +353,7 @@ class Storage:
             raise PartitionMissing(f"partition {partition!r} does not exist")
         if blob_name is None:
             for existing in sorted(blobs):
-                self._drop(blobs[existing])
+                self._detach(blobs[existing])
             del self._partitions[partition]
             if self._auditor is not None:
                 self._auditor.event("storage.remove", partition)
@@ -323,7 +361,7 @@ class Storage:
         state = blobs.get(blob_name)
         if state is None:
             raise BlobMissing(f"{_where(partition, blob_name)} does not exist")
-        self._drop(state)
+        self._detach(state)
         del blobs[blob_name]
         if self._auditor is not None:
             self._auditor.event("storage.remove", partition, blob_name)
@@ -414,11 +452,9 @@ class Storage:
             image[partition] = {name: self._survivor(blobs[name], mode) for name in sorted(blobs)}
         if not self._crashed:
             self._crashed = True
-            for partition in sorted(self._partitions):
-                blobs = self._partitions[partition]
-                for name in sorted(blobs):
-                    for handle in list(blobs[name].handles.values()):
-                        handle._release("crashed")
+            # Detached blobs are in no image: they vanish, their handles close with the rest.
+            for handle in list(self._open.values()):
+                handle._release("crashed")
         return Storage(
             auditor=self._auditor if isinstance(auditor, _Keep) else auditor,
             counters=self._counters if isinstance(counters, _Keep) else counters,
@@ -437,12 +473,14 @@ class Blob:
         self._storage = storage
         self._state = state
         self._serial = serial
-        # None while open, else why it closed: "closed", "removed" or "crashed".
+        # None while open, else why it closed: "closed" or "crashed".
         self._closed: str | None = None
 
     def __repr__(self) -> str:
         state = self._state
         status = f"size={len(state.current)}" if self._closed is None else self._closed
+        if state.detached is not None:
+            status += " removed"
         return f"<Blob {state.partition}/{state.name!r} {status}>"
 
     @property
@@ -466,8 +504,6 @@ class Blob:
         reason = self._closed
         if reason is not None:
             where = _where(self._state.partition, self._state.name)
-            if reason == "removed":
-                raise Closed(f"{op} on {where}: the blob was removed")
             if reason == "crashed":
                 raise Closed(f"{op} on {where}: the storage crashed")
             raise Closed(f"{op} on {where}: the handle is closed")
@@ -480,9 +516,10 @@ class Blob:
         state = self._state
         del state.handles[self._serial]
         storage = self._storage
+        del storage._open[self._serial]
         storage._counters.storage["open_blobs"] -= 1
         if reason == "closed" and storage._auditor is not None:
-            storage._auditor.event("storage.close", state.partition, state.name)
+            storage._event("storage.close", state)
 
     async def read_at(self, n_or_buffer: int | bytearray | memoryview, offset: int) -> bytes | bytearray | memoryview:
         """Read exactly n bytes at ``offset`` (or fill the given writable buffer and return it)."""
@@ -505,10 +542,10 @@ class Blob:
         offset = check_offset(offset)
         if offset + n > U64_MAX:
             raise OffsetOverflow(f"read of {n} bytes at offset {offset} overflows u64 in {_where(self.partition, self.name)}")
-        self._live("read")
+        state = self._live("read")
         storage = self._storage
-        if storage._fault(storage._faults.read_rate, "read", self._state.partition, self._state.name):
-            raise ReadFailed(f"injected fault: read of {_where(self._state.partition, self._state.name)} failed")
+        if storage._fault(storage._faults.read_rate, "read", state.partition, state.name, state.detached):
+            raise ReadFailed(f"injected fault: read of {_where(state.partition, state.name)} failed")
         await asyncio.sleep(0)
         state = self._live("read")
         end = offset + n
@@ -524,12 +561,12 @@ class Blob:
             if buffer is None:
                 result = part.tobytes()
                 if auditor is not None:
-                    auditor.event("storage.read", state.partition, state.name, offset, result)
+                    storage._event("storage.read", state, offset, result)
             else:
                 with memoryview(buffer) as target, target.cast("B") as flat:
                     flat[:] = part
                     if auditor is not None:
-                        auditor.event("storage.read", state.partition, state.name, offset, flat)
+                        storage._event("storage.read", state, offset, flat)
                 result = buffer
         counters = storage._counters.storage
         counters["reads"] += 1
@@ -547,13 +584,13 @@ class Blob:
         state = self._live("write")
         storage = self._storage
         faults = storage._faults
-        if storage._fault(faults.write_rate, "write", state.partition, state.name):
+        if storage._fault(faults.write_rate, "write", state.partition, state.name, state.detached):
             detail = ""
             if faults.partial_write_rate > 0.0 and len(payload) >= 2:
                 partial = storage._rng.random() < faults.partial_write_rate
                 applied = storage._rng.randrange(1, len(payload)) if partial else 0
                 if storage._auditor is not None:
-                    storage._auditor.event("storage.partial_write", state.partition, state.name, offset, applied)
+                    storage._event("storage.partial_write", state, offset, applied)
                 if applied:
                     prefix = payload[:applied]
                     _apply_write(state.current, offset, prefix)
@@ -571,7 +608,7 @@ class Blob:
         counters["writes"] += 1
         counters["bytes_written"] += len(payload)
         if storage._auditor is not None:
-            storage._auditor.event("storage.write", state.partition, state.name, offset, payload)
+            storage._event("storage.write", state, offset, payload)
 
     async def resize(self, length: int) -> None:
         """Truncate or zero-extend to ``length`` bytes (not durable until :meth:`sync`)."""
@@ -580,41 +617,42 @@ class Blob:
             raise OffsetOverflow(f"resize to {length} bytes overflows u64 in {_where(self.partition, self.name)}")
         state = self._live("resize")
         storage = self._storage
-        if storage._fault(storage._faults.resize_rate, "resize", state.partition, state.name):
+        if storage._fault(storage._faults.resize_rate, "resize", state.partition, state.name, state.detached):
             raise BlobResizeFailed(f"injected fault: resize of {_where(state.partition, state.name)} to {length} failed")
         await asyncio.sleep(0)
         state = self._live("resize")
         _apply_resize(state.current, length)
         state.record((_RESIZE, length, b""))
         if storage._auditor is not None:
-            storage._auditor.event("storage.resize", state.partition, state.name, length)
+            storage._event("storage.resize", state, length)
 
     async def sync(self) -> None:
         """Make every earlier write and resize of this blob (through any handle) durable."""
         state = self._live("sync")
         storage = self._storage
-        if storage._fault(storage._faults.sync_rate, "sync", state.partition, state.name):
+        if storage._fault(storage._faults.sync_rate, "sync", state.partition, state.name, state.detached):
             raise BlobSyncFailed(f"injected fault: sync of {_where(state.partition, state.name)} failed")
         await asyncio.sleep(0)
         state = self._live("sync")
         state.make_durable()
         storage._counters.storage["syncs"] += 1
         if storage._auditor is not None:
-            storage._auditor.event("storage.sync", state.partition, state.name)
+            storage._event("storage.sync", state)
 
     async def close(self) -> None:
         """Sync, then close the handle; later operations raise ``Closed``.
 
-        Idempotent: closing a handle that is already closed (or whose blob was removed,
-        or whose storage crashed) does nothing.  If the sync fails the handle is closed
-        anyway (as Python files do) and the sync error propagates.
+        Idempotent: closing a handle that is already closed (or whose storage crashed)
+        does nothing.  A handle of a removed blob syncs (to no effect) and closes
+        normally.  If the sync fails the handle is closed anyway (as Python files do) and
+        the sync error propagates.
         """
         if self._closed is not None:
             return
         try:
             await self.sync()
         except Closed:
-            # Closed meanwhile (concurrent close, removal or crash): nothing left to do.
+            # Closed meanwhile (concurrent close or crash): nothing left to do.
             return
         finally:
             self._release("closed")

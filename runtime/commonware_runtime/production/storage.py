@@ -25,9 +25,10 @@ partition fsyncs the storage directory; creating a blob file fsyncs its director
 a blob or a partition fsyncs the directory that held it.  A failed ``sync`` poisons the
 blob: Linux may clear the error and drop the dirty pages, so a later ``sync`` could report
 success for lost writes; instead every later operation raises ``BlobSyncFailed`` until the
-blob is reopened (after all its handles are closed, see Handles below).  ``close`` waits for the blob's in-flight thread-pool operations (even
-those whose awaiting task was cancelled), syncs, then closes the descriptor, so a
-descriptor number is never reused under a running ``pread``/``pwrite``.
+blob is reopened (after all its handles are closed, see Handles below).  ``close`` waits
+for the blob's in-flight thread-pool operations (even those whose awaiting task was
+cancelled), syncs, then closes the descriptor, so a descriptor number is never reused
+under a running ``pread``/``pwrite``.
 
 Hot paths (measured by ``benchmarks/bench_storage.py``)
 -------------------------------------------------------
@@ -67,12 +68,19 @@ the first open and dropped when the last handle closes.  A write or resize throu
 handle is seen at once by ``size`` and ``read_at`` of the others; closing one handle (which
 syncs its descriptor) leaves the others open.  A failed sync poisons the blob for all its
 handles, and for handles opened while any of them is still open: recovery takes closing
-every handle and reopening.  Removing a blob (or its partition) releases its open
-handles, as in the deterministic runtime: their later operations raise ``Closed``,
-closing them does nothing, and their descriptors close once no thread uses them.  A
-handle whose file was unlinked or replaced from outside is released the same way when
-the next ``open`` of that name finds a different file.  Operations may run concurrently
-on any handles; overlapping concurrent writes land in an unspecified order.
+every handle and reopening.
+
+Removal is POSIX ``unlink``, as in commonware and the deterministic runtime: the name
+goes at once, while handles already open keep their descriptors and keep working (read,
+write, resize, sync, close) on the unlinked file, whose space the kernel frees when the
+last descriptor closes.  Removal *detaches* the blob's shared state from its
+``(partition, name)``: the handles of the removed file keep sharing it among themselves,
+and the next ``open`` of the name gets a fresh state for the new file, so neither the
+size nor a sync poisoning crosses from one file to the other.  A file unlinked or replaced
+from outside is detached the same way, when the next ``open`` of the name finds a
+different file (another ``(st_dev, st_ino)``); its old handles carry on with the old
+file, like any process holding it open.  Operations may run concurrently on any handles;
+overlapping concurrent writes land in an unspecified order.
 
 Error mapping (always ``from`` the ``OSError``; messages name partition and blob)
 ------------------------------------------------------------------------------------
@@ -489,8 +497,8 @@ class Storage:
         shared = self._blobs.get(key)
         if shared is not None and shared.ident != ident:
             # The file those handles use is no longer at this path (removed by a remove
-            # still finishing, or from outside): they are handles of a removed blob.
-            self._drop(shared)
+            # still finishing, or from outside): they keep it, the new file starts afresh.
+            self._detach(shared)
             shared = None
         if shared is None:
             shared = self._blobs[key] = _Shared(key, ident, size)
@@ -502,8 +510,8 @@ class Storage:
     async def remove(self, partition: str, name: bytes | None = None) -> None:
         """Remove a blob, or the whole partition when ``name`` is None.
 
-        Open handles of removed blobs are released: their later operations raise ``Closed``
-        and closing them does nothing."""
+        Like POSIX ``unlink``: open handles of removed blobs keep working on the removed
+        file, detached from the name (see the module docstring)."""
         partition = check_partition(partition)
         blob_name = None if name is None else check_blob_name(name)
         before = self._open_states(partition, blob_name)
@@ -514,16 +522,16 @@ class Storage:
                 await self._run(_remove_blob, self.directory, partition, blob_name)
         except BaseException:
             # It may have happened in part (unlinked, then the directory fsync failed; or
-            # rmtree stopped halfway): release exactly the handles whose file is gone.
+            # rmtree stopped halfway): detach exactly the states whose file is gone.
             for shared in self._open_states(partition, blob_name):
                 if _unlinked(shared):
-                    self._drop(shared)
+                    self._detach(shared)
             raise
         # The states open before the call are of the removed files; one opened meanwhile
         # may be of a file created after the unlink (keep it) or before it (unlinked).
         for shared in self._open_states(partition, blob_name):
             if any(shared is old for old in before) or _unlinked(shared):
-                self._drop(shared)
+                self._detach(shared)
 
     def _open_states(self, partition: str, name: bytes | None) -> list["_Shared"]:
         if name is not None:
@@ -531,14 +539,11 @@ class Storage:
             return [] if shared is None else [shared]
         return [shared for key, shared in self._blobs.items() if key[0] == partition]
 
-    def _drop(self, shared: "_Shared") -> None:
-        """The blob's file is gone: release its handles (a handle already closing finishes
-        its own close) and forget the state, so a new open starts afresh."""
+    def _detach(self, shared: "_Shared") -> None:
+        """The blob's file lost its name: forget the state, so a new open of the name starts
+        afresh, while the open handles keep it (and their descriptors) among themselves."""
         if self._blobs.get(shared.key) is shared:
             del self._blobs[shared.key]
-        for handle in list(shared.handles.values()):
-            if handle._closed is None:
-                handle._release("removed")
 
     async def scan(self, partition: str) -> list[bytes]:
         """Names of the partition's blobs, sorted."""
@@ -557,7 +562,8 @@ class Storage:
 
 class _Shared:
     """What every open handle of one blob agrees on: one per file and ``Storage``, created
-    by the first open and forgotten when the last handle closes or the blob is removed."""
+    by the first open.  ``Storage`` maps the name to it until the last handle closes or
+    the file loses that name (removal); detached, it lives on with its handles."""
 
     __slots__ = ("key", "ident", "size", "poisoned", "handles")
 
@@ -602,8 +608,8 @@ class Blob:
         # future callback) that a cancelled awaiter hands over to the thread's completion.
         self._inflight = 0
         self._idle: asyncio.Future[None] | None = None  # close() waits on it
-        # None while usable, else "closing", "closed" or "removed".  Set whenever _fd is
-        # -1, so the hot paths test this alone.
+        # None while usable, else "closing" or "closed".  Set whenever _fd is -1, so the
+        # hot paths test this alone.
         self._closed: str | None = None
         self._skip = 0  # reads left that go straight to the executor after a miss
         self._backoff = 0  # length of the current skip window
@@ -611,6 +617,9 @@ class Blob:
 
     def __repr__(self) -> str:
         state = self._closed or f"size={self._shared.size}"
+        shared = self._shared
+        if self._storage._blobs.get(shared.key) is not shared and self._closed is None:
+            state += " removed"
         return f"<Blob {describe(self.partition, self.name)} {state}>"
 
     @property
@@ -621,8 +630,6 @@ class Blob:
     def _check_open(self) -> int:
         closed = self._closed
         if closed is not None:
-            if closed == "removed":
-                raise Closed(f"blob {describe(self.partition, self.name)} was removed")
             raise Closed(f"blob {describe(self.partition, self.name)} is closed")
         poisoned = self._shared.poisoned
         if poisoned is not None:
@@ -640,11 +647,11 @@ class Blob:
         if not shared.handles and storage._blobs.get(shared.key) is shared:
             del storage._blobs[shared.key]
 
-    def _release(self, reason: str) -> None:
-        """Mark the handle ``reason``, leave the shared state and close the descriptor
-        once no executor thread uses it."""
+    def _release(self) -> None:
+        """Mark the handle closed, leave the shared state and close the descriptor once no
+        executor thread uses it."""
         fd = self._fd
-        self._closed = reason
+        self._closed = "closed"
         self._fd = -1
         self._leave()
         if self._inflight:
@@ -849,8 +856,9 @@ class Blob:
         self._storage.counters.storage["syncs"] += 1
 
     async def close(self) -> None:
-        """Wait for in-flight operations, sync, close.  Idempotent (also after the blob was
-        removed); later operations raise ``Closed``.  Other handles of the blob stay open."""
+        """Wait for in-flight operations, sync, close.  Idempotent; later operations raise
+        ``Closed``.  Other handles of the blob stay open.  A handle of a removed blob syncs
+        and closes its (unlinked) file normally."""
         if self._closed is not None:
             return
         self._closed = "closing"
@@ -870,7 +878,7 @@ class Blob:
                 except OSError as exc:
                     failure = shared.poisoned = exc
         finally:
-            self._release("closed")
+            self._release()
         if failure is not None:
             raise BlobSyncFailed(
                 f"blob {describe(self.partition, self.name)}: closed, but a sync failed so writes may be lost: {failure}"
