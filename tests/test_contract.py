@@ -1786,17 +1786,6 @@ def test_storage_large_blob_in_chunks(runner_factory: Any) -> None:
     runner_factory.run(main)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG (divergence from commonware): removing a blob or its partition releases its open "
-        "handles, so later reads raise Closed (deterministic/storage.py:298-330 `remove` -> "
-        "`_drop`; production/storage.py:70-73 and `remove` at :502). commonware's storage "
-        "contract (storage/mod.rs test_read_after_remove_blob / _partition / "
-        "test_recreate_after_remove) keeps an open handle readable on the removed blob's bytes, "
-        "POSIX-unlink style, while a reopen of the name gets a fresh empty blob."
-    ),
-)
 def test_storage_open_handle_reads_after_remove(runner_factory: Any) -> None:
     async def main(ctx: Any) -> None:
         data = bytes(range(256))

@@ -732,7 +732,7 @@ def test_failed_sync_poisons_every_handle(tmp_path: Path, monkeypatch: pytest.Mo
     run(tmp_path, body)
 
 
-def test_remove_releases_the_open_handles(tmp_path: Path) -> None:
+def test_remove_keeps_the_open_handles_working(tmp_path: Path) -> None:
     async def body(env: Env) -> None:
         s = env.storage
         first, _ = await s.open("p", b"gone")
@@ -741,33 +741,119 @@ def test_remove_releases_the_open_handles(tmp_path: Path) -> None:
         await first.write_at(b"data", 0)
         fds = [first._fd, second._fd]
         await s.remove("p", b"gone")
-        assert env.counters.storage["open_blobs"] == 1
+        assert await s.scan("p") == [b"other"]
+        assert env.counters.storage["open_blobs"] == 3  # removal closes no handle
+        for fd in fds:
+            assert os.fstat(fd).st_nlink == 0  # unlinked, still open
         for handle in (first, second):
             assert "removed" in repr(handle)
-            for op in (handle.read_at(1, 0), handle.write_at(b"x", 0), handle.resize(0), handle.sync()):
-                with pytest.raises(Closed, match="p/676f6e65 was removed"):
-                    await op
-            await handle.close()  # nothing left to do
+        # Every operation works on the unlinked file, shared between its handles.
+        assert await second.read_at(4, 0) == b"data"
+        await second.write_at(b"XY", 6)
+        assert first.size == 8 and await first.read_at(8, 0) == b"data\0\0XY"
+        await first.resize(5)
+        assert second.size == 5
+        await first.sync()
+        await first.close()
+        assert await second.read_at(5, 0) == b"data\0"
+        await second.close()
+        await second.close()  # idempotent
         for fd in fds:
             with pytest.raises(OSError):
                 os.fstat(fd)
+        with pytest.raises(Closed, match="p/676f6e65 is closed"):
+            await first.read_at(1, 0)
         assert env.counters.storage["open_blobs"] == 1
+        assert not (env.root / "p" / b"gone".hex()).exists()
         fresh, size = await s.open("p", b"gone")
         assert size == 0 and fresh.size == 0
-        await other.write_at(b"o", 0)  # another blob of the partition is untouched
-        # Removing the partition releases every handle in it.
-        await s.remove("p")
-        for handle in (fresh, other):
-            with pytest.raises(Closed, match="was removed"):
-                await handle.read_at(0, 0)
-            await handle.close()
-        assert env.counters.storage["open_blobs"] == 0
+        await fresh.close()
+        await other.close()
         assert s._blobs == {}
 
     run(tmp_path, body)
 
 
-def test_remove_with_a_read_in_flight_closes_the_descriptor_after_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_write_through_a_detached_handle_leaves_the_recreated_blob_alone(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        s = env.storage
+        old, _ = await s.open("p", b"n")
+        await old.write_at(b"old contents", 0)
+        await s.remove("p", b"n")
+        new, size = await s.open("p", b"n")
+        assert size == 0 and new._shared is not old._shared
+        await new.write_at(b"new", 0)
+        await old.write_at(b"OVERWRITTEN, AND LONGER", 0)
+        await old.resize(64)
+        await old.sync()
+        assert new.size == 3 and await new.read_at(3, 0) == b"new"
+        assert old.size == 64
+        await old.close()
+        await new.close()
+        assert (env.root / "p" / b"n".hex()).read_bytes() == b"new"
+        assert await s.scan("p") == [b"n"]
+        again, size = await s.open("p", b"n")
+        assert size == 3 and await again.read_at(3, 0) == b"new"
+        await again.close()
+        assert s._blobs == {}
+
+    run(tmp_path, body)
+
+
+def test_remove_partition_with_open_handles(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        s = env.storage
+        long_name = bytes(range(200))  # lives under a .d directory that rmtree removes
+        handles = [(await s.open("p", name))[0] for name in (b"a", long_name)]
+        kept, _ = await s.open("q", b"a")
+        for i, handle in enumerate(handles):
+            await handle.write_at(b"blob%d" % i, 0)
+        await s.remove("p")
+        assert not (env.root / "p").exists()
+        assert s._open_states("p", None) == []
+        for i, handle in enumerate(handles):
+            assert await handle.read_at(5, 0) == b"blob%d" % i
+            await handle.write_at(b"!", 5)
+            await handle.sync()
+        fresh, size = await s.open("p", b"a")  # recreates the partition, empty
+        assert size == 0 and await s.scan("p") == [b"a"]
+        await handles[0].write_at(b"zzz", 0)
+        assert fresh.size == 0
+        for handle in (*handles, fresh, kept):
+            await handle.close()
+        assert env.counters.storage["open_blobs"] == 0
+        assert s._blobs == {}
+        assert files_under(env.root / "p") == [env.root / "p" / b"a".hex()]
+
+    run(tmp_path, body)
+
+
+def test_sync_poisoning_does_not_cross_to_a_recreated_blob(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(fd: int) -> None:
+        raise OSError(errno.EIO, "injected sync error")
+
+    async def body(env: Env) -> None:
+        old, _ = await env.storage.open("p", b"x")
+        await old.write_at(b"abc", 0)
+        with monkeypatch.context() as m:
+            m.setattr(os, "fdatasync", fail)
+            with pytest.raises(BlobSyncFailed):
+                await old.sync()
+        await env.storage.remove("p", b"x")
+        new, size = await env.storage.open("p", b"x")
+        assert size == 0
+        await new.write_at(b"ok", 0)
+        await new.sync()
+        with pytest.raises(BlobSyncFailed, match="earlier sync failed"):
+            await old.read_at(1, 0)  # the removed file stays poisoned for its handles
+        with pytest.raises(BlobSyncFailed):
+            await old.close()
+        await new.close()
+
+    run(tmp_path, body)
+
+
+def test_remove_with_a_read_in_flight(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     gate = threading.Event()
     entered = threading.Event()
     real = storage_mod._pread_exact
@@ -787,34 +873,62 @@ def test_remove_with_a_read_in_flight_closes_the_descriptor_after_it(tmp_path: P
         reader = loop.create_task(blob.read_at(4, 0))
         await loop.run_in_executor(None, entered.wait, 5)
         await env.storage.remove("p", b"r")
-        assert env.counters.storage["open_blobs"] == 0
-        os.fstat(fd)  # still open: the pread is using it
+        assert env.counters.storage["open_blobs"] == 1
         gate.set()
-        assert await reader == b"data"  # the read began before the removal
+        assert await reader == b"data"
+        assert await blob.read_at(2, 2) == b"ta"  # the handle outlives the removal
+        assert os.fstat(fd).st_nlink == 0
+        await blob.close()
         with pytest.raises(OSError):
             os.fstat(fd)
+        assert env.counters.storage["open_blobs"] == 0
 
     run(tmp_path, body)
 
 
-def test_partly_failed_remove_releases_handles_of_the_unlinked_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_partly_failed_remove_detaches_the_unlinked_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(fd: int) -> None:
         raise OSError(errno.EIO, "injected directory sync error")
 
     async def body(env: Env) -> None:
         blob, _ = await env.storage.open("p", b"f")
+        await blob.write_at(b"old", 0)
         with monkeypatch.context() as m:
             m.setattr(storage_mod, "_fsync_dir", fail)
             with pytest.raises(BlobSyncFailed, match="removed blob"):
                 await env.storage.remove("p", b"f")
-        with pytest.raises(Closed, match="was removed"):
-            await blob.write_at(b"x", 0)
+        assert env.storage._blobs == {}
+        await blob.write_at(b"x", 3)  # still usable on the unlinked file
+        assert blob.size == 4
+        fresh, size = await env.storage.open("p", b"f")
+        assert size == 0 and fresh._shared is not blob._shared
+        await blob.close()
+        await fresh.close()
         assert env.counters.storage["open_blobs"] == 0
 
     run(tmp_path, body)
 
 
-def test_file_replaced_from_outside_releases_the_old_handles(tmp_path: Path) -> None:
+def test_remove_failing_before_the_unlink_keeps_the_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.EACCES, "injected unlink error")
+
+    async def body(env: Env) -> None:
+        blob, _ = await env.storage.open("p", b"f")
+        await blob.write_at(b"abc", 0)
+        with monkeypatch.context() as m:
+            m.setattr(os, "unlink", fail)
+            with pytest.raises(WriteFailed, match="cannot remove blob"):
+                await env.storage.remove("p", b"f")
+        again, size = await env.storage.open("p", b"f")
+        assert size == 3 and again._shared is blob._shared  # the same file, still named
+        await again.close()
+        await blob.close()
+
+    run(tmp_path, body)
+
+
+def test_file_replaced_from_outside_detaches_the_old_handles(tmp_path: Path) -> None:
     async def body(env: Env) -> None:
         old, _ = await env.storage.open("p", b"ext")
         await old.write_at(b"old", 0)
@@ -823,10 +937,16 @@ def test_file_replaced_from_outside_releases_the_old_handles(tmp_path: Path) -> 
         path.write_bytes(b"new!")
         new, size = await env.storage.open("p", b"ext")
         assert size == 4 and await new.read_at(4, 0) == b"new!"
-        with pytest.raises(Closed, match="was removed"):
-            await old.read_at(1, 0)
-        assert env.counters.storage["open_blobs"] == 1
+        assert new._shared is not old._shared
+        # The old handle carries on with the file it holds, like any process would.
+        assert await old.read_at(3, 0) == b"old"
+        await old.write_at(b"O", 0)
+        assert await new.read_at(4, 0) == b"new!"
+        assert env.counters.storage["open_blobs"] == 2
+        await old.close()
         await new.close()
+        assert path.read_bytes() == b"new!"
+        assert env.storage._blobs == {}
 
     run(tmp_path, body)
 

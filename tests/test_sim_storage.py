@@ -164,11 +164,13 @@ async def test_scan_is_sorted(storage: Storage) -> None:
 @storage_test
 async def test_remove_blob_and_partition(storage: Storage) -> None:
     a, _ = await storage.open("p", b"a")
-    await storage.open("p", b"b")
+    await a.write_at(b"old", 0)
+    b, _ = await storage.open("p", b"b")
     await storage.remove("p", b"a")
     assert await storage.scan("p") == [b"b"]
-    with pytest.raises(Closed, match="removed"):
-        await a.read_at(0, 0)
+    # POSIX unlink: the open handle keeps the removed blob's contents
+    assert await a.read_at(3, 0) == b"old" and a.size == 3
+    assert "removed" in repr(a)
     with pytest.raises(BlobMissing, match="'p'"):
         await storage.remove("p", b"a")
     # reopening creates a fresh, empty blob
@@ -181,9 +183,138 @@ async def test_remove_blob_and_partition(storage: Storage) -> None:
         await storage.remove("p")
     with pytest.raises(PartitionMissing):
         await storage.remove("p", b"b")
+    await fresh.write_at(b"x", 0)  # handles of a removed partition keep working too
+    assert await fresh.read_at(1, 0) == b"x"
+    for handle in (fresh, a, b):
+        await handle.close()
     with pytest.raises(Closed):
-        await fresh.write_at(b"x", 0)
-    await fresh.close()  # closing a removed blob's handle is a no-op
+        await a.read_at(1, 0)
+    assert storage._open == {}
+
+
+@storage_test
+async def test_detached_handle_supports_every_operation(storage: Storage) -> None:
+    one, _ = await storage.open("p", b"a")
+    two, _ = await storage.open("p", b"a")
+    await one.write_at(b"abcdef", 0)
+    await storage.remove("p", b"a")
+    await two.write_at(b"XY", 8)  # gap zero-filled, seen by the other detached handle
+    assert one.size == 10 and await one.read_at(10, 0) == b"abcdef\0\0XY"
+    buf = bytearray(3)
+    assert await one.read_at(buf, 1) is buf and buf == b"bcd"
+    await one.resize(4)
+    assert two.size == 4
+    await two.sync()
+    with pytest.raises(BlobInsufficientLength):
+        await one.read_at(5, 0)
+    await one.close()
+    assert await two.read_at(4, 0) == b"abcd"  # closing one handle leaves the other open
+    await two.close()
+    await two.close()  # idempotent
+    assert await storage.scan("p") == []
+
+
+@storage_test
+async def test_write_through_detached_handle_leaves_the_recreated_blob_alone(storage: Storage) -> None:
+    old, _ = await storage.open("p", b"a")
+    await old.write_at(b"old contents", 0)
+    await old.sync()
+    await storage.remove("p", b"a")
+    new, size = await storage.open("p", b"a")
+    assert size == 0
+    await new.write_at(b"new", 0)
+    await new.sync()
+    before = storage.audit()
+    image = storage.durable_image()
+    assert image == {"p": {b"a": b"new"}}
+    await old.write_at(b"OVERWRITTEN!", 0)
+    await old.resize(40)
+    await old.sync()
+    await old.close()
+    assert new.size == 3 and await new.read_at(3, 0) == b"new"
+    assert storage.audit() == before and storage.durable_image() == image
+    again, size = await storage.open("p", b"a")
+    assert size == 3 and await again.read_at(3, 0) == b"new"
+    recovered, size = await storage.crash().open("p", b"a")
+    assert size == 3 and await recovered.read_at(3, 0) == b"new"
+
+
+@storage_test
+async def test_scan_excludes_removed_names_with_open_handles(storage: Storage) -> None:
+    handles = {}
+    for name in (b"a", b"b", b"c"):
+        handles[name], _ = await storage.open("p", name)
+    await storage.remove("p", b"b")
+    assert await storage.scan("p") == [b"a", b"c"]
+    await handles[b"b"].write_at(b"still here", 0)
+    await handles[b"b"].sync()
+    assert await storage.scan("p") == [b"a", b"c"]
+    assert storage.durable_image() == {"p": {b"a": b"", b"c": b""}}
+
+
+@storage_test
+async def test_remove_partition_with_open_handles(storage: Storage) -> None:
+    a, _ = await storage.open("p", b"a")
+    b, _ = await storage.open("p", b"b")
+    kept, _ = await storage.open("q", b"a")
+    await a.write_at(b"synced", 0)
+    await a.sync()
+    await b.write_at(b"unsynced", 0)
+    await storage.remove("p")
+    assert storage.durable_image() == {"q": {b"a": b""}}
+    assert await a.read_at(6, 0) == b"synced" and await b.read_at(8, 0) == b"unsynced"
+    await b.write_at(b"U", 0)
+    await b.sync()
+    # the partition comes back empty, independent of the detached handles
+    fresh, size = await storage.open("p", b"a")
+    assert size == 0 and await storage.scan("p") == [b"a"]
+    await a.write_at(b"S", 0)
+    assert fresh.size == 0
+    await kept.write_at(b"k", 0)
+    for handle in (a, b, fresh, kept):
+        await handle.close()
+    assert storage.durable_image() == {"p": {b"a": b""}, "q": {b"a": b"k"}}
+
+
+def test_crash_after_removing_an_open_blob() -> None:
+    async def body() -> None:
+        counters = RuntimeCounters()
+        storage = Storage(auditor=Auditor(), counters=counters, rng=random.Random(3),
+                          faults=StorageFaults(crash_unsynced="subset"))
+        blob, _ = await storage.open("p", b"a")
+        await blob.write_at(b"durable", 0)
+        await blob.sync()
+        other, _ = await storage.open("p", b"b")
+        await storage.remove("p", b"a")
+        await blob.write_at(b"after removal", 0)  # unsynced, on the detached blob
+        await blob.sync()
+        await blob.write_at(b"more", 20)  # unsynced
+        assert counters.storage["open_blobs"] == 2  # removal closes no handle
+        recovered = storage.crash()
+        assert counters.storage["open_blobs"] == 0  # the crash closes every handle
+        for handle in (blob, other):
+            with pytest.raises(Closed, match="crashed"):
+                await handle.read_at(1, 0)
+            await handle.close()  # no-op
+        assert recovered.durable_image() == {"p": {b"b": b""}}
+        assert await recovered.scan("p") == [b"b"]
+        fresh, size = await recovered.open("p", b"a")
+        assert size == 0
+
+    run(body())
+
+
+def test_detached_operations_are_audited_apart_from_the_named_blob() -> None:
+    async def body(through_old: bool) -> str:
+        auditor = Auditor()
+        storage = make(auditor=auditor)
+        old, _ = await storage.open("p", b"a")
+        await storage.remove("p", b"a")
+        new, _ = await storage.open("p", b"a")
+        await (old if through_old else new).write_at(b"same", 0)
+        return auditor.state()
+
+    assert run(body(True)) != run(body(False))
 
 
 @storage_test
@@ -279,7 +410,9 @@ def test_counters_track_operations() -> None:
         await a.sync()
         await a.close()
         assert counters.storage["open_blobs"] == 1
-        await storage.remove("p", b"b")  # closes b's handle
+        await storage.remove("p", b"b")
+        assert counters.storage["open_blobs"] == 1  # removal leaves b's handle open
+        await b.close()
         return counters
 
     counters = run(body())
@@ -289,7 +422,7 @@ def test_counters_track_operations() -> None:
         "bytes_read": 5,
         "writes": 1,
         "bytes_written": 5,
-        "syncs": 2,  # one explicit, one from close
+        "syncs": 3,  # one explicit, two from closes
     }
 
 
