@@ -461,7 +461,7 @@ def _time_at(schedule: deterministic.Schedule, step: int) -> int:
             lo = mid
         else:
             hi = mid - 1
-    return times[lo]  # type: ignore[no-any-return]
+    return times[lo]
 
 
 def first_divergence(a: deterministic.Schedule, b: deterministic.Schedule) -> str | None:
@@ -474,7 +474,7 @@ def first_divergence(a: deterministic.Schedule, b: deterministic.Schedule) -> st
         if a.ids[step] != b.ids[step]:
             return (f"step {step} ({_fmt_time(ta)}): run 1 ran task {a.task_label(a.ids[step])!r} (id {a.ids[step]}), "
                     f"run 2 ran task {b.task_label(b.ids[step])!r} (id {b.ids[step]})")
-    for (sa, ta, ha), (sb, tb, hb) in zip(a.checkpoints, b.checkpoints):
+    for (sa, ta, ha), (sb, tb, hb) in zip(a.checkpoints, b.checkpoints, strict=False):
         if (sa, ta) != (sb, tb) or ha != hb:
             return (f"before step {sa} ({_fmt_time(ta)}): same scheduling decisions so far, but the auditor states differ "
                     f"({ha[:16]}... vs {hb[:16]}...): network, storage, context.rng or metrics events differ")

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml  # type: ignore[import-untyped]
+import yaml
 
 __all__ = ["GoldenError", "load_golden", "merge_golden", "write_golden"]
 

@@ -292,7 +292,7 @@ def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.Fix
     func = fixturedef.func
     if not (inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func)):
         return None
-    if _spec(request.node) is None:  # type: ignore[arg-type]
+    if _spec(request.node) is None:
         return None
     if fixturedef.scope != "function":
         raise pytest.UsageError(

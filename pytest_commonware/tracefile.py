@@ -261,7 +261,7 @@ class _Block(str):
     """A str dumped as a YAML literal block (wrapped base64 stays readable and diffable)."""
 
 
-class _Flow(dict):  # type: ignore[type-arg]
+class _Flow(dict):
     """A mapping dumped on one line."""
 
 
@@ -317,7 +317,7 @@ class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[mi
                     raise yaml.constructor.ConstructorError(
                         None, None, f"duplicate key {key!r}", key_node.start_mark
                     )
-        return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
+        return super().construct_mapping(node, deep=deep)
 
 
 def load_trace(path: str | os.PathLike[str]) -> Trace:
@@ -631,7 +631,7 @@ def _check_picks(picks: array, round_steps: array, steps: int) -> None:
     if not picks or max(picks) == 0:
         return
     bounds = list(round_steps[1:]) + [steps]
-    for start, end in zip(round_steps, bounds):
+    for start, end in zip(round_steps, bounds, strict=False):
         for step in range(start, end):
             if picks[step] >= end - step:
                 raise _Problem(
@@ -689,7 +689,7 @@ def _decode_array(value: Any, what: str, count: int, *, delta: bool, typecode: s
 def step_times(schedule: Schedule) -> Iterator[tuple[int, int, int]]:
     """``(step, round index, virtual time ns)`` for every decision, in order."""
     bounds = list(schedule.round_steps[1:]) + [len(schedule.ids)]
-    for r, (start, end) in enumerate(zip(schedule.round_steps, bounds)):
+    for r, (start, end) in enumerate(zip(schedule.round_steps, bounds, strict=False)):
         t = schedule.round_times[r]
         for step in range(start, end):
             yield step, r, t
@@ -734,7 +734,7 @@ def first_divergence(expected: Trace, actual: Trace) -> Divergence | None:
         n = len(a.ids)
     else:
         n = 0
-        for (step, ra, ta), (_, rb, tb) in zip(step_times(a), step_times(b)):
+        for (step, ra, ta), (_, rb, tb) in zip(step_times(a), step_times(b), strict=False):
             tid_a, tid_b = a.ids[step], b.ids[step]
             task_a, task_b = _task(expected, tid_a), _task(actual, tid_b)
             new_a = a.round_steps[ra] == step

@@ -9,12 +9,11 @@ from __future__ import annotations
 import math
 import re
 from datetime import timedelta
-from typing import Union
 
 from .errors import PartitionNameInvalid
 
-Duration = Union[float, int, timedelta]
-Address = Union[tuple[str, int], str]
+Duration = float | int | timedelta
+Address = tuple[str, int] | str
 
 _LABEL = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
 _PARTITION = re.compile(r"[A-Za-z0-9_-]+\Z")

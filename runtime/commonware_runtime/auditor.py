@@ -16,9 +16,8 @@ from __future__ import annotations
 import hashlib
 import sys
 from array import array
-from typing import Union
 
-Field = Union[bytes, bytearray, memoryview, str, int]
+Field = bytes | bytearray | memoryview | str | int
 
 _BIG_ENDIAN = sys.byteorder == "big"
 EVENT_MARK = 0xFFFFFFFD  # never a task id: ids count up from 1, markers from the top
@@ -70,7 +69,7 @@ class Auditor:
         self._fold_decisions()
         return self._hash.copy().hexdigest()
 
-    def fork(self) -> "Auditor":
+    def fork(self) -> Auditor:
         """A copy that continues from this state (used by crash checkpoints)."""
         self._fold_decisions()
         other = Auditor()

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import types
 import logging
-from typing import Any, Awaitable, Callable, TypeVar
+import types
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from .arguments import Duration, check_label, duration_seconds, join_label, optional_duration_ns
-from .errors import Timeout
+from .errors import Closed, Timeout
 from .metrics import Metrics, RuntimeCounters
 from .signal import Signal, _State
-from .errors import Closed
 from .tasks import _ABORTED, _ERR, _OK, Handle, drive
 
 T = TypeVar("T")
@@ -65,7 +65,7 @@ class RuntimeCore:
         """Stop the run so start() can raise the panic (both runtimes stop their loop)."""
         asyncio.get_running_loop().stop()
 
-    def run_root(self, loop: asyncio.AbstractEventLoop, main: Callable[[Any], Awaitable[T]], context: "BaseContext") -> T:
+    def run_root(self, loop: asyncio.AbstractEventLoop, main: Callable[[Any], Awaitable[T]], context: BaseContext) -> T:
         """Run the root task to its end on ``loop``; return its value or raise what ended the run."""
         handle = self.root
         assert handle is not None
@@ -89,7 +89,7 @@ class RuntimeCore:
         if handle._state == _ABORTED:
             raise Closed("the root task was cancelled")
         assert handle._state == _OK
-        return handle._value  # type: ignore[no-any-return]
+        return handle._value
 
     # -- shutdown -------------------------------------------------------------------------
 
@@ -159,7 +159,7 @@ class BaseContext:
         self._label = label
         self._record = record
 
-    def _derive(self, label: str, record: Handle[Any] | None) -> "BaseContext":
+    def _derive(self, label: str, record: Handle[Any] | None) -> BaseContext:
         clone = object.__new__(type(self))
         clone._core = self._core
         clone._label = label
@@ -172,7 +172,7 @@ class BaseContext:
     def label(self) -> str:
         return self._label
 
-    def with_label(self, label: str) -> "BaseContext":
+    def with_label(self, label: str) -> BaseContext:
         return self._derive(join_label(self._label, check_label(label)), self._record)
 
     # -- spawner --------------------------------------------------------------------------
@@ -208,7 +208,7 @@ class BaseContext:
         self._core.new_task(handle, self._run_blocking(fn, ctx, dedicated))
         return handle
 
-    async def _run_blocking(self, fn: Callable[[Any], T], ctx: "BaseContext", dedicated: bool) -> T:
+    async def _run_blocking(self, fn: Callable[[Any], T], ctx: BaseContext, dedicated: bool) -> T:
         raise NotImplementedError
 
     def spawn_ref(self) -> Callable[[Awaitable[T]], Handle[T]]:
@@ -284,7 +284,7 @@ class BaseContext:
 
     async def scan(self, partition: str) -> list[bytes]:
         """The sorted names of the blobs of ``partition``."""
-        return await self._core.storage.scan(partition)  # type: ignore[attr-defined,no-any-return]
+        return await self._core.storage.scan(partition)  # type: ignore[attr-defined]
 
     # -- metrics --------------------------------------------------------------------------
 

@@ -9,7 +9,8 @@ prometheus_client child lookup, and the text output is identical.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -82,7 +83,7 @@ class Metrics:
     def __init__(self, *, deterministic: bool, on_register: Callable[[str, str], None] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.counters = RuntimeCounters()
-        self.registry.register(self.counters)  # type: ignore[arg-type]
+        self.registry.register(self.counters)
         self._deterministic = deterministic
         self._on_register = on_register
         self._metrics: dict[str, Any] = {}

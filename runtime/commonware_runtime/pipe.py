@@ -49,7 +49,7 @@ def as_byte_view(data: object) -> memoryview:
     return view
 
 
-def _wake(fut: "asyncio.Future[None] | None") -> None:
+def _wake(fut: asyncio.Future[None] | None) -> None:
     if fut is not None and not fut.done():
         fut.set_result(None)
 

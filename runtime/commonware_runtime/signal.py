@@ -8,7 +8,8 @@ be created before a runtime starts.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, Generator
+from collections.abc import Callable, Generator
+from typing import Any
 
 
 class _State:
@@ -40,7 +41,7 @@ class Signal:
 
     __slots__ = ("_state", "_on_release", "_released")
 
-    def __init__(self, state: _State, on_release: Callable[["Signal"], None] | None = None) -> None:
+    def __init__(self, state: _State, on_release: Callable[[Signal], None] | None = None) -> None:
         self._state = state
         self._on_release = on_release
         self._released = False
@@ -71,7 +72,7 @@ class Signal:
     def released(self) -> bool:
         return self._released
 
-    async def __aenter__(self) -> "Signal":
+    async def __aenter__(self) -> Signal:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -91,7 +92,7 @@ class Signaler:
         self._state = state
 
     @classmethod
-    def new(cls) -> tuple["Signaler", Signal]:
+    def new(cls) -> tuple[Signaler, Signal]:
         state = _State()
         return cls(state), Signal(state)
 

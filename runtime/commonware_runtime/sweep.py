@@ -14,9 +14,9 @@ import importlib.util
 import sys
 import time
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Sequence
 
 from .deterministic import Config, Runner
 

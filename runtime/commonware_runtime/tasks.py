@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from typing import TYPE_CHECKING, Any, Awaitable, Generator, Generic, TypeVar
+from collections.abc import Awaitable, Generator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .errors import Closed, Exited
 
@@ -45,7 +46,7 @@ class Handle(Generic[T]):
         self._waiters: list[asyncio.Future[None]] | None = None
         self._pending: Any = None  # the task's awaitable until the task first runs
 
-    def adopt(self, child: "Handle[Any]") -> None:
+    def adopt(self, child: Handle[Any]) -> None:
         children = self.children
         if children is None:
             self.children = [child]
@@ -91,7 +92,7 @@ class Handle(Generic[T]):
     def _outcome(self) -> T:
         state = self._state
         if state == _OK:
-            return self._value  # type: ignore[no-any-return]
+            return self._value
         if state == _ABORTED:
             raise Closed(f"task {self.name or '<unlabeled>'!r} was aborted")
         exc = self._value
@@ -112,7 +113,7 @@ class Handle(Generic[T]):
         return f"<Handle {self.name!r} {state}>"
 
 
-async def drive(core: "RuntimeCore", handle: Handle[Any], awaitable: Awaitable[Any]) -> None:
+async def drive(core: RuntimeCore, handle: Handle[Any], awaitable: Awaitable[Any]) -> None:
     """Run one spawned task to its end and record the outcome in its handle."""
     handle._pending = None
     name = handle.name
@@ -157,7 +158,7 @@ def discard(awaitable: Any) -> None:
         awaitable.close()
 
 
-def discard_unstarted(task: "asyncio.Task[Any]", *, abandon: bool = False) -> None:
+def discard_unstarted(task: asyncio.Task[Any], *, abandon: bool = False) -> None:
     """For a task about to be cancelled: if its driver never started, close what it would
     have run.  ``abandon=True`` (the loop will never run again) closes the driver too."""
     coro = task.get_coro()

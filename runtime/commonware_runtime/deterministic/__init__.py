@@ -2,9 +2,9 @@
 
 from .context import Context
 from .loop import EventLoop, UnsupportedOperation
-from .storage import StorageFaults
 from .runner import Checkpoint, Config, Runner
-from .trace import Recorder, Replayer, ReplayDivergence, Schedule
+from .storage import StorageFaults
+from .trace import Recorder, ReplayDivergence, Replayer, Schedule
 
 __all__ = [
     "Checkpoint",

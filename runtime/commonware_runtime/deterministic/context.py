@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..arguments import NS_PER_SECOND, Address, Duration, duration_ns, timestamp_ns
 from ..auditor import Auditor
@@ -52,13 +53,13 @@ class DeterministicCore(RuntimeCore):
         self.fault_rng = random.Random(derive_seed(seed, "faults"))
         if fault_rng_state is not None:
             self.fault_rng.setstate(fault_rng_state)
-        self._network: "Network | None" = None
-        self._storage: "Storage | None" = None
+        self._network: Network | None = None
+        self._storage: Storage | None = None
         self._storage_image = storage_image
 
     # Built on first use: most runs touch neither, and building costs a little per run.
     @property
-    def network(self) -> "Network":
+    def network(self) -> Network:
         if self._network is None:
             from .network import Network
 
@@ -66,7 +67,7 @@ class DeterministicCore(RuntimeCore):
         return self._network
 
     @property
-    def storage(self) -> "Storage":
+    def storage(self) -> Storage:
         if self._storage is None:
             from .storage import Storage
 
@@ -102,7 +103,7 @@ class Context(BaseContext):
         super().__init__(core, label, record)
         self._host = host
 
-    def _derive(self, label: str, record: Handle[Any] | None) -> "Context":
+    def _derive(self, label: str, record: Handle[Any] | None) -> Context:
         # BaseContext._derive inlined: one frame less per spawn.
         clone = object.__new__(type(self))
         clone._core = self._core
@@ -111,7 +112,7 @@ class Context(BaseContext):
         clone._host = self._host
         return clone
 
-    def with_label(self, label: str) -> "Context":
+    def with_label(self, label: str) -> Context:
         return super().with_label(label)  # type: ignore[return-value]
 
     # -- simulated hosts ------------------------------------------------------------------
@@ -120,7 +121,7 @@ class Context(BaseContext):
     def host(self) -> str:
         return self._host
 
-    def with_host(self, ip: str) -> "Context":
+    def with_host(self, ip: str) -> Context:
         """The same context placed on simulated host ``ip``: dials originate there."""
         if not isinstance(ip, str) or not ip:
             raise TypeError(f"host must be a non-empty str (an IP address), got {ip!r}")
@@ -171,24 +172,24 @@ class Context(BaseContext):
 
     # -- network --------------------------------------------------------------------------
 
-    async def bind(self, addr: Address) -> "Listener":
+    async def bind(self, addr: Address) -> Listener:
         return await self._core.network.bind(self._host, addr)
 
-    async def dial(self, addr: Address) -> "tuple[Sink, Stream]":
+    async def dial(self, addr: Address) -> tuple[Sink, Stream]:
         return await self._core.network.dial(self._host, addr)
 
     @property
-    def network(self) -> "Network":
+    def network(self) -> Network:
         """Fault controls of the simulated network (latency, partitions, crashes)."""
         return self._core.network
 
     @property
-    def storage_faults(self) -> "StorageFaults":
+    def storage_faults(self) -> StorageFaults:
         """Live storage fault controls: per-operation failure rates, partial writes, crash mode."""
         return self._core.storage.faults
 
     @storage_faults.setter
-    def storage_faults(self, faults: "StorageFaults") -> None:
+    def storage_faults(self, faults: StorageFaults) -> None:
         self._core.storage.faults = faults
 
     # -- audit ----------------------------------------------------------------------------

@@ -24,7 +24,8 @@ import os
 import random
 import threading
 import types
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from ..arguments import NS_PER_SECOND, Duration, seconds_to_ns
 from ..auditor import Auditor
@@ -50,10 +51,12 @@ class UnsupportedOperation(NotImplementedError):
     """Real I/O was requested on the deterministic event loop."""
 
 
-class _Task(asyncio.Task):  # type: ignore[type-arg]
+class _Task(asyncio.Task):
     """An asyncio Task that carries its stable id and label (C Tasks have no __dict__)."""
 
     __slots__ = ("_cw_id", "_cw_label")
+    _cw_id: int
+    _cw_label: str
 
     def set_name(self, value: object) -> None:
         # asyncio.create_task(coro, name=...) names the task only after creating it (3.11).
@@ -70,6 +73,8 @@ class EventLoop(asyncio.BaseEventLoop):
     ``EventLoop(seed=7)`` can be handed to ``asyncio.Runner(loop_factory=...)``; asyncio's
     primitives run on it unchanged and on virtual time.
     """
+
+    _timer_cancelled_count: int  # set by BaseEventLoop.__init__; typeshed does not declare it
 
     def __init__(
         self,
@@ -89,8 +94,9 @@ class EventLoop(asyncio.BaseEventLoop):
         if self._cycle_ns == 0:
             raise ValueError("cycle must be positive, got 0: time must advance while tasks keep running")
         self._deadline_ns = None if timeout is None else _to_ns(timeout, "timeout")
-        self._ready: list[asyncio.Handle] = []  # type: ignore[assignment]
-        self._timers: list[tuple[int, int, asyncio.TimerHandle]] = []
+        self._ready: list[asyncio.Handle] = []
+        # Heap of (when_ns, seq, entry): a TimerHandle, an asyncio.sleep _Wakeup or a wake_at_ns future.
+        self._timers: list[tuple[int, int, asyncio.TimerHandle | _Wakeup | asyncio.Future[None]]] = []
         self._timer_seq = 0
         self._now_ns = now_ns
         self._started = False
@@ -117,22 +123,22 @@ class EventLoop(asyncio.BaseEventLoop):
     def now_ns(self) -> int:
         return self._now_ns
 
-    def call_at(self, when: float, callback: Callable[..., object], *args: Any, context: Any = None) -> asyncio.TimerHandle:
+    def call_at(self, when: float, callback: Callable[..., object], *args: Any, context: Any = None) -> asyncio.TimerHandle:  # type: ignore[override]
         if when is None:
             raise TypeError("when cannot be None")
-        self._check_closed()
+        self._check_closed()  # type: ignore[attr-defined]
         timer = asyncio.TimerHandle(when, callback, args, self, context)
-        if timer._source_traceback:
-            del timer._source_traceback[-1]
+        if timer._source_traceback:  # type: ignore[attr-defined]
+            del timer._source_traceback[-1]  # type: ignore[attr-defined]
         self._push_timer(seconds_to_ns(when), timer)
         return timer
 
-    def call_later(self, delay: float, callback: Callable[..., object], *args: Any, context: Any = None) -> asyncio.TimerHandle:
+    def call_later(self, delay: float, callback: Callable[..., object], *args: Any, context: Any = None) -> asyncio.TimerHandle:  # type: ignore[override]
         # Relative to the exact integer clock (asyncio's version goes through float time()),
         # so sleep(d) wakes at now + d to the nanosecond.
         if delay is None:
             raise TypeError("delay must not be None")
-        if self._closed:
+        if self._closed:  # type: ignore[attr-defined]
             raise RuntimeError("Event loop is closed")
         when_ns = self._now_ns + (seconds_to_ns(delay) if delay > 0 else 0)
         if callback is _SET_RESULT_UNLESS_CANCELLED and context is None and len(args) == 2:
@@ -142,14 +148,14 @@ class EventLoop(asyncio.BaseEventLoop):
             heapq.heappush(self._timers, (when_ns, self._timer_seq, wakeup))
             return wakeup  # type: ignore[return-value]
         timer = asyncio.TimerHandle(when_ns / NS_PER_SECOND, callback, args, self, context)
-        if timer._source_traceback:
-            del timer._source_traceback[-1]
+        if timer._source_traceback:  # type: ignore[attr-defined]
+            del timer._source_traceback[-1]  # type: ignore[attr-defined]
         self._push_timer(when_ns, timer)
         return timer
 
     def call_at_ns(self, when_ns: int, callback: Callable[..., object], *args: Any) -> asyncio.TimerHandle:
         """Schedule at an exact virtual instant (the runtime's own clock uses this)."""
-        self._check_closed()
+        self._check_closed()  # type: ignore[attr-defined]
         timer = asyncio.TimerHandle(when_ns / NS_PER_SECOND, callback, args, self, None)
         self._push_timer(when_ns, timer)
         return timer
@@ -183,28 +189,28 @@ class EventLoop(asyncio.BaseEventLoop):
 
     # -- scheduling -----------------------------------------------------------------------
 
-    def call_soon(self, callback: Callable[..., object], *args: Any, context: Any = None) -> asyncio.Handle:
+    def call_soon(self, callback: Callable[..., object], *args: Any, context: Any = None) -> asyncio.Handle:  # type: ignore[override]
         # BaseEventLoop.call_soon and _call_soon in one frame: every task step comes here.
-        if self._closed:
+        if self._closed:  # type: ignore[attr-defined]
             raise RuntimeError("Event loop is closed")
-        if self._debug:
-            self._check_thread()
-            self._check_callback(callback, "call_soon")
+        if self._debug:  # type: ignore[attr-defined]
+            self._check_thread()  # type: ignore[attr-defined]
+            self._check_callback(callback, "call_soon")  # type: ignore[attr-defined]
         handle = asyncio.Handle(callback, args, self, context)
-        if handle._source_traceback:
-            del handle._source_traceback[-1]
+        if handle._source_traceback:  # type: ignore[attr-defined]
+            del handle._source_traceback[-1]  # type: ignore[attr-defined]
         self._ready.append(handle)
         return handle
 
     def _call_soon(self, callback: Callable[..., object], args: Any, context: Any) -> asyncio.Handle:
         handle = asyncio.Handle(callback, args, self, context)
-        if handle._source_traceback:
-            del handle._source_traceback[-1]
+        if handle._source_traceback:  # type: ignore[attr-defined]
+            del handle._source_traceback[-1]  # type: ignore[attr-defined]
         self._ready.append(handle)
         return handle
 
-    def call_soon_threadsafe(self, callback: Callable[..., object], *args: Any, context: Any = None) -> asyncio.Handle:
-        if self._thread_id is not None and threading.get_ident() != self._thread_id:
+    def call_soon_threadsafe(self, callback: Callable[..., object], *args: Any, context: Any = None) -> asyncio.Handle:  # type: ignore[override]
+        if self._thread_id is not None and threading.get_ident() != self._thread_id:  # type: ignore[attr-defined]
             raise UnsupportedOperation(
                 "call_soon_threadsafe() from another thread: the deterministic event loop runs on one thread only"
             )
@@ -213,17 +219,17 @@ class EventLoop(asyncio.BaseEventLoop):
     def _write_to_self(self) -> None:
         """Nothing to wake: the loop never blocks on a selector."""
 
-    def create_task(self, coro: Any, *, name: str | None = None, context: Any = None) -> asyncio.Task[Any]:
-        if self._closed:
+    def create_task(self, coro: Any, *, name: str | None = None, context: Any = None) -> asyncio.Task[Any]:  # type: ignore[override]
+        if self._closed:  # type: ignore[attr-defined]
             raise RuntimeError("Event loop is closed")
-        if self._task_factory is not None:
-            task = self._task_factory(self, coro) if context is None else self._task_factory(self, coro, context=context)
+        if self._task_factory is not None:  # type: ignore[attr-defined]
+            task = self._task_factory(self, coro) if context is None else self._task_factory(self, coro, context=context)  # type: ignore[attr-defined]
             if not isinstance(task, _Task):
-                return task  # type: ignore[no-any-return]
+                return task
         else:
             task = _Task(coro, loop=self, name=name, context=context)
-            if task._source_traceback:
-                del task._source_traceback[-1]
+            if task._source_traceback:  # type: ignore[attr-defined]
+                del task._source_traceback[-1]  # type: ignore[attr-defined]
         tid = self._next_id
         self._next_id = tid + 1
         label = "task" if name is None else name
@@ -240,9 +246,9 @@ class EventLoop(asyncio.BaseEventLoop):
         decisions.append(index)
         return task
 
-    def run_in_executor(self, executor: Any, func: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+    def run_in_executor(self, executor: Any, func: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:  # type: ignore[override]
         """Executors run inline, at the call, so their effects are ordered deterministically."""
-        self._check_closed()
+        self._check_closed()  # type: ignore[attr-defined]
         future = self.create_future()
         try:
             future.set_result(func(*args))
@@ -269,7 +275,7 @@ class EventLoop(asyncio.BaseEventLoop):
             if timers:
                 if timers[0][0] > now:
                     now = timers[0][0]
-            elif self._stopping:
+            elif self._stopping:  # type: ignore[attr-defined]
                 return
             else:
                 raise self.stalled()
@@ -282,7 +288,8 @@ class EventLoop(asyncio.BaseEventLoop):
         self._now_ns = now
         future_type = _Future
         while timers and timers[0][0] <= now:
-            timer = heapq.heappop(timers)[2]
+            # Any: the exact type() checks below tell the three entry kinds apart.
+            timer: Any = heapq.heappop(timers)[2]
             if type(timer) is future_type:  # a sleep (wake_at_ns)
                 if not timer.done():
                     timer.set_result(None)
@@ -294,7 +301,7 @@ class EventLoop(asyncio.BaseEventLoop):
                 elif not timer._fut.done():
                     timer._fut.set_result(timer._result)
                 continue
-            timer._scheduled = False  # type: ignore[attr-defined]
+            timer._scheduled = False
             if timer._cancelled:
                 self._timer_cancelled_count = max(0, self._timer_cancelled_count - 1)
             else:
@@ -330,12 +337,12 @@ class EventLoop(asyncio.BaseEventLoop):
             if handle._cancelled:
                 record(LOOP_CALLBACK)
                 continue
-            callback = handle._callback
+            callback = handle._callback  # type: ignore[attr-defined]
             owner = getattr(callback, "__self__", None)
             record(owner._cw_id if type(owner) is task_type else LOOP_CALLBACK)
             # Handle._run inlined: one Python frame less per decision.
             try:
-                handle._context.run(callback, *handle._args)
+                handle._context.run(callback, *handle._args)  # type: ignore[attr-defined]
             except (SystemExit, KeyboardInterrupt):
                 raise
             except BaseException as exc:
@@ -345,8 +352,8 @@ class EventLoop(asyncio.BaseEventLoop):
         """What Handle._run does with a callback's exception: hand it to the loop's handler."""
         cb = asyncio.format_helpers._format_callback_source(handle._callback, handle._args)  # type: ignore[attr-defined]
         context = {"exception": exc, "handle": handle, "message": f"Exception in callback {cb}"}
-        if handle._source_traceback:
-            context["source_traceback"] = handle._source_traceback
+        if handle._source_traceback:  # type: ignore[attr-defined]
+            context["source_traceback"] = handle._source_traceback  # type: ignore[attr-defined]
         self.call_exception_handler(context)
 
     def _run_batch_recording(self, batch: list[asyncio.Handle]) -> None:
@@ -370,7 +377,7 @@ class EventLoop(asyncio.BaseEventLoop):
             if handle._cancelled:
                 tid = LOOP_CALLBACK
             else:
-                owner = getattr(handle._callback, "__self__", None)
+                owner = getattr(handle._callback, "__self__", None)  # type: ignore[attr-defined]
                 tid = owner._cw_id if type(owner) is task_type else LOOP_CALLBACK
             record(tid)
             record_id(tid)
@@ -477,8 +484,8 @@ class EventLoop(asyncio.BaseEventLoop):
     def owner_id(self, handle: asyncio.Handle) -> int:
         if handle._cancelled:
             return LOOP_CALLBACK
-        owner = getattr(handle._callback, "__self__", None)
-        return owner._cw_id if type(owner) is _Task else LOOP_CALLBACK  # type: ignore[no-any-return]
+        owner = getattr(handle._callback, "__self__", None)  # type: ignore[attr-defined]
+        return owner._cw_id if type(owner) is _Task else LOOP_CALLBACK
 
     # -- failure reports --------------------------------------------------------------------
 
@@ -527,7 +534,7 @@ class _Wakeup:
 
     __slots__ = ("_loop", "_when_ns", "_fut", "_result", "_cancelled", "_scheduled")
 
-    def __init__(self, loop: "EventLoop", when_ns: int, fut: asyncio.Future[Any], result: Any) -> None:
+    def __init__(self, loop: EventLoop, when_ns: int, fut: asyncio.Future[Any], result: Any) -> None:
         self._loop = loop
         self._when_ns = when_ns
         self._fut = fut
@@ -552,10 +559,10 @@ def _dead(entry: Any) -> bool:
     """A heap entry that will never fire: a cancelled timer or a finished sleep future."""
     kind = type(entry)
     if kind is _Future:
-        return entry.done()  # type: ignore[no-any-return]
+        return entry.done()
     if kind is _Wakeup:
-        return entry._cancelled or entry._fut.done()  # type: ignore[no-any-return]
-    return entry._cancelled  # type: ignore[no-any-return]
+        return entry._cancelled or entry._fut.done()
+    return entry._cancelled
 
 
 def await_site(task: asyncio.Task[Any]) -> str:

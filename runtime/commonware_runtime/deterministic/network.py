@@ -43,7 +43,8 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import deque
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from ..arguments import Address, Duration, duration_ns, format_address, parse_address
 from ..auditor import Auditor
@@ -93,7 +94,7 @@ class _Flow:
 
     __slots__ = ("net", "conn", "pipe", "src_addr", "dst_addr", "src", "dst", "src_host", "dst_host", "inflight", "held", "last_due_ns")
 
-    def __init__(self, net: "Network", conn: "_Connection", src: tuple[str, int], dst: tuple[str, int], src_host: str, dst_host: str) -> None:
+    def __init__(self, net: Network, conn: _Connection, src: tuple[str, int], dst: tuple[str, int], src_host: str, dst_host: str) -> None:
         self.net = net
         self.conn = conn
         self.src_addr = src
@@ -191,7 +192,7 @@ class _Connection:
 
     def __init__(
         self,
-        net: "Network",
+        net: Network,
         cid: int,
         loop: asyncio.AbstractEventLoop,
         dialer_addr: tuple[str, int],
@@ -310,7 +311,7 @@ class Stream(PipeStream):
 class Listener:
     """A bound simulated address; ``accept`` yields connections dialed to it in order."""
 
-    def __init__(self, net: "Network", addr: tuple[str, int], host: str, owner: str) -> None:
+    def __init__(self, net: Network, addr: tuple[str, int], host: str, owner: str) -> None:
         self._net = net
         self._addr = addr
         self._host = host  # the host this listener lives on (for links, partitions, crashes)
@@ -337,6 +338,7 @@ class Listener:
 
     async def accept(self) -> tuple[tuple[str, int], Sink, Stream]:
         """The next connection: ``(peer_addr, sink, stream)``; ``Closed`` once closed."""
+        conn: _Connection | None
         while True:
             if self._closed:
                 raise Closed(f"listener on {format_address(self._addr)} is closed")

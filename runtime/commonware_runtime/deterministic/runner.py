@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, TypeVar
 
 from ..arguments import NS_PER_SECOND, duration_ns, timestamp_ns
 from ..auditor import Auditor
@@ -44,19 +45,19 @@ class Config:
             raise TypeError(f"catch_panics must be a bool, got {self.catch_panics!r}")
         timestamp_ns(self.start_time, "start_time")
 
-    def with_seed(self, seed: int) -> "Config":
+    def with_seed(self, seed: int) -> Config:
         return dataclasses.replace(self, seed=seed)
 
-    def with_cycle(self, cycle: float | timedelta) -> "Config":
+    def with_cycle(self, cycle: float | timedelta) -> Config:
         return dataclasses.replace(self, cycle=cycle)
 
-    def with_timeout(self, timeout: float | timedelta | None) -> "Config":
+    def with_timeout(self, timeout: float | timedelta | None) -> Config:
         return dataclasses.replace(self, timeout=timeout)
 
-    def with_catch_panics(self, catch_panics: bool) -> "Config":
+    def with_catch_panics(self, catch_panics: bool) -> Config:
         return dataclasses.replace(self, catch_panics=catch_panics)
 
-    def with_start_time(self, start_time: float) -> "Config":
+    def with_start_time(self, start_time: float) -> Config:
         return dataclasses.replace(self, start_time=start_time)
 
     def to_dict(self) -> dict[str, Any]:
@@ -124,15 +125,15 @@ class Runner:
         self.steps = 0
 
     @classmethod
-    def seeded(cls, seed: int) -> "Runner":
+    def seeded(cls, seed: int) -> Runner:
         return cls(Config(seed=seed))
 
     @classmethod
-    def timed(cls, timeout: float | timedelta) -> "Runner":
+    def timed(cls, timeout: float | timedelta) -> Runner:
         return cls(Config(timeout=timeout))
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: Checkpoint) -> "Runner":
+    def from_checkpoint(cls, checkpoint: Checkpoint) -> Runner:
         if not isinstance(checkpoint, Checkpoint):
             raise TypeError(f"expected a deterministic.Checkpoint, got {type(checkpoint).__name__}")
         runner = cls(checkpoint.config)

@@ -41,8 +41,8 @@ import asyncio
 import hashlib
 import math
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping, Union
 
 from ..arguments import U64_MAX, check_blob_name, check_count, check_data, check_offset, check_partition
 from ..auditor import Auditor
@@ -63,7 +63,7 @@ from ..metrics import RuntimeCounters
 
 __all__ = ["StorageFaults", "Storage", "Blob", "CRASH_MODES"]
 
-BytesLike = Union[bytes, bytearray, memoryview]
+BytesLike = bytes | bytearray | memoryview
 
 CRASH_MODES = ("lose", "prefix", "subset")
 _RATE_FIELDS = (
@@ -165,7 +165,7 @@ class _BlobState:
 
     __slots__ = ("partition", "name", "current", "durable", "log", "log_bytes", "handles", "detached")
 
-    def __init__(self, partition: str, name: bytes, contents: bytes = b"") -> None:
+    def __init__(self, partition: str, name: bytes, contents: BytesLike = b"") -> None:
         self.partition = partition
         self.name = name
         self.current = bytearray(contents)
@@ -306,7 +306,7 @@ class Storage:
 
     # -- operations -----------------------------------------------------------------
 
-    async def open(self, partition: str, name: BytesLike) -> tuple["Blob", int]:
+    async def open(self, partition: str, name: BytesLike) -> tuple[Blob, int]:
         """Open (creating if needed, durably) a blob; returns the handle and its current size."""
         partition = check_partition(partition)
         name = check_blob_name(name)
@@ -423,7 +423,7 @@ class Storage:
                 self._auditor.event("storage.crash.prefix", state.partition, state.name, len(log), kept, torn)
         else:
             mask = bytes(rng.getrandbits(1) for _ in log)
-            _replay(image, [entry for entry, keep in zip(log, mask) if keep])
+            _replay(image, [entry for entry, keep in zip(log, mask, strict=True) if keep])
             if self._auditor is not None:
                 self._auditor.event("storage.crash.subset", state.partition, state.name, mask)
         return image
@@ -435,7 +435,7 @@ class Storage:
         counters: RuntimeCounters | _Keep = _KEEP,
         rng: random.Random | _Keep = _KEEP,
         faults: StorageFaults | _Keep = _KEEP,
-    ) -> "Storage":
+    ) -> Storage:
         """The storage a restarted process would see; this one and its handles become closed.
 
         Synced bytes survive; unsynced ones per ``faults.crash_unsynced`` (seeded draws from

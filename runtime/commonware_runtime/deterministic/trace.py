@@ -14,8 +14,9 @@ raises ``ReplayDivergence`` naming the step, time, and expected vs actual task.
 from __future__ import annotations
 
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..arguments import NS_PER_SECOND
 from ..errors import Error

@@ -19,7 +19,8 @@ import logging
 import random
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..arguments import Address, timestamp_ns
 from ..core import BaseContext, RuntimeCore
@@ -77,7 +78,7 @@ class ProductionCore(RuntimeCore):
         # calls each after the tasks are cancelled, newest first; a returned awaitable is
         # awaited on the loop.
         self.closers: list[Callable[[], Awaitable[None] | None]] = []
-        self.metrics.registry.register(ProcessCollector())  # type: ignore[arg-type]
+        self.metrics.registry.register(ProcessCollector())
 
     def on_panic(self) -> None:
         self.loop.stop()
@@ -92,7 +93,7 @@ class Context(BaseContext):
     def __init__(self, core: ProductionCore, label: str = "", record: Handle[Any] | None = None) -> None:
         super().__init__(core, label, record)
 
-    def with_label(self, label: str) -> "Context":
+    def with_label(self, label: str) -> Context:
         return super().with_label(label)  # type: ignore[return-value]
 
     def __getattr__(self, name: str) -> Any:
@@ -143,10 +144,10 @@ class Context(BaseContext):
 
     # -- network --------------------------------------------------------------------------
 
-    async def bind(self, addr: Address) -> "Listener":
+    async def bind(self, addr: Address) -> Listener:
         return await bind(addr, self._core.network_config, self._core.counters)
 
-    async def dial(self, addr: Address) -> "tuple[Sink, Stream]":
+    async def dial(self, addr: Address) -> tuple[Sink, Stream]:
         return await dial(addr, self._core.network_config, self._core.counters)
 
 async def _on_own_thread(loop: asyncio.AbstractEventLoop, call: Callable[[], T], label: str) -> T:

@@ -18,9 +18,10 @@ import signal
 import sys
 import tempfile
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, TypeVar
 
 from ..arguments import NS_PER_SECOND, duration_ns
 from ..tasks import Handle, discard_unstarted
@@ -87,36 +88,37 @@ class Config:
         kwargs: dict[str, Any] = {}
         if read_buffer is not None:
             kwargs["read_buffer"] = read_buffer
+        # NetworkConfig takes a timedelta too and stores float seconds; its fields are typed as stored.
         return NetworkConfig(
             tcp_nodelay=self.tcp_nodelay,
-            connect_timeout=self.connect_timeout,
-            read_timeout=self.read_timeout,
-            write_timeout=self.write_timeout,
+            connect_timeout=self.connect_timeout,  # type: ignore[arg-type]
+            read_timeout=self.read_timeout,  # type: ignore[arg-type]
+            write_timeout=self.write_timeout,  # type: ignore[arg-type]
             **kwargs,
         )
 
-    def with_storage_directory(self, storage_directory: str | os.PathLike[str] | None) -> "Config":
+    def with_storage_directory(self, storage_directory: str | os.PathLike[str] | None) -> Config:
         return dataclasses.replace(self, storage_directory=storage_directory)
 
-    def with_catch_panics(self, catch_panics: bool) -> "Config":
+    def with_catch_panics(self, catch_panics: bool) -> Config:
         return dataclasses.replace(self, catch_panics=catch_panics)
 
-    def with_event_loop(self, event_loop: str) -> "Config":
+    def with_event_loop(self, event_loop: str) -> Config:
         return dataclasses.replace(self, event_loop=event_loop)
 
-    def with_tcp_nodelay(self, tcp_nodelay: bool) -> "Config":
+    def with_tcp_nodelay(self, tcp_nodelay: bool) -> Config:
         return dataclasses.replace(self, tcp_nodelay=tcp_nodelay)
 
-    def with_connect_timeout(self, connect_timeout: float | timedelta | None) -> "Config":
+    def with_connect_timeout(self, connect_timeout: float | timedelta | None) -> Config:
         return dataclasses.replace(self, connect_timeout=connect_timeout)
 
-    def with_read_timeout(self, read_timeout: float | timedelta | None) -> "Config":
+    def with_read_timeout(self, read_timeout: float | timedelta | None) -> Config:
         return dataclasses.replace(self, read_timeout=read_timeout)
 
-    def with_write_timeout(self, write_timeout: float | timedelta | None) -> "Config":
+    def with_write_timeout(self, write_timeout: float | timedelta | None) -> Config:
         return dataclasses.replace(self, write_timeout=write_timeout)
 
-    def with_blocking_threads(self, blocking_threads: int) -> "Config":
+    def with_blocking_threads(self, blocking_threads: int) -> Config:
         return dataclasses.replace(self, blocking_threads=blocking_threads)
 
     def to_dict(self) -> dict[str, Any]:
@@ -147,7 +149,7 @@ def _loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractEventLoop]:
             "event_loop='uvloop' but uvloop is not installed (pip install 'commonware-runtime[uvloop]'; "
             "uvloop does not support Windows)"
         ) from exc
-    return uvloop.new_event_loop  # type: ignore[no-any-return]
+    return uvloop.new_event_loop
 
 
 class Runner:
@@ -303,7 +305,7 @@ class Runner:
                 if core is None or core.panic is None:
                     raise
                 continue
-            for task, result in zip(pending, gathered.result()):
+            for task, result in zip(pending, gathered.result(), strict=True):
                 if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                     # Runtime tasks report their own failures; only foreign tasks land here.
                     loop.call_exception_handler(
@@ -317,6 +319,6 @@ class Runner:
             try:
                 result = close()
                 if result is not None:
-                    loop.run_until_complete(result)  # type: ignore[arg-type]
+                    loop.run_until_complete(result)
             except Exception as exc:  # noqa: BLE001 - reported; the other resources still close
                 logger.error("closing %r at the end of the run failed", close, exc_info=exc)

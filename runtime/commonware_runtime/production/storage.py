@@ -104,7 +104,8 @@ import stat
 import sys
 import warnings
 import weakref
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ..arguments import U64_MAX, check_blob_name, check_count, check_offset, check_partition
 from ..errors import (
@@ -143,7 +144,7 @@ _BUDGET_BYTES = 8 << 20
 
 _RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None) if hasattr(os, "preadv") else None
 _HEX_FILE = re.compile(r"(?:[0-9a-f]{2})+\Z")
-_HEX_DIR = re.compile(r"[0-9a-f]{%d}\.d\Z" % CHUNK)
+_HEX_DIR = re.compile(r"[0-9a-f]{%d}\.d\Z" % CHUNK)  # noqa: UP031 - %d keeps the regex braces unescaped
 _NOT_SUPPORTED = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS}
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -488,7 +489,7 @@ class Storage:
         self._budget_ops = self._budget_bytes = 0
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    async def open(self, partition: str, name: bytes) -> tuple["Blob", int]:
+    async def open(self, partition: str, name: bytes) -> tuple[Blob, int]:
         """Open or create a blob; returns it and its current size."""
         partition = check_partition(partition)
         name = check_blob_name(name)
@@ -533,13 +534,13 @@ class Storage:
             if any(shared is old for old in before) or _unlinked(shared):
                 self._detach(shared)
 
-    def _open_states(self, partition: str, name: bytes | None) -> list["_Shared"]:
+    def _open_states(self, partition: str, name: bytes | None) -> list[_Shared]:
         if name is not None:
             shared = self._blobs.get((partition, name))
             return [] if shared is None else [shared]
         return [shared for key, shared in self._blobs.items() if key[0] == partition]
 
-    def _detach(self, shared: "_Shared") -> None:
+    def _detach(self, shared: _Shared) -> None:
         """The blob's file lost its name: forget the state, so a new open of the name starts
         afresh, while the open handles keep it (and their descriptors) among themselves."""
         if self._blobs.get(shared.key) is shared:

@@ -80,7 +80,7 @@ class TaskFilter(logging.Filter):
 
 
 def _rfc3339(created: float) -> str:
-    moment = datetime.datetime.fromtimestamp(created, tz=datetime.timezone.utc)
+    moment = datetime.datetime.fromtimestamp(created, tz=datetime.UTC)
     return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
@@ -123,16 +123,16 @@ class TextFormatter(logging.Formatter):
         try:
             return super().format(record)
         finally:
-            del record.task_part
+            del record.task_part  # type: ignore[attr-defined]  # set just above, as a LogRecord extra
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is at emit time (pytest and others swap it)."""
 
     def __init__(self) -> None:
         super().__init__(sys.stderr)
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> IO[str]:
         return sys.stderr
 
@@ -158,7 +158,7 @@ class _Connection:
 
     __slots__ = ("server", "sock", "buf", "out", "timer", "answered", "writing")
 
-    def __init__(self, server: "_MetricsServer", sock: socket.socket) -> None:
+    def __init__(self, server: _MetricsServer, sock: socket.socket) -> None:
         self.server = server
         self.sock = sock
         self.buf = bytearray()
