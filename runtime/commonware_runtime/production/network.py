@@ -291,14 +291,15 @@ class _Connection(asyncio.BufferedProtocol):
             self._transport.close()
 
 
-class Stream:
-    """The receiving half of a connection."""
+class _Half:
+    """What the two halves of a connection share: closing, poisoning, naming the peer."""
 
-    __slots__ = ("_conn", "_read_timeout", "_closed", "_poisoned")
+    __slots__ = ("_conn", "_closed", "_poisoned")
+    _DONE = ""  # the _Connection flag this half sets when it is over
+    _WHAT = ""  # how messages name this half
 
     def __init__(self, conn: _Connection) -> None:
         self._conn = conn
-        self._read_timeout = conn._config.read_timeout
         self._closed = False
         self._poisoned = False
 
@@ -308,13 +309,30 @@ class Stream:
 
     def _unusable(self) -> Closed:
         what = "closed" if self._closed else "poisoned by an earlier error"
-        return Closed(f"stream from {self._conn.name} is {what}")
+        return Closed(f"{self._WHAT} {self._conn.name} is {what}")
+
+    def _over(self) -> None:
+        conn = self._conn
+        if not getattr(conn, self._DONE):
+            setattr(conn, self._DONE, True)
+            conn._half_closed()
 
     def _poison(self, error: Exception) -> Exception:
         self._poisoned = True
-        self._conn._stream_done = True
-        self._conn._half_closed()
+        self._over()
         return error
+
+
+class Stream(_Half):
+    """The receiving half of a connection."""
+
+    __slots__ = ("_read_timeout",)
+    _DONE = "_stream_done"
+    _WHAT = "stream from"
+
+    def __init__(self, conn: _Connection) -> None:
+        super().__init__(conn)
+        self._read_timeout = conn._config.read_timeout
 
     async def recv(self, n: int) -> bytes:
         """Return exactly ``n`` bytes, waiting until they have arrived."""
@@ -381,38 +399,21 @@ class Stream:
 
     def close(self) -> None:
         """Stop reading; idempotent.  Closes the connection once the sink is closed too."""
-        if self._closed:
-            return
-        self._closed = True
-        if not self._conn._stream_done:
-            self._conn._stream_done = True
-            self._conn._half_closed()
+        if not self._closed:
+            self._closed = True
+            self._over()
 
 
-class Sink:
+class Sink(_Half):
     """The sending half of a connection."""
 
-    __slots__ = ("_conn", "_write_timeout", "_closed", "_poisoned")
+    __slots__ = ("_write_timeout",)
+    _DONE = "_sink_done"
+    _WHAT = "sink to"
 
     def __init__(self, conn: _Connection) -> None:
-        self._conn = conn
+        super().__init__(conn)
         self._write_timeout = conn._config.write_timeout
-        self._closed = False
-        self._poisoned = False
-
-    @property
-    def peer_addr(self) -> tuple[str, int]:
-        return self._conn.peer
-
-    def _unusable(self) -> Closed:
-        what = "closed" if self._closed else "poisoned by an earlier error"
-        return Closed(f"sink to {self._conn.name} is {what}")
-
-    def _poison(self, error: Exception) -> Exception:
-        self._poisoned = True
-        self._conn._sink_done = True
-        self._conn._half_closed()
-        return error
 
     def _failed(self, detail: str) -> SendFailed:
         conn = self._conn
@@ -487,12 +488,9 @@ class Sink:
 
     def close(self) -> None:
         """Flush what is queued, then half-close (the peer's recv fails after reading it)."""
-        if self._closed:
-            return
-        self._closed = True
-        if not self._conn._sink_done:
-            self._conn._sink_done = True
-            self._conn._half_closed()
+        if not self._closed:
+            self._closed = True
+            self._over()
 
 
 def _expire(waiter: asyncio.Future[Any]) -> None:
