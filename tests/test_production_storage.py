@@ -853,7 +853,8 @@ def test_sync_poisoning_does_not_cross_to_a_recreated_blob(tmp_path: Path, monke
     run(tmp_path, body)
 
 
-def test_remove_with_a_read_in_flight(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def gated_pread() -> tuple[threading.Event, threading.Event, Any]:
+    """A stand-in for the pool's pread that signals ``entered`` and waits for ``gate``."""
     gate = threading.Event()
     entered = threading.Event()
     real = storage_mod._pread_exact
@@ -862,6 +863,12 @@ def test_remove_with_a_read_in_flight(tmp_path: Path, monkeypatch: pytest.Monkey
         entered.set()
         gate.wait(5)
         return real(fd, n, offset)
+
+    return gate, entered, slow
+
+
+def test_remove_with_a_read_in_flight(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gate, entered, slow = gated_pread()
 
     async def body(env: Env) -> None:
         env.storage.nowait_reads = False
@@ -1016,14 +1023,7 @@ def test_failed_sync_poisons_the_blob(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_close_waits_for_an_abandoned_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    gate = threading.Event()
-    entered = threading.Event()
-    real = storage_mod._pread_exact
-
-    def slow(fd: int, n: int, offset: int) -> bytes:
-        entered.set()
-        gate.wait(5)
-        return real(fd, n, offset)
+    gate, entered, slow = gated_pread()
 
     async def body(env: Env) -> None:
         env.storage.nowait_reads = False

@@ -19,6 +19,17 @@ sync = st.tuples(st.just("sync"), st.just(0), st.just(b""))
 operations = st.lists(st.one_of(write, resize, read, sync), max_size=40)
 
 
+def model_apply(model: bytearray, op: str, offset: int, data: bytes) -> None:
+    """What a write or resize does to a plain bytearray (gaps and growth are zeros)."""
+    if op == "write" and data:
+        if len(model) < offset:
+            model.extend(bytes(offset - len(model)))
+        model[offset : offset + len(data)] = data
+    elif op == "resize":
+        del model[offset:]
+        model.extend(bytes(offset - len(model)))
+
+
 async def apply(context: Any, ops: list[tuple[str, int, bytes]]) -> tuple[bytes, bytes]:
     """Run ``ops`` on a blob and on a bytearray model; return (blob contents, synced model)."""
     blob, size = await context.open("prop", b"blob")
@@ -28,14 +39,10 @@ async def apply(context: Any, ops: list[tuple[str, int, bytes]]) -> tuple[bytes,
     for op, offset, data in ops:
         if op == "write":
             await blob.write_at(data, offset)
-            if data:
-                if len(model) < offset:
-                    model.extend(bytes(offset - len(model)))
-                model[offset : offset + len(data)] = data
+            model_apply(model, op, offset, data)
         elif op == "resize":
             await blob.resize(offset)
-            del model[offset:]
-            model.extend(bytes(offset - len(model)))
+            model_apply(model, op, offset, data)
         elif op == "read":
             n = len(data)
             if offset + n > len(model):
@@ -78,14 +85,10 @@ def test_crash_keeps_exactly_what_was_synced(ops: list[tuple[str, int, bytes]], 
         for op, offset, data in ops:
             if op == "write" and data:
                 await blob.write_at(data, offset)
-                if len(model) < offset:
-                    model.extend(bytes(offset - len(model)))
-                model[offset : offset + len(data)] = data
             elif op == "resize":
                 await blob.resize(offset)
-                del model[offset:]
-                model.extend(bytes(offset - len(model)))
-            elif op == "sync":
+            model_apply(model, op, offset, data)
+            if op == "sync":
                 await blob.sync()
                 synced = bytes(model)
         return synced
