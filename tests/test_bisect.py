@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from commonware_runtime import deterministic
+from race_program import RACE
 
 from pytest_commonware.bisect import (
     BisectError,
@@ -158,30 +159,8 @@ def test_min_trace_path() -> None:
     assert min_trace_path(Path("trace")) == Path("trace.min.yaml")
 
 
-RACE_TEST = """
-import asyncio
-import pytest
+RACE_TEST = RACE
 
-counter = 0
-
-async def bump(ctx, delay):
-    global counter
-    for _ in range(delay):
-        await asyncio.sleep(0)
-    value = counter
-    await asyncio.sleep(0)
-    counter = value + 1
-
-@pytest.mark.commonware(seeds=8)
-async def test_race(deterministic_context):
-    global counter
-    counter = 0
-    a = deterministic_context.with_label("a").spawn(lambda ctx: bump(ctx, 0))
-    b = deterministic_context.with_label("b").spawn(lambda ctx: bump(ctx, 1))
-    await a
-    await b
-    assert counter == 2, "lost update"
-"""
 
 
 def test_cw_bisect_option(pytester: pytest.Pytester) -> None:

@@ -126,38 +126,31 @@ class EventLoop(asyncio.BaseEventLoop):
     def call_at(self, when: float, callback: Callable[..., object], *args: Any, context: Any = None) -> asyncio.TimerHandle:  # type: ignore[override]
         if when is None:
             raise TypeError("when cannot be None")
-        self._check_closed()  # type: ignore[attr-defined]
-        timer = asyncio.TimerHandle(when, callback, args, self, context)
-        if timer._source_traceback:  # type: ignore[attr-defined]
-            del timer._source_traceback[-1]  # type: ignore[attr-defined]
-        self._push_timer(seconds_to_ns(when), timer)
-        return timer
+        return self.call_at_ns(seconds_to_ns(when), callback, *args, context=context)
 
     def call_later(self, delay: float, callback: Callable[..., object], *args: Any, context: Any = None) -> asyncio.TimerHandle:  # type: ignore[override]
         # Relative to the exact integer clock (asyncio's version goes through float time()),
         # so sleep(d) wakes at now + d to the nanosecond.
         if delay is None:
             raise TypeError("delay must not be None")
-        if self._closed:  # type: ignore[attr-defined]
-            raise RuntimeError("Event loop is closed")
         when_ns = self._now_ns + (seconds_to_ns(delay) if delay > 0 else 0)
         if callback is _SET_RESULT_UNLESS_CANCELLED and context is None and len(args) == 2:
             # asyncio.sleep's timer: resolving a future needs no context copy nor Handle.
+            if self._closed:  # type: ignore[attr-defined]
+                raise RuntimeError("Event loop is closed")
             wakeup = _Wakeup(self, when_ns, args[0], args[1])
-            self._timer_seq += 1
-            heapq.heappush(self._timers, (when_ns, self._timer_seq, wakeup))
+            self._push(when_ns, wakeup)
             return wakeup  # type: ignore[return-value]
+        return self.call_at_ns(when_ns, callback, *args, context=context)
+
+    def call_at_ns(self, when_ns: int, callback: Callable[..., object], *args: Any, context: Any = None) -> asyncio.TimerHandle:
+        """Schedule at an exact virtual instant (the runtime's own clock uses this)."""
+        self._check_closed()  # type: ignore[attr-defined]
         timer = asyncio.TimerHandle(when_ns / NS_PER_SECOND, callback, args, self, context)
         if timer._source_traceback:  # type: ignore[attr-defined]
             del timer._source_traceback[-1]  # type: ignore[attr-defined]
-        self._push_timer(when_ns, timer)
-        return timer
-
-    def call_at_ns(self, when_ns: int, callback: Callable[..., object], *args: Any) -> asyncio.TimerHandle:
-        """Schedule at an exact virtual instant (the runtime's own clock uses this)."""
-        self._check_closed()  # type: ignore[attr-defined]
-        timer = asyncio.TimerHandle(when_ns / NS_PER_SECOND, callback, args, self, None)
-        self._push_timer(when_ns, timer)
+        timer._scheduled = True  # type: ignore[attr-defined]
+        self._push(when_ns, timer)
         return timer
 
     def wake_at_ns(self, when_ns: int, fut: asyncio.Future[None]) -> None:
@@ -166,13 +159,12 @@ class EventLoop(asyncio.BaseEventLoop):
         The runtime's own sleeps use this instead of a TimerHandle: no handle, no context
         copy, no cancel() on the way out; a cancelled sleep leaves a dead entry, skipped.
         """
-        self._timer_seq += 1
-        heapq.heappush(self._timers, (when_ns, self._timer_seq, fut))
+        self._push(when_ns, fut)
 
-    def _push_timer(self, when_ns: int, timer: asyncio.TimerHandle) -> None:
+    def _push(self, when_ns: int, entry: Any) -> None:
+        # Ties at one instant fire in creation order: the sequence number, never the object.
         self._timer_seq += 1
-        heapq.heappush(self._timers, (when_ns, self._timer_seq, timer))
-        timer._scheduled = True  # type: ignore[attr-defined]
+        heapq.heappush(self._timers, (when_ns, self._timer_seq, entry))
 
     def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
         # TimerHandle.cancel() lands here also for timers that already fired (asyncio.sleep
@@ -203,11 +195,8 @@ class EventLoop(asyncio.BaseEventLoop):
         return handle
 
     def _call_soon(self, callback: Callable[..., object], args: Any, context: Any) -> asyncio.Handle:
-        handle = asyncio.Handle(callback, args, self, context)
-        if handle._source_traceback:  # type: ignore[attr-defined]
-            del handle._source_traceback[-1]  # type: ignore[attr-defined]
-        self._ready.append(handle)
-        return handle
+        # BaseEventLoop's internal entry point: the same ready list as call_soon.
+        return self.call_soon(callback, *args, context=context)
 
     def call_soon_threadsafe(self, callback: Callable[..., object], *args: Any, context: Any = None) -> asyncio.Handle:  # type: ignore[override]
         if self._thread_id is not None and threading.get_ident() != self._thread_id:  # type: ignore[attr-defined]
