@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import random
 import resource
+import selectors
 import socket
 import struct
 import time
@@ -360,6 +362,81 @@ def test_cancelled_recv_does_not_poison(run: Run) -> None:
         listener.close()
 
     run(main)
+
+
+def test_waiting_recv_keeps_task_context_and_cancels_cleanly(run: Run) -> None:
+    # A recv woken by arriving bytes resumes in its own task, with its own contextvars,
+    # whatever way it is cancelled: Task.cancel, asyncio.timeout, wait_for.
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var")
+
+    async def main() -> None:
+        listener, (csink, _), (_, sstream) = await pair()
+
+        async def reader() -> tuple[bytes, str, str | None]:
+            var.set("reader")
+            data = await sstream.recv(3)
+            task = asyncio.current_task()
+            return data, var.get(), task.get_name() if task else None
+
+        task = asyncio.ensure_future(reader())
+        task.set_name("reader-task")
+        await asyncio.sleep(0.01)
+        var.set("main")
+        await csink.send(b"abc")
+        assert await task == (b"abc", "reader", "reader-task")
+
+        waiting = asyncio.ensure_future(sstream.recv(2))
+        await asyncio.sleep(0.01)
+        waiting.cancel("stop")
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.01):
+                await sstream.recv(2)
+        await csink.send(b"xy")
+        assert await sstream.recv(2) == b"xy"
+        listener.close()
+
+    run(main)
+
+
+class _CountingSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+    polls = 0
+
+    def select(self, timeout: float | None = None) -> Any:
+        type(self).polls += 1
+        return super().select(timeout)
+
+
+def test_request_response_costs_one_poll_per_hop() -> None:
+    # A recv woken by the bytes it waits for resumes inside the protocol callback, as a
+    # hand-written protocol would handle them: one poll of the selector per hop, not two.
+    rounds = 200
+
+    async def main() -> int:
+        listener, (csink, cstream), (ssink, sstream) = await pair()
+
+        async def echo() -> None:
+            for _ in range(rounds):
+                await ssink.send(await sstream.recv(8))
+
+        server = asyncio.ensure_future(echo())
+        await asyncio.sleep(0.01)
+        before = _CountingSelector.polls
+        for i in range(rounds):
+            await csink.send(i.to_bytes(8, "big"))
+            assert await cstream.recv(8) == i.to_bytes(8, "big")
+        polls = _CountingSelector.polls - before
+        await server
+        while _OPENED:
+            _OPENED.pop().close()
+        await asyncio.sleep(0.01)
+        return polls
+
+    with asyncio.Runner(loop_factory=lambda: asyncio.SelectorEventLoop(_CountingSelector())) as r:
+        polls = r.run(main())
+    # Two hops per round trip; a scheduled wake-up would add a poll per hop (4 per round).
+    assert polls <= 2 * rounds + 10, polls
 
 
 def test_one_recv_at_a_time(run: Run) -> None:

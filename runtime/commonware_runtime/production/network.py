@@ -47,6 +47,8 @@ from ..metrics import RuntimeCounters
 
 __all__ = ["NetworkConfig", "Listener", "Sink", "Stream", "bind", "dial"]
 
+_current_task = asyncio.current_task
+
 # Receive buffer sizing.  A connection starts with _INITIAL_BUFFER bytes; the transport is
 # always offered at least _MIN_READ free bytes (compacting or doubling as needed), and a
 # buffer that grew past _SHRINK_ABOVE (for one large recv) is replaced by a fresh small one
@@ -68,6 +70,117 @@ _WRITE_LOW = 64 * 1024
 # At most this many bytes are coalesced before they are handed to the transport, so the
 # transport's flow control (above) still bounds what a sender can queue.
 _CORK_LIMIT = 64 * 1024
+
+
+class _Waiter:
+    """What a waiting ``recv`` awaits: a minimal future that can wake its task at once.
+
+    An ``asyncio.Future`` always wakes its task through ``call_soon``: the task runs one loop
+    iteration later, after another ``epoll_wait``.  For request/response traffic that is
+    one extra loop iteration per message on each side (``strace`` shows twice the polls of
+    a plain protocol).  When data arrives in a protocol callback (no task is running), this
+    waiter resumes the task right there, as a hand-written protocol would handle the bytes.
+    From inside a task, and for cancellation, it schedules like an ordinary future.
+
+    asyncio's Task (C and Python) accepts any object with ``_asyncio_future_blocking``,
+    ``get_loop``, ``add_done_callback``, ``result`` and ``cancel``; this implements exactly
+    the part of the Future protocol that tasks and ``asyncio.timeout`` use.
+    """
+
+    __slots__ = ("_asyncio_future_blocking", "_loop", "_callback", "_context", "_state", "_value", "_cancel_message")
+
+    _PENDING, _DONE, _CANCELLED = 0, 1, 2
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._asyncio_future_blocking = False
+        self._loop = loop
+        self._callback: Any = None
+        self._context: Any = None
+        self._state = 0
+        self._value = 0
+        self._cancel_message: Any = None
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def done(self) -> bool:
+        return self._state != 0
+
+    def cancelled(self) -> bool:
+        return self._state == 2
+
+    def result(self) -> int:
+        if self._state == 2:
+            raise asyncio.CancelledError(self._cancel_message)
+        if self._state == 0:
+            raise asyncio.InvalidStateError("result is not set")
+        return self._value
+
+    def exception(self) -> BaseException | None:
+        if self._state == 2:
+            raise asyncio.CancelledError(self._cancel_message)
+        return None
+
+    def add_done_callback(self, fn: Any, *, context: Any = None) -> None:
+        if self._state:
+            self._loop.call_soon(fn, self, context=context)
+        elif self._callback is not None:
+            # Only the awaiting task ever registers; a second party is a misuse.
+            raise RuntimeError("a recv waiter has a single owner")
+        else:
+            self._callback = fn
+            self._context = context
+
+    def remove_done_callback(self, fn: Any) -> int:
+        if self._callback is not None and self._callback == fn:
+            self._callback = self._context = None
+            return 1
+        return 0
+
+    def cancel(self, msg: Any = None) -> bool:
+        if self._state:
+            return False
+        self._state = 2
+        self._cancel_message = msg
+        self._schedule()
+        return True
+
+    def set_result(self, value: int, now: bool = False) -> None:
+        """Complete.  ``now``: resume the awaiting task before returning, unless a task is
+        running (only protocol callbacks pass it: user code never sees a task resumed in
+        the middle of one of its own calls)."""
+        if self._state:
+            return
+        self._state = 1
+        self._value = value
+        callback = self._callback
+        if callback is None:
+            return
+        if now and _current_task(self._loop) is None:
+            self._callback = None
+            context = self._context
+            self._context = None
+            if context is None:
+                callback(self)
+            else:
+                context.run(callback, self)
+        else:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        callback = self._callback
+        if callback is not None:
+            self._callback = None
+            self._loop.call_soon(callback, self, context=self._context)
+            self._context = None
+
+    def __await__(self) -> Any:
+        if not self._state:
+            self._asyncio_future_blocking = True
+            yield self
+        return self.result()
+
+    __iter__ = __await__
 
 
 @dataclass(frozen=True)
@@ -114,7 +227,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._view = memoryview(self._buf)
         self._start = 0
         self._end = 0
-        self._waiter: asyncio.Future[int] | None = None
+        self._waiter: _Waiter | None = None
         self._want = 0
         self._reading_paused = False
         self._eof = False  # peer will send nothing more (FIN or connection lost)
@@ -168,19 +281,20 @@ class _Connection(asyncio.BufferedProtocol):
             return
         buffered = self._end - self._start
         waiter = self._waiter
-        if waiter is not None:
-            if buffered < self._want:
-                return
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(_READY)
+        if waiter is not None and buffered < self._want:
+            # A recv larger than the limit is waiting: keep reading until it is satisfied.
+            return
         if buffered > self._limit and not self._reading_paused and self._transport is not None:
             self._reading_paused = True
             self._transport.pause_reading()
+        if waiter is not None:
+            self._waiter = None
+            # Last: this may run the reading task's code right here (see _Waiter).
+            waiter.set_result(_READY, now=True)
 
     def eof_received(self) -> bool:
         self._eof = True
-        self._wake_reader(_EOF)
+        self._wake_reader(_EOF, now=True)
         # Keep the transport open: our sink may still send (TCP half-close).
         return True
 
@@ -188,9 +302,9 @@ class _Connection(asyncio.BufferedProtocol):
         self._eof = True
         self._lost = True
         self._lost_exc = exc
-        self._wake_reader(_EOF)
         self._write_paused = False
         self._wake_writers(False)
+        self._wake_reader(_EOF, now=True)
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -201,12 +315,11 @@ class _Connection(asyncio.BufferedProtocol):
 
     # --- helpers ------------------------------------------------------------------------
 
-    def _wake_reader(self, outcome: int) -> None:
+    def _wake_reader(self, outcome: int, now: bool = False) -> None:
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
-            if not waiter.done():
-                waiter.set_result(outcome)
+            waiter.set_result(outcome, now)
 
     def _wake_writers(self, ok: bool) -> None:
         waiters, self._drain_waiters = self._drain_waiters, []
@@ -349,7 +462,7 @@ class Stream(_Half):
                 raise RuntimeError(f"another recv is already waiting on the stream from {conn.name}")
             if len(conn._buf) - start < n:
                 conn._make_room(n - (conn._end - conn._start))
-            waiter: asyncio.Future[int] = conn._loop.create_future()
+            waiter = _Waiter(conn._loop)
             conn._waiter = waiter
             conn._want = n
             conn._hot = False
