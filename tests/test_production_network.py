@@ -10,11 +10,11 @@ import selectors
 import socket
 import struct
 import time
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import pytest
-
 from commonware_runtime.errors import BindFailed, Closed, ConnectionFailed, RecvFailed, SendFailed, Timeout
 from commonware_runtime.metrics import RuntimeCounters
 from commonware_runtime.production.network import Listener, NetworkConfig, Sink, Stream, bind, dial
