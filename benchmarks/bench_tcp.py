@@ -22,11 +22,18 @@ this harness that did not touch the streams code.
 
 Variants:
   streams/asyncio    asyncio.start_server/open_connection, write+drain, readexactly
+  streams-tuned/asyncio
+                     the same in a process where glibc is told to keep large buffers on the
+                     heap (MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_): streams at their best
   streams/uvloop     the same on uvloop
   protocol/asyncio   hand-written asyncio.BufferedProtocol, callback driven, no tasks:
                      a ceiling for anything that exposes ``await recv(n)`` to tasks
   runtime/asyncio    commonware_runtime.production.network (Sink.send / Stream.recv)
   runtime/uvloop     the same on uvloop
+  floor/sockets      no event loop at all: blocking sockets, one thread, the fewest system
+                     calls that move the same bytes (the window's messages in one sendall).
+                     What the kernel alone costs; no event loop can beat it, and a target
+                     above it cannot be met by any asyncio layer on this machine.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -44,8 +52,18 @@ from typing import Any, Awaitable, Callable
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "runtime"))
 
-VARIANTS = ["streams/asyncio", "protocol/asyncio", "runtime/asyncio", "streams/uvloop", "runtime/uvloop"]
+VARIANTS = [
+    "streams/asyncio",
+    "streams-tuned/asyncio",
+    "protocol/asyncio",
+    "runtime/asyncio",
+    "streams/uvloop",
+    "runtime/uvloop",
+    "floor/sockets",
+]
 BASELINE = "streams/asyncio"
+# Environment of a variant's process on top of ours.
+ENVIRON = {"streams-tuned/asyncio": {"MALLOC_MMAP_THRESHOLD_": str(4 << 20), "MALLOC_TRIM_THRESHOLD_": str(16 << 20)}}
 WARMUP = 200
 
 
@@ -212,8 +230,55 @@ async def bench_runtime(size: int, conns: int, rounds: int, window: int) -> floa
     return elapsed
 
 
+def bench_floor(size: int, conns: int, rounds: int, window: int) -> float:
+    listener = socket.create_server(("127.0.0.1", 0), backlog=conns)
+    pairs = []
+    for _ in range(conns):
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+        for sock in (client, server):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        pairs.append((client, server))
+    burst = os.urandom(size) * window
+    buf = bytearray(len(burst))
+    view = memoryview(buf)
+
+    def receive(sock: socket.socket) -> None:
+        got = 0
+        while got < len(buf):
+            got += sock.recv_into(view[got:])
+
+    def batches(count: int) -> None:
+        for _ in range(count // window):
+            for client, server in pairs:
+                client.sendall(burst)
+            for client, server in pairs:
+                receive(server)
+                server.sendall(view)
+            for client, server in pairs:
+                receive(client)
+                if buf != burst:
+                    raise AssertionError("echo mismatch")
+
+    batches(WARMUP * window)
+    start = time.perf_counter()
+    batches(rounds)
+    elapsed = time.perf_counter() - start
+    for client, server in pairs:
+        client.close()
+        server.close()
+    listener.close()
+    return elapsed
+
+
+async def bench_floor_async(size: int, conns: int, rounds: int, window: int) -> float:
+    return bench_floor(size, conns, rounds, window)
+
+
 BENCHES: dict[str, Callable[[int, int, int, int], Awaitable[float]]] = {
+    "floor": bench_floor_async,
     "streams": bench_streams,
+    "streams-tuned": bench_streams,
     "protocol": bench_protocol,
     "runtime": bench_runtime,
 }
@@ -240,6 +305,7 @@ def measure(variant: str, size: int, conns: int, rounds: int, window: int) -> fl
         check=True,
         capture_output=True,
         text=True,
+        env={**os.environ, **ENVIRON.get(variant, {})},
     )
     return float(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
 
