@@ -11,8 +11,10 @@ import asyncio
 import dataclasses
 import inspect
 import os
+import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -105,9 +107,11 @@ def _validate_marker_value(where: str, key: str, value: Any) -> Any:
     if key in ("timeout", "cycle"):
         if value is None and key == "timeout":
             return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise _usage(where, f"@pytest.mark.commonware({key}={value!r}): {key} must be a positive number of seconds")
-        return float(value)
+        seconds = value.total_seconds() if isinstance(value, timedelta) else value
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0 or seconds == float("inf"):
+            raise _usage(where, f"@pytest.mark.commonware({key}={value!r}): {key} must be a positive, finite "
+                                f"number of seconds or a timedelta")
+        return float(seconds)
     if key == "catch_panics":
         if not isinstance(value, bool):
             raise _usage(where, f"@pytest.mark.commonware(catch_panics={value!r}): catch_panics must be a bool")
@@ -145,14 +149,12 @@ def marker_args(markers: Iterable[Any], where: str) -> MarkerArgs:
 class Settings:
     """The resolved ``--cw-*`` options (command line first, then the ini key, then the default)."""
 
-    seeds: int | None = None  # from --cw-seeds (overrides markers)
-    ini_seeds: int | None = None  # from the cw_seeds ini key (a default below markers)
+    seeds: int | None = None  # from --cw-seeds or the cw_seeds ini key (overrides markers)
     seed_base: int = 0
     seed: int | None = None
     runtime: str | None = None
     traces_dir: Path = Path("traces")
-    record: str | None = None  # from --cw-record (overrides markers)
-    ini_record: str = "failed"
+    record: str | None = None  # from --cw-record or the cw_record ini key (overrides markers)
     replay: Path | None = None
     bisect: Path | None = None
     check_determinism: bool = False
@@ -169,7 +171,7 @@ class Settings:
             return self.record
         if marker.record is not None:
             return marker.record
-        return self.ini_record
+        return "failed"
 
     def display_path(self, path: Path) -> str:
         """``path`` as the user would type it from where pytest was started."""
@@ -213,8 +215,6 @@ def seed_list(settings: Settings, marker: MarkerArgs) -> list[int]:
         return list(marker.seeds)
     elif marker.seeds is not None:
         count = marker.seeds
-    elif settings.ini_seeds is not None:
-        count = settings.ini_seeds
     else:
         count = 1
     return list(range(settings.seed_base, settings.seed_base + count))
@@ -249,6 +249,16 @@ def plan(settings: Settings, marker: MarkerArgs, fixtures: Iterable[str], where:
     if runtime in ("production", "both"):
         specs.append(RunSpec("production", None, both))
     return specs
+
+
+_BOTH_SEED_ID = re.compile(r"(?<=[\[-])deterministic-seed=(\d+)(?=[\]-])")
+
+
+def same_run(nodeid: str, traced: str) -> bool:
+    """Whether an item is the run a trace names.  ``[deterministic-seed=N]`` (the test ran
+    under ``runtime="both"``) and ``[seed=N]`` name the same deterministic run: a trace
+    recorded under ``--cw-runtime=both`` replays without it, and the other way round."""
+    return nodeid == traced or _BOTH_SEED_ID.sub(r"seed=\1", nodeid) == _BOTH_SEED_ID.sub(r"seed=\1", traced)
 
 
 def deterministic_config(seed: int, marker: MarkerArgs) -> deterministic.Config:

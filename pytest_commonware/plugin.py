@@ -105,12 +105,10 @@ def _value(config: pytest.Config, name: str) -> tuple[Any, str, Path]:
 
 def _settings(config: pytest.Config) -> Settings:
     s = Settings(invocation_dir=config.invocation_params.dir)
+    # An ini key is the option given in a file: it overrides markers exactly as the option does.
     value, where, _ = _value(config, "cw_seeds")
     if value is not None:
-        if config.getoption("cw_seeds") is not None:
-            s.seeds = engine.parse_int(where, value, 1)
-        else:
-            s.ini_seeds = engine.parse_int(where, value, 1)
+        s.seeds = engine.parse_int(where, value, 1)
     value, where, _ = _value(config, "cw_seed_base")
     if value is not None:
         s.seed_base = engine.parse_int(where, value, 0)
@@ -122,12 +120,9 @@ def _settings(config: pytest.Config) -> Settings:
         s.runtime = engine.parse_choice(where, value, engine.RUNTIMES)
     value, where, base = _value(config, "cw_traces")
     s.traces_dir = (base / value) if value is not None else config.rootpath / "traces"
-    record = config.getoption("cw_record")
-    if record is not None:
-        s.record = engine.parse_choice("--cw-record", record, engine.RECORD_MODES)
-    ini_record = config.getini("cw_record")
-    if ini_record:
-        s.ini_record = engine.parse_choice("ini cw_record", ini_record, engine.RECORD_MODES)
+    value, where, _ = _value(config, "cw_record")
+    if value is not None:
+        s.record = engine.parse_choice(where, value, engine.RECORD_MODES)
     for name in ("cw_replay", "cw_bisect"):
         value, where, base = _value(config, name)
         if value is not None:
@@ -222,8 +217,8 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     target = state.replay_trace or state.bisect_trace
     if target is None:
         return
-    keep = [item for item in items if item.nodeid == target.test]
-    drop = [item for item in items if item.nodeid != target.test]
+    keep = [item for item in items if engine.same_run(item.nodeid, target.test) and _is_deterministic(item)]
+    drop = [item for item in items if item not in keep]
     if not keep:
         path = state.settings.replay or state.settings.bisect
         raise pytest.UsageError(
@@ -233,6 +228,11 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     if drop:
         config.hook.pytest_deselected(items=drop)
     items[:] = keep
+
+
+def _is_deterministic(item: pytest.Item) -> bool:
+    spec = _spec(item)
+    return spec is not None and spec.runtime == "deterministic"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -163,11 +163,12 @@ def test_option_precedence(pytester: pytest.Pytester) -> None:
     # --cw-seed runs exactly one seed everywhere.
     ids = _ids_run(pytester, "--cw-seed=5")
     assert [i.split("::")[1] for i in ids] == ["test_default[seed=5]", "test_marked[seed=5]", "test_listed[seed=5]"]
-    # The ini key is a default below the marker; the option beats both.
+    # The ini key is the option given in a file: it overrides markers' counts too; the
+    # command line beats the ini key.
     pytester.makeini("[pytest]\ncw_seeds = 4\ncw_seed_base = 100\n")
     ids = _ids_run(pytester)
     assert sum("test_default" in i for i in ids) == 4 and "test_default[seed=100]" in ids[0]
-    assert sum("test_marked" in i for i in ids) == 3
+    assert sum("test_marked" in i for i in ids) == 4
     ids = _ids_run(pytester, "--cw-seeds=1")
     assert sum("test_marked" in i for i in ids) == 1
 
@@ -253,6 +254,32 @@ def test_bad_marker_and_options_are_usage_errors(pytester: pytest.Pytester) -> N
     result.stderr.fnmatch_lines(["ERROR: --cw-runtime: must be one of deterministic, production, both*"])
     result = pytester.runpytest(*QUIET, "--cw-seeds=zero")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_marker_durations_accept_timedelta(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_td="""
+        import datetime, pytest
+        from commonware_runtime import RuntimeTimeout
+
+        @pytest.mark.commonware(timeout=datetime.timedelta(seconds=5), cycle=datetime.timedelta(milliseconds=2))
+        async def test_deadline(deterministic_context):
+            await deterministic_context.sleep(4.5)
+            assert deterministic_context.current() == 4.5
+            with pytest.raises(RuntimeTimeout):
+                await deterministic_context.sleep(1)
+
+        @pytest.mark.commonware(timeout=datetime.timedelta(0))
+        async def test_zero(deterministic_context):
+            pass
+        """
+    )
+    result = pytester.runpytest(*QUIET, "--cw-record=none")
+    result.stdout.fnmatch_lines(["*usage error: test_td.py::test_zero: @pytest.mark.commonware(timeout=datetime.timedelta(0))*positive*"])
+    pytester.makepyfile(test_td=pytester.path.joinpath("test_td.py").read_text().split("@pytest.mark.commonware(timeout=datetime.timedelta(0))")[0])
+    result = pytester.runpytest(*QUIET, "--cw-record=none")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*RuntimeTimeout*"])
 
 
 NONDETERMINISTIC = """

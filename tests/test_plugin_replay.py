@@ -66,6 +66,26 @@ def test_replay_reproduces_the_failure(pytester: pytest.Pytester) -> None:
     ])
 
 
+@pytest.mark.parametrize(("recorded", "replayed"), [
+    (("--cw-runtime=both",), ()),                                       # [deterministic-seed=N] -> [seed=N]
+    (("--cw-runtime=deterministic",), ()),                              # [seed=N] -> [deterministic-seed=N]
+])
+def test_reproduce_command_works_whatever_runtime_option_recorded_it(
+    pytester: pytest.Pytester, recorded: tuple[str, ...], replayed: tuple[str, ...]
+) -> None:
+    # Under runtime "both" a seed's id names the runtime; replaying without the option that
+    # shaped it must still find the run (the printed command is used verbatim).
+    marker = "" if recorded == ("--cw-runtime=both",) else "import pytest\npytestmark = pytest.mark.commonware(runtime='both')\n"
+    pytester.makepyfile(test_race=marker + RACE_MODULE.replace("deterministic_context", "runtime_context"))
+    result = pytester.runpytest(*QUIET, *recorded)
+    assert result.parseoutcomes().get("failed", 0) >= 1
+    command = [line for line in result.stdout.lines if line.startswith("reproduce with: pytest ")][0]
+    args = command.removeprefix("reproduce with: pytest ").split()
+    replay = pytester.runpytest("-v", *QUIET, *replayed, *args)
+    assert replay.parseoutcomes()["failed"] == 1 and "passed" not in replay.parseoutcomes()
+    replay.stdout.fnmatch_lines(["*AssertionError: lost update*", "*reproduced the recorded failure*"])
+
+
 def test_replay_of_a_passing_run_passes(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_race=RACE)
     pytester.runpytest(*QUIET, "--cw-record=all")
