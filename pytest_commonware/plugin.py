@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from commonware_runtime import RuntimeStalled, RuntimeTimeout
 
 from . import engine
 from .engine import (
@@ -447,6 +448,11 @@ def _run_bisect(item: pytest.Function, state: State, make_main: Any, note: ItemR
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
     report = yield
     note = item.stash.get(ITEM_RUN, None)
+    if note is not None and report.when == "call" and call.excinfo is not None and report.failed:
+        if isinstance(call.excinfo.value, (RuntimeStalled, RuntimeTimeout)):
+            # Raised by the scheduler, not by test code: the traceback is the plugin's and the
+            # loop's; the message already says where every task was waiting.
+            report.longrepr = call.excinfo.exconly()
     if note is not None and report.when == "call":
         lines = list(note.lines)
         if note.reproduce and report.failed:

@@ -399,3 +399,32 @@ def test_production_timeout_and_catch_panics(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest(*QUIET)
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*TimeoutError: the test did not finish within its timeout of 0.05s (real time)*"])
+
+
+def test_stall_and_timeout_reports_name_the_waiting_code_not_the_plugin(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_hang="""
+        import asyncio, pytest
+
+        async def test_stall(deterministic_context):
+            await asyncio.Event().wait()
+
+        @pytest.mark.commonware(timeout=5)
+        async def test_deadline(deterministic_context):
+            async def ticker(ctx):
+                while True:
+                    await ctx.sleep(1)
+            deterministic_context.with_label("ticker").spawn(ticker)
+            await deterministic_context.sleep(10)
+        """
+    )
+    result = pytester.runpytest(*QUIET, "--cw-record=none")
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines([
+        "*RuntimeStalled: runtime stalled at virtual time 0.0*Blocked tasks:",
+        "  - 'root' (task id 1) awaiting * at test_hang.py:4 in test_stall()",
+        "*RuntimeTimeout: virtual time 5.0* passed the deadline of 5.0s*Tasks still waiting:",
+        "  - 'root' (task id 1) awaiting * at test_hang.py:12 in test_deadline()",
+        "  - 'ticker' (task id 2) awaiting * at test_hang.py:10 in ticker()",
+    ])
+    assert "plugin.py" not in result.stdout.str() and "def _run_once" not in result.stdout.str()

@@ -272,7 +272,7 @@ class EventLoop(asyncio.BaseEventLoop):
             self._now_ns = now
             raise RuntimeTimeout(
                 f"virtual time {now / NS_PER_SECOND:.9f}s passed the deadline of {self._deadline_ns / NS_PER_SECOND}s "
-                f"after {self.steps} scheduling decisions"
+                f"after {self.steps} scheduling decisions. Tasks still waiting:\n" + self._waiting_report()
             )
         self._now_ns = now
         future_type = _Future
@@ -484,16 +484,21 @@ class EventLoop(asyncio.BaseEventLoop):
         return tasks
 
     def stalled(self) -> RuntimeStalled:
-        lines = [
+        return RuntimeStalled(
             f"runtime stalled at virtual time {self._now_ns / NS_PER_SECOND:.9f}s after {self.steps} scheduling "
-            f"decisions: no task is ready and no timer is pending. Blocked tasks:"
-        ]
-        for task in self.blocked_tasks():
+            f"decisions: no task is ready and no timer is pending. Blocked tasks:\n" + self._waiting_report()
+        )
+
+    def _waiting_report(self) -> str:
+        """One line per unfinished task: its label, id and where its code awaits."""
+        tasks = self.blocked_tasks()
+        lines = []
+        for task in tasks[:_REPORT_TASKS]:
             label = getattr(task, "_cw_label", task.get_name()) or "<unlabeled>"
             lines.append(f"  - {label!r} (task id {getattr(task, '_cw_id', 0)}) awaiting {await_site(task)}")
-        if len(lines) == 1:
-            lines.append("  (none: the awaited future can only be completed from outside the loop)")
-        return RuntimeStalled("\n".join(lines))
+        if len(tasks) > _REPORT_TASKS:
+            lines.append(f"  ... and {len(tasks) - _REPORT_TASKS} more tasks")
+        return "\n".join(lines) or "  (none: the awaited future can only be completed from outside the loop)"
 
     # -- real I/O is not simulated here ---------------------------------------------------
 
@@ -503,6 +508,9 @@ class EventLoop(asyncio.BaseEventLoop):
             f"runtime Context's simulated network and storage instead"
         )
 
+
+# A stall or timeout report lists this many tasks (the oldest first), then a count.
+_REPORT_TASKS = 50
 
 _LIBRARY_DIRS = (
     os.path.dirname(asyncio.__file__) + os.sep,
