@@ -312,8 +312,7 @@ def bisect_trace(
 ) -> BisectResult:
     """Bisect ``trace`` (see the module docstring) and write the minimal trace to ``output``."""
     b = _Bisector(trace, make_main, where, max_runs)
-    error = trace.error or {}
-    failure = f"{error.get('type')}: {error.get('message')}"
+    failure = trace.failure()
     total = trace.steps
 
     full = b.prefix(total)

@@ -49,7 +49,7 @@ def _summary(trace: Trace) -> list[str]:
     config = " ".join(f"{k}={v}" for k, v in trace.config.items())
     outcome = trace.outcome
     if trace.error is not None:
-        outcome += f": {trace.error['type']}: {trace.error['message']}"
+        outcome += f": {trace.failure()}"
     s = trace.schedule
     lines = [
         f"test:     {trace.test}",

@@ -117,6 +117,16 @@ class Trace:
         """The label of task ``tid`` (``<callback>`` for 0, a plain loop callback)."""
         return self.schedule.task_label(tid)
 
+    def failure(self, limit: int = 200) -> str:
+        """``Type: message`` on one line (reports are one line per fact); empty if passed."""
+        if self.error is None:
+            return ""
+        lines = str(self.error.get("message", "")).strip().splitlines() or [""]
+        text = f"{self.error.get('type')}: {lines[0]}"
+        if len(lines) > 1 or len(text) > limit:
+            text = text[: limit - 1] + "…" if len(text) > limit else text + " …"
+        return text
+
 
 def runtime_version() -> str:
     """The installed commonware-runtime version (the package's own when not installed)."""
@@ -785,7 +795,7 @@ def first_divergence(expected: Trace, actual: Trace) -> Divergence | None:
 def _outcome(trace: Trace) -> str:
     if trace.error is None:
         return trace.outcome
-    return f"{trace.outcome} ({trace.error['type']}: {trace.error['message']})"
+    return f"{trace.outcome} ({trace.failure()})"
 
 
 def _round_of(schedule: Schedule, step: int) -> int:
