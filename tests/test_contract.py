@@ -488,7 +488,20 @@ def test_spawn_blocking_ref_is_one_shot(runner_factory: Any) -> None:
         with pytest.raises(RuntimeError):
             spawner(lambda: 22)
         dedicated = ctx.spawn_blocking_ref(dedicated=True)(lambda: 21)
-        return await handle + await dedicated
+        # A bad argument fails at the call; a failed use does not use the spawner up.
+        with pytest.raises(TypeError, match="dedicated"):
+            ctx.spawn_blocking_ref(dedicated="yes")
+        fresh = ctx.spawn_blocking_ref()
+        with pytest.raises(TypeError):
+            fresh(42)
+        again = fresh(lambda: 0)
+        one_shot = ctx.spawn_ref()
+        with pytest.raises(TypeError):
+            one_shot(42)
+        async def zero() -> int:
+            return 0
+        later = one_shot(zero())
+        return await handle + await dedicated + await again + await later
 
     assert runner_factory.run(main) == 42
 
@@ -722,6 +735,14 @@ def test_clock_timeout(runner_factory: Any) -> None:
 
         with pytest.raises(KeyError):
             await ctx.timeout(1.0, fails())
+
+        # Timeout means our deadline passed; the awaited code's own TimeoutError is its own.
+        async def times_out_itself() -> None:
+            raise TimeoutError("inner")
+
+        with pytest.raises(TimeoutError, match="inner") as caught:
+            await ctx.timeout(10.0, times_out_itself())
+        assert not isinstance(caught.value, Timeout)
 
     runner_factory.run(main)
 
@@ -1048,6 +1069,8 @@ def test_storage_closed_blob_raises_closed(runner_factory: Any) -> None:
             await blob.read_at(1, 0)
         with pytest.raises(Closed):
             await blob.write_at(b"x", 0)
+        with pytest.raises(Closed):
+            blob.size  # noqa: B018 - the property access is the test
 
     runner_factory.run(main)
 
@@ -1211,18 +1234,61 @@ def test_network_closed_halves_raise_closed(runner_factory: Any) -> None:
     async def main(ctx: Any) -> None:
         listener = await ctx.bind((LOCALHOST, 0))
 
+        accepted = Signaler.new()
+
         async def server(c: Any) -> None:
             _, sink, stream = await listener.accept()
+            accepted[0].signal(1)
             await c.sleep(1_000)
 
         ctx.spawn(server)
         sink, stream = await ctx.dial(listener.local_addr())
+        await accepted[1]
         sink.close()
         with pytest.raises(Closed):
             await sink.send(b"x")
         stream.close()
         with pytest.raises(Closed):
             await stream.recv(1)
+        # close() is synchronous and its result may be awaited, like blob.close().
+        other_sink, other_stream = await ctx.dial(listener.local_addr())
+        await other_sink.close()
+        await other_stream.close()
+        await other_sink.close()
+        with pytest.raises(Closed):
+            await other_sink.send(b"x")
+        await listener.close()
+        await listener.close()
+
+    runner_factory.run(main)
+
+
+def test_network_localhost_is_the_loopback(runner_factory: Any) -> None:
+    async def main(ctx: Any) -> bytes:
+        listener = await ctx.bind("localhost:0")
+        host, port = listener.local_addr()
+        assert host == LOCALHOST
+
+        async def server(c: Any) -> None:
+            _, sink, stream = await listener.accept()
+            await sink.send(await stream.recv(2))
+
+        ctx.spawn(server)
+        sink, stream = await ctx.dial(f"localhost:{port}")
+        await sink.send(b"hi")
+        return bytes(await stream.recv(2))
+
+    assert runner_factory.run(main) == b"hi"
+
+
+def test_storage_partition_name_length_limit(runner_factory: Any) -> None:
+    async def main(ctx: Any) -> None:
+        longest = "p" * 255
+        blob, _ = await ctx.open(longest, b"x")
+        await blob.close()
+        assert await ctx.scan(longest) == [b"x"]
+        with pytest.raises(PartitionNameInvalid, match="256 characters"):
+            await ctx.open("p" * 256, b"x")
 
     runner_factory.run(main)
 

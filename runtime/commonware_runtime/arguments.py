@@ -81,11 +81,21 @@ def join_label(prefix: str, label: str) -> str:
     return f"{prefix}_{label}" if prefix else label
 
 
+#: Longest partition name: one path component on common filesystems.
+PARTITION_MAX = 255
+
+
 def check_partition(partition: object) -> str:
     if not isinstance(partition, str):
         raise TypeError(f"partition must be a str, got {type(partition).__name__} {partition!r}")
     if not _PARTITION.match(partition):
         raise PartitionNameInvalid(f"partition name {partition!r} is invalid: partitions match [A-Za-z0-9_-]+")
+    if len(partition) > PARTITION_MAX:
+        # A partition is one directory in production; both runtimes share the limit so that
+        # code tested on the deterministic one cannot fail on a real filesystem.
+        raise PartitionNameInvalid(
+            f"partition name {partition[:32]!r}... is invalid: {len(partition)} characters, at most {PARTITION_MAX}"
+        )
     return partition
 
 

@@ -221,13 +221,16 @@ class BaseContext:
                 raise RuntimeError("spawn_ref() spawner was already used; take a new one for each task")
             if not inspect.isawaitable(awaitable):
                 raise TypeError(f"spawn_ref spawner expects an awaitable, got {type(awaitable).__name__}")
-            used = True
-            return self._spawn(lambda _ctx: awaitable, None)
+            handle = self._spawn(lambda _ctx: awaitable, None)
+            used = True  # only a spawn that happened uses the spawner up
+            return handle
 
         return spawner
 
     def spawn_blocking_ref(self, dedicated: bool = False) -> Callable[[Callable[[], T]], Handle[T]]:
         """A one-shot spawner taking a zero-argument function; a second use raises RuntimeError."""
+        if not isinstance(dedicated, bool):
+            raise TypeError(f"dedicated must be a bool, got {dedicated!r}")
         used = False
 
         def spawner(fn: Callable[[], T]) -> Handle[T]:
@@ -236,8 +239,9 @@ class BaseContext:
                 raise RuntimeError("spawn_blocking_ref() spawner was already used; take a new one for each task")
             if not callable(fn):
                 raise TypeError(f"spawn_blocking_ref spawner expects a callable, got {fn!r}")
+            handle = self.spawn_blocking(lambda _ctx: fn(), dedicated)
             used = True
-            return self.spawn_blocking(lambda _ctx: fn(), dedicated)
+            return handle
 
         return spawner
 
@@ -266,10 +270,13 @@ class BaseContext:
         seconds = duration_seconds(duration, "duration")
         if not inspect.isawaitable(awaitable):
             raise TypeError(f"timeout expects an awaitable, got {type(awaitable).__name__}")
+        deadline = asyncio.timeout(seconds)
         try:
-            async with asyncio.timeout(seconds):
+            async with deadline:
                 return await awaitable
         except TimeoutError:
+            if not deadline.expired():
+                raise  # the awaited code's own TimeoutError, not our deadline
             raise Timeout(f"operation did not finish within {seconds}s") from None
 
     # -- storage (each runtime's core has a ``storage`` with open/remove/scan) ---------------

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 
 from .arguments import check_count
+from .completed import COMPLETED, Completed
 from .errors import Closed, RecvFailed, SendFailed
 
 __all__ = ["Pipe", "PipeSink", "PipeStream", "as_byte_view"]
@@ -321,10 +322,11 @@ class PipeSink:
             self._transmit(view[offset : offset + k].tobytes(), token)
             offset += k
 
-    def close(self) -> None:
-        """Half-close: the peer reads what was sent, then its recv fails. Idempotent."""
+    def close(self) -> Completed:
+        """Half-close: the peer reads what was sent, then its recv fails. Idempotent.
+        Synchronous; the result may be awaited (see ``completed``)."""
         if self._closed:
-            return
+            return COMPLETED
         self._closed = True
         if not self._poisoned:
             self._transmit_eof()
@@ -332,6 +334,7 @@ class PipeSink:
         if not self._done:
             self._done = True
             self._on_done()
+        return COMPLETED
 
 
 class PipeStream:
@@ -387,13 +390,15 @@ class PipeStream:
         self._check_usable()
         return self._pipe.peek(max_n)
 
-    def close(self) -> None:
-        """Stop reading: buffered bytes are dropped and the peer's sends fail. Idempotent."""
+    def close(self) -> Completed:
+        """Stop reading: buffered bytes are dropped and the peer's sends fail. Idempotent.
+        Synchronous; the result may be awaited (see ``completed``)."""
         if self._closed:
-            return
+            return COMPLETED
         self._closed = True
         self._pipe.close_reader()
         if not self._done:
             self._done = True
             self._on_done()
+        return COMPLETED
 

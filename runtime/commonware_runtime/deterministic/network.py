@@ -48,6 +48,7 @@ from typing import Any
 
 from ..arguments import Address, Duration, duration_ns, format_address, parse_address
 from ..auditor import Auditor
+from ..completed import COMPLETED, Completed
 from ..errors import BindFailed, Closed, ConnectionFailed
 from ..metrics import RuntimeCounters
 from ..pipe import Pipe, PipeSink, PipeStream
@@ -73,6 +74,13 @@ def _call_at_ns(loop: asyncio.AbstractEventLoop, when_ns: int, callback: Any) ->
     if exact is not None:
         return exact(when_ns, callback)
     return loop.call_at(when_ns / 1_000_000_000, callback)
+
+
+def _parse(addr: Address) -> tuple[str, int]:
+    """``parse_address`` plus the one name every resolver knows: ``localhost`` is the
+    loopback address, as it is for the production runtime's sockets."""
+    host, port = parse_address(addr)
+    return ("127.0.0.1" if host.lower() == "localhost" else host), port
 
 
 def _check_host(host: object, what: str = "host") -> str:
@@ -385,11 +393,12 @@ class Listener:
             net.auditor.event("net.accept", format_address(conn.acceptor_addr), format_address(conn.dialer_addr))
         return conn.dialer_addr, conn.acceptor_sink, conn.acceptor_stream
 
-    def close(self) -> None:
+    def close(self) -> Completed:
         """Stop listening (idempotent): pending accepts raise ``Closed``, the port is freed,
-        and connections dialed but not yet accepted are refused (their dialer's calls fail)."""
+        and connections dialed but not yet accepted are refused (their dialer's calls fail).
+        Synchronous; the result may be awaited (see ``completed``)."""
         if self._closed:
-            return
+            return COMPLETED
         self._closed = True
         net = self._net
         if net._listeners.get(self._addr) is self:
@@ -405,6 +414,7 @@ class Listener:
         backlog = self._backlog
         while backlog:
             backlog.popleft().break_(reason)
+        return COMPLETED
 
     def __repr__(self) -> str:
         return f"<deterministic.Listener {format_address(self._addr)}{' closed' if self._closed else ''}>"
@@ -458,7 +468,7 @@ class Network:
     async def bind(self, host: str, addr: Address) -> Listener:
         """Listen on ``addr`` from ``host`` (port 0 picks an ephemeral port)."""
         _check_host(host)
-        ip, port = parse_address(addr)
+        ip, port = _parse(addr)
         if port == 0:
             try:
                 port = self._allocate_port(ip if ip not in _WILDCARDS else host, ip)
@@ -487,7 +497,7 @@ class Network:
     async def dial(self, source_host: str, addr: Address) -> tuple[Sink, Stream]:
         """Connect from ``source_host`` (an ephemeral source port) to ``addr``."""
         _check_host(source_host, "source_host")
-        target = parse_address(addr)
+        target = _parse(addr)
         loop = asyncio.get_running_loop()
         listener = self._lookup(*target)
         reason = None

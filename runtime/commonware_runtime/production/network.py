@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..arguments import Address, check_count, check_data, duration_seconds, format_address, parse_address
+from ..completed import COMPLETED, Completed
 from ..errors import BindFailed, Closed, ConnectionFailed, RecvFailed, SendFailed, Timeout
 from ..metrics import RuntimeCounters
 
@@ -510,11 +511,13 @@ class Stream(_Half):
         start = conn._start
         return conn._view[start : min(conn._end, start + max_n)].tobytes()
 
-    def close(self) -> None:
-        """Stop reading; idempotent.  Closes the connection once the sink is closed too."""
+    def close(self) -> Completed:
+        """Stop reading; idempotent.  Closes the connection once the sink is closed too.
+        Synchronous; the result may be awaited (see ``completed``)."""
         if not self._closed:
             self._closed = True
             self._over()
+        return COMPLETED
 
 
 class Sink(_Half):
@@ -599,11 +602,13 @@ class Sink(_Half):
         if not ok:
             raise self._poison(self._failed("connection lost"))
 
-    def close(self) -> None:
-        """Flush what is queued, then half-close (the peer's recv fails after reading it)."""
+    def close(self) -> Completed:
+        """Flush what is queued, then half-close (the peer's recv fails after reading it).
+        Synchronous; the result may be awaited (see ``completed``)."""
         if not self._closed:
             self._closed = True
             self._over()
+        return COMPLETED
 
 
 def _expire(waiter: asyncio.Future[Any]) -> None:
@@ -662,10 +667,11 @@ class Listener:
         self._counters.network["inbound_connections"] += 1
         return conn.peer, Sink(conn), Stream(conn)
 
-    def close(self) -> None:
-        """Stop listening; connections not yet accepted are closed.  Idempotent."""
+    def close(self) -> Completed:
+        """Stop listening; connections not yet accepted are closed.  Idempotent.
+        Synchronous; the result may be awaited (see ``completed``)."""
         if self._closed:
-            return
+            return COMPLETED
         self._closed = True
         if self._server is not None:
             self._server.close()
@@ -675,6 +681,7 @@ class Listener:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
+        return COMPLETED
 
 
 async def bind(addr: Address, config: NetworkConfig, counters: RuntimeCounters) -> Listener:

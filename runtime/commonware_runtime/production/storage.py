@@ -625,7 +625,10 @@ class Blob:
 
     @property
     def size(self) -> int:
-        """Bytes in the blob, written or resized through any of its handles."""
+        """Bytes in the blob, written or resized through any of its handles (``Closed``
+        after ``close``, as in the deterministic runtime)."""
+        if self._closed is not None:
+            raise Closed(f"blob {describe(self.partition, self.name)} is closed")
         return self._shared.size
 
     def _check_open(self) -> int:
