@@ -73,6 +73,9 @@ _WRITE_LOW = 64 * 1024
 _CORK_LIMIT = 64 * 1024
 
 
+_PENDING, _DONE, _CANCELLED = 0, 1, 2  # _Waiter states
+
+
 class _Waiter:
     """What a waiting ``recv`` awaits: a minimal future that can wake its task at once.
 
@@ -90,14 +93,12 @@ class _Waiter:
 
     __slots__ = ("_asyncio_future_blocking", "_loop", "_callback", "_context", "_state", "_value", "_cancel_message")
 
-    _PENDING, _DONE, _CANCELLED = 0, 1, 2
-
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._asyncio_future_blocking = False
         self._loop = loop
         self._callback: Any = None
         self._context: Any = None
-        self._state = 0
+        self._state = _PENDING
         self._value = 0
         self._cancel_message: Any = None
 
@@ -105,20 +106,20 @@ class _Waiter:
         return self._loop
 
     def done(self) -> bool:
-        return self._state != 0
+        return self._state != _PENDING
 
     def cancelled(self) -> bool:
-        return self._state == 2
+        return self._state == _CANCELLED
 
     def result(self) -> int:
-        if self._state == 2:
+        if self._state == _CANCELLED:
             raise asyncio.CancelledError(self._cancel_message)
-        if self._state == 0:
+        if self._state == _PENDING:
             raise asyncio.InvalidStateError("result is not set")
         return self._value
 
     def exception(self) -> BaseException | None:
-        if self._state == 2:
+        if self._state == _CANCELLED:
             raise asyncio.CancelledError(self._cancel_message)
         return None
 
@@ -141,7 +142,7 @@ class _Waiter:
     def cancel(self, msg: Any = None) -> bool:
         if self._state:
             return False
-        self._state = 2
+        self._state = _CANCELLED
         self._cancel_message = msg
         self._schedule()
         return True
@@ -152,7 +153,7 @@ class _Waiter:
         the middle of one of its own calls)."""
         if self._state:
             return
-        self._state = 1
+        self._state = _DONE
         self._value = value
         callback = self._callback
         if callback is None:
