@@ -138,7 +138,7 @@ def test_read_over_production_blob(tmp_path: Path) -> None:
         rest = await reader.read_exact(reader.remaining)
         assert bytes(got) + rest == data
         assert await reader.read_exact(0) == b""
-        with pytest.raises(BlobInsufficientLength, match="p/72"):
+        with pytest.raises(BlobInsufficientLength, match="blob b'r' in partition 'p'"):
             await reader.read_exact(1)
         await blob.close()
 

@@ -156,6 +156,12 @@ def parse_address(addr: object) -> tuple[str, int]:
     return host, port
 
 
+def format_blob(partition: str, name: bytes) -> str:
+    """How every message names a blob (both runtimes alike); very long names are cut."""
+    shown = repr(name) if len(name) <= 64 else f"{name[:64]!r}...({len(name)} bytes)"
+    return f"blob {shown} in partition {partition!r}"
+
+
 def format_address(addr: tuple[str, int]) -> str:
     host, port = addr
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

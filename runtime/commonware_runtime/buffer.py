@@ -19,7 +19,7 @@ import asyncio
 import threading
 from typing import Any, Protocol
 
-from .arguments import check_count, check_data, check_offset
+from .arguments import check_count, check_data, check_offset, format_blob
 from .errors import BlobInsufficientLength
 
 __all__ = ["Pool", "Read", "Write", "MIN_CLASS"]
@@ -53,11 +53,8 @@ def _blob_label(blob: object) -> str:
     partition = getattr(blob, "partition", None)
     name = getattr(blob, "name", None)
     if isinstance(partition, str) and isinstance(name, (bytes, bytearray)):
-        text = bytes(name).hex()
-        if len(text) > 64:
-            text = f"{text[:64]}...({len(name)} bytes)"
-        return f"{partition}/{text}"
-    return repr(blob)
+        return format_blob(partition, bytes(name))
+    return f"blob {blob!r}"
 
 
 class Pool:
@@ -161,7 +158,7 @@ class Read:
             position = self.position
             if n > self._blob_size - position:
                 raise BlobInsufficientLength(
-                    f"blob {_blob_label(self._blob)}: buffered read of {n} bytes at offset {position} "
+                    f"{_blob_label(self._blob)}: buffered read of {n} bytes at offset {position} "
                     f"passes the end (size {self._blob_size})"
                 )
             if n == 0:
@@ -188,7 +185,7 @@ class Read:
         data = await self._blob.read_at(n, offset)
         if len(data) != n:
             raise BlobInsufficientLength(
-                f"blob {_blob_label(self._blob)}: read of {n} bytes at offset {offset} returned {len(data)}"
+                f"{_blob_label(self._blob)}: read of {n} bytes at offset {offset} returned {len(data)}"
             )
         return bytes(data)
 
@@ -198,7 +195,7 @@ class Read:
         async with self._lock:
             if offset > self._blob_size:
                 raise BlobInsufficientLength(
-                    f"blob {_blob_label(self._blob)}: cannot seek to {offset} past the end (size {self._blob_size})"
+                    f"{_blob_label(self._blob)}: cannot seek to {offset} past the end (size {self._blob_size})"
                 )
             if self._buf_start <= offset <= self._buf_start + len(self._buf):
                 self._pos = offset - self._buf_start

@@ -44,7 +44,7 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..arguments import U64_MAX, check_blob_name, check_count, check_data, check_offset, check_partition
+from ..arguments import U64_MAX, check_blob_name, check_count, check_data, check_offset, check_partition, format_blob
 from ..auditor import Auditor
 from ..errors import (
     BlobInsufficientLength,
@@ -127,8 +127,7 @@ class StorageFaults:
         object.__setattr__(self, field, value)
 
 
-def _where(partition: str, name: bytes) -> str:
-    return f"blob {name!r} in partition {partition!r}"
+_where = format_blob
 
 
 def _apply_write(buf: bytearray, offset: int, payload: bytes) -> None:

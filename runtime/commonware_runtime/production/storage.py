@@ -107,7 +107,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ..arguments import U64_MAX, check_blob_name, check_count, check_offset, check_partition
+from ..arguments import U64_MAX, check_blob_name, check_count, check_offset, check_partition, format_blob
 from ..errors import (
     BlobInsufficientLength,
     BlobMissing,
@@ -175,14 +175,6 @@ def name_components(name: bytes) -> tuple[list[str], str]:
         dirs.append(rest[:CHUNK] + _DIR_SUFFIX)
         rest = rest[CHUNK:]
     return dirs, rest
-
-
-def describe(partition: str, name: bytes) -> str:
-    """``partition/hexname`` for messages, shortened for very long names."""
-    text = name.hex()
-    if len(text) > 64:
-        text = f"{text[:64]}...({len(name)} bytes)"
-    return f"{partition}/{text}"
 
 
 # ----------------------------------------------------------------------------------------
@@ -255,13 +247,13 @@ def _walk(part_fd: int, dirs: list[str], create: bool) -> list[int]:
 def _open_blob(root: str, partition: str, name: bytes) -> tuple[int, int, tuple[int, int]]:
     """Open or create the file; returns its fd, size and identity ``(st_dev, st_ino)``."""
     part_fd = _open_partition(root, partition, create=True)
-    what = describe(partition, name)
+    what = format_blob(partition, name)
     try:
         dirs, file_name = name_components(name)
         try:
             dir_fds = _walk(part_fd, dirs, create=True)
         except OSError as exc:
-            raise BlobOpenFailed(f"cannot create the directories of blob {what}: {exc}") from exc
+            raise BlobOpenFailed(f"cannot create the directories of {what}: {exc}") from exc
         try:
             dir_fd = dir_fds[-1] if dir_fds else part_fd
             try:
@@ -279,14 +271,14 @@ def _open_blob(root: str, partition: str, name: bytes) -> tuple[int, int, tuple[
                             os.close(fd)
                             raise
             except OSError as exc:
-                raise BlobOpenFailed(f"cannot open blob {what}: {exc}") from exc
+                raise BlobOpenFailed(f"cannot open {what}: {exc}") from exc
             try:
                 info = os.fstat(fd)
                 if not stat.S_ISREG(info.st_mode):
-                    raise BlobOpenFailed(f"cannot open blob {what}: not a regular file")
+                    raise BlobOpenFailed(f"cannot open {what}: not a regular file")
             except OSError as exc:
                 os.close(fd)
-                raise BlobOpenFailed(f"cannot stat blob {what}: {exc}") from exc
+                raise BlobOpenFailed(f"cannot stat {what}: {exc}") from exc
             except BaseException:
                 os.close(fd)
                 raise
@@ -325,29 +317,29 @@ def _remove_partition(root: str, partition: str) -> None:
 
 
 def _remove_blob(root: str, partition: str, name: bytes) -> None:
-    what = describe(partition, name)
+    what = format_blob(partition, name)
     try:
         part_fd = _open_partition(root, partition, create=False)
     except FileNotFoundError as exc:
-        raise PartitionMissing(f"partition {partition!r} does not exist (removing blob {what})") from exc
+        raise PartitionMissing(f"partition {partition!r} does not exist (removing {what})") from exc
     except OSError as exc:
-        raise PartitionCorrupt(f"cannot open partition {partition!r} (removing blob {what}): {exc}") from exc
+        raise PartitionCorrupt(f"cannot open partition {partition!r} (removing {what}): {exc}") from exc
     try:
         dirs, file_name = name_components(name)
         try:
             dir_fds = _walk(part_fd, dirs, create=False)
         except FileNotFoundError as exc:
-            raise BlobMissing(f"blob {what} does not exist") from exc
+            raise BlobMissing(f"{what} does not exist") from exc
         except OSError as exc:
-            raise WriteFailed(f"cannot remove blob {what}: {exc}") from exc
+            raise WriteFailed(f"cannot remove {what}: {exc}") from exc
         try:
             parents = [part_fd, *dir_fds]
             try:
                 os.unlink(file_name, dir_fd=parents[-1])
             except FileNotFoundError as exc:
-                raise BlobMissing(f"blob {what} does not exist") from exc
+                raise BlobMissing(f"{what} does not exist") from exc
             except OSError as exc:
-                raise WriteFailed(f"cannot remove blob {what}: {exc}") from exc
+                raise WriteFailed(f"cannot remove {what}: {exc}") from exc
             try:
                 _fsync_dir(parents[-1])
                 # Prune long-name directories left empty, innermost first.
@@ -360,7 +352,7 @@ def _remove_blob(root: str, partition: str, name: bytes) -> None:
                         raise
                     _fsync_dir(parents[depth])
             except OSError as exc:
-                raise BlobSyncFailed(f"removed blob {what} but could not sync its directory: {exc}") from exc
+                raise BlobSyncFailed(f"removed {what} but could not sync its directory: {exc}") from exc
         finally:
             for d in dir_fds:
                 os.close(d)
@@ -621,24 +613,24 @@ class Blob:
         shared = self._shared
         if self._storage._blobs.get(shared.key) is not shared and self._closed is None:
             state += " removed"
-        return f"<Blob {describe(self.partition, self.name)} {state}>"
+        return f"<Blob {format_blob(self.partition, self.name)} {state}>"
 
     @property
     def size(self) -> int:
         """Bytes in the blob, written or resized through any of its handles (``Closed``
         after ``close``, as in the deterministic runtime)."""
         if self._closed is not None:
-            raise Closed(f"blob {describe(self.partition, self.name)} is closed")
+            raise Closed(f"{format_blob(self.partition, self.name)} is closed")
         return self._shared.size
 
     def _check_open(self) -> int:
         closed = self._closed
         if closed is not None:
-            raise Closed(f"blob {describe(self.partition, self.name)} is closed")
+            raise Closed(f"{format_blob(self.partition, self.name)} is closed")
         poisoned = self._shared.poisoned
         if poisoned is not None:
             raise BlobSyncFailed(
-                f"blob {describe(self.partition, self.name)}: an earlier sync failed, so writes may have been lost; "
+                f"{format_blob(self.partition, self.name)}: an earlier sync failed, so writes may have been lost; "
                 "close every handle of it and reopen it"
             ) from poisoned
         return self._fd
@@ -712,13 +704,13 @@ class Blob:
             offset = check_offset(offset)
         end = offset + n
         if end > U64_MAX:
-            raise OffsetOverflow(f"blob {describe(self.partition, self.name)}: offset {offset} + length {n} overflows u64")
+            raise OffsetOverflow(f"{format_blob(self.partition, self.name)}: offset {offset} + length {n} overflows u64")
         shared = self._shared
         if self._closed is not None or shared.poisoned is not None:
             self._check_open()
         if end > shared.size:
             raise BlobInsufficientLength(
-                f"blob {describe(self.partition, self.name)}: read of {n} bytes at offset {offset} "
+                f"{format_blob(self.partition, self.name)}: read of {n} bytes at offset {offset} "
                 f"passes the end (size {shared.size})"
             )
         fd = self._fd
@@ -741,7 +733,7 @@ class Blob:
                 got = 0
             except OSError as exc:
                 if exc.errno not in _NOT_SUPPORTED:
-                    raise ReadFailed(f"blob {describe(self.partition, self.name)}: read of {n} bytes at {offset} failed: {exc}") from exc
+                    raise ReadFailed(f"{format_blob(self.partition, self.name)}: read of {n} bytes at {offset} failed: {exc}") from exc
                 storage.nowait_reads = False
             if got:
                 self._backoff = 0
@@ -762,10 +754,10 @@ class Blob:
             else:
                 got += await self._offload(_read_into, fd, view[got:], offset + got)
         except OSError as exc:
-            raise ReadFailed(f"blob {describe(self.partition, self.name)}: read of {n} bytes at {offset} failed: {exc}") from exc
+            raise ReadFailed(f"{format_blob(self.partition, self.name)}: read of {n} bytes at {offset} failed: {exc}") from exc
         if got < n:
             raise BlobInsufficientLength(
-                f"blob {describe(self.partition, self.name)}: read of {n} bytes at offset {offset} "
+                f"{format_blob(self.partition, self.name)}: read of {n} bytes at offset {offset} "
                 f"found only {got} (the file is shorter than its tracked size {shared.size})"
             )
         counters = storage.counters.storage
@@ -792,7 +784,7 @@ class Blob:
         n = len(view)
         end = offset + n
         if end > U64_MAX:
-            raise OffsetOverflow(f"blob {describe(self.partition, self.name)}: offset {offset} + length {n} overflows u64")
+            raise OffsetOverflow(f"{format_blob(self.partition, self.name)}: offset {offset} + length {n} overflows u64")
         if self._closed is not None or self._shared.poisoned is not None:
             self._check_open()
         if n == 0:
@@ -808,7 +800,7 @@ class Blob:
             except OSError as exc:
                 if exc.errno not in _NOT_SUPPORTED:
                     self._after_failed_write(fd)
-                    raise WriteFailed(f"blob {describe(self.partition, self.name)}: write of {n} bytes at {offset} failed: {exc}") from exc
+                    raise WriteFailed(f"{format_blob(self.partition, self.name)}: write of {n} bytes at {offset} failed: {exc}") from exc
                 storage.nowait_writes = False
             if done == n:
                 self._wrote(n, end)
@@ -819,7 +811,7 @@ class Blob:
             await self._offload(_write_all, fd, view[done:] if done else view, offset + done)
         except OSError as exc:
             self._after_failed_write(fd)
-            raise WriteFailed(f"blob {describe(self.partition, self.name)}: write of {n} bytes at {offset} failed: {exc}") from exc
+            raise WriteFailed(f"{format_blob(self.partition, self.name)}: write of {n} bytes at {offset} failed: {exc}") from exc
         self._wrote(n, end)
 
     def _wrote(self, n: int, end: int) -> None:
@@ -840,13 +832,13 @@ class Blob:
         """Truncate or extend (with zeros) to ``length`` bytes; durable after ``sync``."""
         length = check_count(length, "length")
         if length > U64_MAX:
-            raise OffsetOverflow(f"blob {describe(self.partition, self.name)}: length {length} overflows u64")
+            raise OffsetOverflow(f"{format_blob(self.partition, self.name)}: length {length} overflows u64")
         fd = self._check_open()
         try:
             await self._offload(os.ftruncate, fd, length)
         except OSError as exc:
             self._after_failed_write(fd)
-            raise BlobResizeFailed(f"blob {describe(self.partition, self.name)}: resize to {length} failed: {exc}") from exc
+            raise BlobResizeFailed(f"{format_blob(self.partition, self.name)}: resize to {length} failed: {exc}") from exc
         self._shared.size = length
 
     async def sync(self) -> None:
@@ -856,7 +848,7 @@ class Blob:
             await self._offload(_datasync, fd)
         except OSError as exc:
             self._shared.poisoned = exc
-            raise BlobSyncFailed(f"blob {describe(self.partition, self.name)}: sync failed: {exc}") from exc
+            raise BlobSyncFailed(f"{format_blob(self.partition, self.name)}: sync failed: {exc}") from exc
         self._storage.counters.storage["syncs"] += 1
 
     async def close(self) -> None:
@@ -885,7 +877,7 @@ class Blob:
             self._release()
         if failure is not None:
             raise BlobSyncFailed(
-                f"blob {describe(self.partition, self.name)}: closed, but a sync failed so writes may be lost: {failure}"
+                f"{format_blob(self.partition, self.name)}: closed, but a sync failed so writes may be lost: {failure}"
             ) from failure
 
     def __del__(self) -> None:
@@ -898,7 +890,7 @@ class Blob:
                 os.close(fd)
             finally:
                 self._leave()
-            warnings.warn(f"blob {describe(self.partition, self.name)} was never closed", ResourceWarning, stacklevel=2)
+            warnings.warn(f"{format_blob(self.partition, self.name)} was never closed", ResourceWarning, stacklevel=2)
 
 
 def _call_in_loop(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
