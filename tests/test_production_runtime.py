@@ -380,7 +380,8 @@ def test_deterministic_only_members_are_absent(tmp_path: Path) -> None:
 
 
 @posix_only
-def test_sigterm_triggers_stop(tmp_path: Path) -> None:
+@pytest.mark.parametrize("event_loop", LOOPS)
+def test_sigterm_triggers_stop(tmp_path: Path, event_loop: str) -> None:
     previous = signal.getsignal(signal.SIGTERM)
 
     async def main(context: Context) -> int:
@@ -388,12 +389,13 @@ def test_sigterm_triggers_stop(tmp_path: Path) -> None:
             os.kill(os.getpid(), signal.SIGTERM)
             return await context.timeout(5.0, sig)
 
-    assert run(main, tmp_path) == 128 + signal.SIGTERM
+    assert run(main, tmp_path, event_loop=event_loop) == 128 + signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) == previous  # handler removed at the end
 
 
 @posix_only
-def test_second_sigint_cancels_the_root(tmp_path: Path) -> None:
+@pytest.mark.parametrize("event_loop", LOOPS)
+def test_second_sigint_cancels_the_root(tmp_path: Path, event_loop: str) -> None:
     previous = signal.getsignal(signal.SIGINT)
 
     async def main(context: Context) -> None:
@@ -404,7 +406,7 @@ def test_second_sigint_cancels_the_root(tmp_path: Path) -> None:
 
     started = time.monotonic()
     with pytest.raises(Closed, match="root"):
-        run(main, tmp_path)
+        run(main, tmp_path, event_loop=event_loop)
     assert time.monotonic() - started < 4
     assert signal.getsignal(signal.SIGINT) == previous
 
