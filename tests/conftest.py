@@ -1,7 +1,8 @@
 """Shared fixtures of the project's own tests.
 
-``runner_factory`` runs a test once per runtime ("deterministic", "production") so the
-runtime contract is checked on both with the same code (the runtime isolation rule).
+``runner_factory`` runs a test once per runtime ("deterministic", "production", and
+"production-uvloop") so the runtime contract is checked on each with the same code (the
+runtime isolation rule).
 
 This is a plain fixture file: the pytest plugin (pytest_commonware) defines
 ``deterministic_context`` / ``production_context`` / ``runtime_context``; nothing here
@@ -19,7 +20,19 @@ import pytest
 
 T = TypeVar("T")
 
-RUNTIMES = ["deterministic", "production"]
+try:
+    import uvloop  # noqa: F401
+except ImportError:  # pragma: no cover - uvloop is an optional extra
+    HAVE_UVLOOP = False
+else:
+    HAVE_UVLOOP = True
+
+# The production runtime on both of its event loops: the contract holds on uvloop too.
+RUNTIMES = [
+    "deterministic",
+    "production",
+    pytest.param("production-uvloop", marks=pytest.mark.skipif(not HAVE_UVLOOP, reason="uvloop not installed")),
+]
 
 # The deterministic runs' default seed; set COMMONWARE_TEST_SEED to sweep the contract
 # tests over other schedules (e.g. in a shell loop).
@@ -64,6 +77,8 @@ class RunnerFactory:
         # Each runner gets its own storage directory so runs of one test never share files.
         directory = self._tmp_path / f"storage{next(self._runs)}"
         options: dict[str, Any] = {"storage_directory": directory}
+        if self.kind == "production-uvloop":
+            options["event_loop"] = "uvloop"
         if "catch_panics" in kw:
             options["catch_panics"] = kw["catch_panics"]
         return production.Runner(production.Config(**options))
@@ -75,7 +90,7 @@ class RunnerFactory:
         return f"<RunnerFactory {self.kind}>"
 
 
-@pytest.fixture(params=RUNTIMES, ids=RUNTIMES)
+@pytest.fixture(params=RUNTIMES)
 def runner_factory(request: pytest.FixtureRequest, tmp_path: Path) -> RunnerFactory:
     """A factory of runners of the parametrized runtime (see :class:`RunnerFactory`)."""
     return RunnerFactory(request.param, tmp_path)
