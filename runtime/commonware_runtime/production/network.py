@@ -229,7 +229,10 @@ class _Connection(asyncio.BufferedProtocol):
         self._view = memoryview(self._buf)
         self._start = 0
         self._end = 0
-        self._waiter: _Waiter | None = None
+        self._waiter: _Waiter | asyncio.Future[int] | None = None
+        # asyncio's own loop polls again before running what an I/O callback scheduled;
+        # a _Waiter resumes the reading task inside the callback instead.
+        self._wake_in_callback = isinstance(loop, asyncio.BaseEventLoop)
         self._want = 0
         self._reading_paused = False
         self._eof = False  # peer will send nothing more (FIN or connection lost)
@@ -290,9 +293,8 @@ class _Connection(asyncio.BufferedProtocol):
             self._reading_paused = True
             self._transport.pause_reading()
         if waiter is not None:
-            self._waiter = None
             # Last: this may run the reading task's code right here (see _Waiter).
-            waiter.set_result(_READY, now=True)
+            self._wake_reader(_READY, now=True)
 
     def eof_received(self) -> bool:
         self._eof = True
@@ -317,11 +319,19 @@ class _Connection(asyncio.BufferedProtocol):
 
     # --- helpers ------------------------------------------------------------------------
 
+    def _new_waiter(self) -> _Waiter | asyncio.Future[int]:
+        # uvloop runs callbacks scheduled by I/O callbacks in the same loop iteration, with
+        # no extra poll: there its C future is the cheaper way to wake a task.
+        return _Waiter(self._loop) if self._wake_in_callback else self._loop.create_future()
+
     def _wake_reader(self, outcome: int, now: bool = False) -> None:
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
-            waiter.set_result(outcome, now)
+            if waiter.__class__ is _Waiter:
+                waiter.set_result(outcome, now)
+            elif not waiter.done():
+                waiter.set_result(outcome)
 
     def _wake_writers(self, ok: bool) -> None:
         waiters, self._drain_waiters = self._drain_waiters, []
@@ -464,7 +474,7 @@ class Stream(_Half):
                 raise RuntimeError(f"another recv is already waiting on the stream from {conn.name}")
             if len(conn._buf) - start < n:
                 conn._make_room(n - (conn._end - conn._start))
-            waiter = _Waiter(conn._loop)
+            waiter = conn._new_waiter()
             conn._waiter = waiter
             conn._want = n
             conn._hot = False
