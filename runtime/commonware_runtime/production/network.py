@@ -272,10 +272,13 @@ class _Connection(asyncio.BufferedProtocol):
             self._on_made(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        free = len(self._buf) - self._end
-        if free < _MIN_READ:
+        end = self._end
+        if not end:
+            return self._view  # the usual case: everything was consumed
+        if len(self._buf) - end < _MIN_READ:
             self._make_room(_MIN_READ)
-        return self._view[self._end :]
+            end = self._end
+        return self._view[end:]
 
     def buffer_updated(self, nbytes: int) -> None:
         self._end += nbytes
@@ -502,9 +505,12 @@ class Stream(_Half):
             start = conn._start
         end = start + n
         data = conn._view[start:end].tobytes()
-        conn._start = end
-        if end == conn._end or conn._reading_paused:
-            conn._consumed()
+        if end == conn._end and len(conn._buf) <= _SHRINK_ABOVE and not conn._reading_paused:
+            conn._start = conn._end = 0  # the usual case of _consumed, without the call
+        else:
+            conn._start = end
+            if end == conn._end or conn._reading_paused:
+                conn._consumed()
         return data
 
     def _peer_gone(self, n: int) -> RecvFailed:
