@@ -229,10 +229,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._view = memoryview(self._buf)
         self._start = 0
         self._end = 0
-        self._waiter: _Waiter | asyncio.Future[int] | None = None
-        # asyncio's own loop polls again before running what an I/O callback scheduled;
-        # a _Waiter resumes the reading task inside the callback instead.
-        self._wake_in_callback = isinstance(loop, asyncio.BaseEventLoop)
+        self._waiter: _Waiter | None = None
         self._want = 0
         self._reading_paused = False
         self._eof = False  # peer will send nothing more (FIN or connection lost)
@@ -296,8 +293,9 @@ class _Connection(asyncio.BufferedProtocol):
             self._reading_paused = True
             self._transport.pause_reading()
         if waiter is not None:
+            self._waiter = None
             # Last: this may run the reading task's code right here (see _Waiter).
-            self._wake_reader(_READY, now=True)
+            waiter.set_result(_READY, now=True)
 
     def eof_received(self) -> bool:
         self._eof = True
@@ -322,19 +320,11 @@ class _Connection(asyncio.BufferedProtocol):
 
     # --- helpers ------------------------------------------------------------------------
 
-    def _new_waiter(self) -> _Waiter | asyncio.Future[int]:
-        # uvloop runs callbacks scheduled by I/O callbacks in the same loop iteration, with
-        # no extra poll: there its C future is the cheaper way to wake a task.
-        return _Waiter(self._loop) if self._wake_in_callback else self._loop.create_future()
-
     def _wake_reader(self, outcome: int, now: bool = False) -> None:
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
-            if waiter.__class__ is _Waiter:
-                waiter.set_result(outcome, now)
-            elif not waiter.done():
-                waiter.set_result(outcome)
+            waiter.set_result(outcome, now)
 
     def _wake_writers(self, ok: bool) -> None:
         waiters, self._drain_waiters = self._drain_waiters, []
@@ -477,7 +467,7 @@ class Stream(_Half):
                 raise RuntimeError(f"another recv is already waiting on the stream from {conn.name}")
             if len(conn._buf) - start < n:
                 conn._make_room(n - (conn._end - conn._start))
-            waiter = conn._new_waiter()
+            waiter = _Waiter(conn._loop)
             conn._waiter = waiter
             conn._want = n
             conn._hot = False
