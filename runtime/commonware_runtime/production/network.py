@@ -269,13 +269,11 @@ class _Connection(asyncio.BufferedProtocol):
             self._on_made(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        end = self._end
-        if not end:
-            return self._view  # the usual case: everything was consumed
-        if len(self._buf) - end < _MIN_READ:
+        # Always a fresh slice, never _view itself: the transport may still hold the buffer
+        # it got while buffer_updated resumes a task that grows (and releases) _view.
+        if len(self._buf) - self._end < _MIN_READ:
             self._make_room(_MIN_READ)
-            end = self._end
-        return self._view[end:]
+        return self._view[self._end :]
 
     def buffer_updated(self, nbytes: int) -> None:
         self._end += nbytes
