@@ -318,6 +318,14 @@ def _reproduce_command(settings: Settings, path: Path) -> str:
     return f"pytest --cw-replay {shlex.quote(settings.display_path(path))}"
 
 
+def _rerun_command(item: pytest.Item, settings: Settings, seed: int) -> str:
+    """Without a trace, the seed itself reproduces the run: the same item, alone."""
+    path, sep, rest = item.nodeid.partition("::")
+    shown = settings.display_path(item.config.rootpath / path) + sep + rest
+    runtime = f" --cw-runtime={settings.runtime}" if settings.runtime else ""
+    return f"pytest --cw-seed={seed}{runtime} {shlex.quote(shown)}"
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     spec = _spec(pyfuncitem)
@@ -365,6 +373,8 @@ def _run_seed(item: pytest.Function, state: State, seed: int, marker: MarkerArgs
             note.lines.append(f"trace written to {settings.display_path(path)}")
             if result.error is not None:
                 note.reproduce = _reproduce_command(settings, path)
+    if result.error is not None and note.reproduce is None:
+        note.reproduce = _rerun_command(item, settings, seed)
     if check:
         second = engine.run_deterministic(config, make_main(), record=True, checkpoint_every=every)
         problem = _compare_runs(result, second)

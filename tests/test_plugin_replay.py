@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,19 @@ def test_reproduce_command_works_whatever_runtime_option_recorded_it(
     replay = pytester.runpytest("-v", *QUIET, *replayed, *args)
     assert replay.parseoutcomes()["failed"] == 1 and "passed" not in replay.parseoutcomes()
     replay.stdout.fnmatch_lines(["*AssertionError: lost update*", "*reproduced the recorded failure*"])
+
+
+def test_without_a_trace_the_report_still_ends_with_a_command(pytester: pytest.Pytester) -> None:
+    # --cw-record=none writes no trace: the seed and the node id reproduce the run instead.
+    pytester.makepyfile(test_race=RACE)
+    result = pytester.runpytest(*QUIET, "--cw-record=none")
+    commands = [line.removeprefix("reproduce with: ") for line in result.stdout.lines if line.startswith("reproduce with: ")]
+    assert len(commands) == result.parseoutcomes()["failed"] >= 1
+    assert commands[0].startswith("pytest --cw-seed=") and "test_race.py::test_race[seed=" in commands[0]
+    rerun = pytester.runpytest(*QUIET, "--cw-record=none", *shlex.split(commands[0])[1:])
+    rerun.assert_outcomes(failed=1)
+    rerun.stdout.fnmatch_lines(["*AssertionError: lost update*"])
+    assert not (pytester.path / "traces").exists()
 
 
 def test_replay_of_a_passing_run_passes(pytester: pytest.Pytester) -> None:
