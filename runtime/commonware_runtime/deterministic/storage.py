@@ -127,9 +127,6 @@ class StorageFaults:
         object.__setattr__(self, field, value)
 
 
-_where = format_blob
-
-
 def _apply_write(buf: bytearray, offset: int, payload: bytes) -> None:
     if not payload:
         # Like pwrite(2): writing nothing does not extend the blob, even past its end.
@@ -311,7 +308,7 @@ class Storage:
         name = check_blob_name(name)
         self._check_alive("open")
         if self._fault(self._faults.open_rate, "open", partition, name):
-            raise BlobOpenFailed(f"injected fault: open of {_where(partition, name)} failed")
+            raise BlobOpenFailed(f"injected fault: open of {format_blob(partition, name)} failed")
         await asyncio.sleep(0)
         self._check_alive("open")
         blobs = self._partitions.get(partition)
@@ -343,7 +340,7 @@ class Storage:
         blob_name = None if name is None else check_blob_name(name)
         self._check_alive("remove")
         if self._fault(self._faults.remove_rate, "remove", partition, blob_name or b""):
-            what = f"partition {partition!r}" if blob_name is None else _where(partition, blob_name)
+            what = f"partition {partition!r}" if blob_name is None else format_blob(partition, blob_name)
             raise WriteFailed(f"injected fault: remove of {what} failed")
         await asyncio.sleep(0)
         self._check_alive("remove")
@@ -359,7 +356,7 @@ class Storage:
             return
         state = blobs.get(blob_name)
         if state is None:
-            raise BlobMissing(f"{_where(partition, blob_name)} does not exist")
+            raise BlobMissing(f"{format_blob(partition, blob_name)} does not exist")
         self._detach(state)
         del blobs[blob_name]
         if self._auditor is not None:
@@ -502,7 +499,7 @@ class Blob:
     def _live(self, op: str) -> _BlobState:
         reason = self._closed
         if reason is not None:
-            where = _where(self._state.partition, self._state.name)
+            where = format_blob(self._state.partition, self._state.name)
             if reason == "crashed":
                 raise Closed(f"{op} on {where}: the storage crashed")
             raise Closed(f"{op} on {where}: the handle is closed")
@@ -540,18 +537,18 @@ class Blob:
             )
         offset = check_offset(offset)
         if offset + n > U64_MAX:
-            raise OffsetOverflow(f"read of {n} bytes at offset {offset} overflows u64 in {_where(self.partition, self.name)}")
+            raise OffsetOverflow(f"read of {n} bytes at offset {offset} overflows u64 in {format_blob(self.partition, self.name)}")
         state = self._live("read")
         storage = self._storage
         if storage._fault(storage._faults.read_rate, "read", state.partition, state.name, state.detached):
-            raise ReadFailed(f"injected fault: read of {_where(state.partition, state.name)} failed")
+            raise ReadFailed(f"injected fault: read of {format_blob(state.partition, state.name)} failed")
         await asyncio.sleep(0)
         state = self._live("read")
         end = offset + n
         size = len(state.current)
         if end > size:
             raise BlobInsufficientLength(
-                f"read of {_where(state.partition, state.name)} at offset {offset} length {n} "
+                f"read of {format_blob(state.partition, state.name)} at offset {offset} length {n} "
                 f"passes its end (size {size})"
             )
         auditor = storage._auditor
@@ -578,7 +575,7 @@ class Blob:
         offset = check_offset(offset)
         if offset + len(payload) > U64_MAX:
             raise OffsetOverflow(
-                f"write of {len(payload)} bytes at offset {offset} overflows u64 in {_where(self.partition, self.name)}"
+                f"write of {len(payload)} bytes at offset {offset} overflows u64 in {format_blob(self.partition, self.name)}"
             )
         state = self._live("write")
         storage = self._storage
@@ -597,7 +594,7 @@ class Blob:
                     detail = f" after applying {applied} of {len(payload)} bytes"
             raise WriteFailed(
                 f"injected fault: write of {len(payload)} bytes at offset {offset} to "
-                f"{_where(state.partition, state.name)} failed{detail}"
+                f"{format_blob(state.partition, state.name)} failed{detail}"
             )
         await asyncio.sleep(0)
         state = self._live("write")
@@ -613,11 +610,11 @@ class Blob:
         """Truncate or zero-extend to ``length`` bytes (not durable until :meth:`sync`)."""
         length = check_offset(length, "length")
         if length > U64_MAX:
-            raise OffsetOverflow(f"resize to {length} bytes overflows u64 in {_where(self.partition, self.name)}")
+            raise OffsetOverflow(f"resize to {length} bytes overflows u64 in {format_blob(self.partition, self.name)}")
         state = self._live("resize")
         storage = self._storage
         if storage._fault(storage._faults.resize_rate, "resize", state.partition, state.name, state.detached):
-            raise BlobResizeFailed(f"injected fault: resize of {_where(state.partition, state.name)} to {length} failed")
+            raise BlobResizeFailed(f"injected fault: resize of {format_blob(state.partition, state.name)} to {length} failed")
         await asyncio.sleep(0)
         state = self._live("resize")
         _apply_resize(state.current, length)
@@ -630,7 +627,7 @@ class Blob:
         state = self._live("sync")
         storage = self._storage
         if storage._fault(storage._faults.sync_rate, "sync", state.partition, state.name, state.detached):
-            raise BlobSyncFailed(f"injected fault: sync of {_where(state.partition, state.name)} failed")
+            raise BlobSyncFailed(f"injected fault: sync of {format_blob(state.partition, state.name)} failed")
         await asyncio.sleep(0)
         state = self._live("sync")
         state.make_durable()
