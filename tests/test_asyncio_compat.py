@@ -21,10 +21,10 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import pytest
-
 from commonware_runtime import RuntimeStalled, deterministic
 
 T = TypeVar("T")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, TypeVar
 
 import pytest
-
 from commonware_runtime import buffer
 from commonware_runtime.buffer import MIN_CLASS, Pool, Read, Write
 from commonware_runtime.errors import BlobInsufficientLength, WriteFailed

@@ -13,8 +13,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from prometheus_client import Counter, Gauge, Histogram
-
 from commonware_runtime import (
     BindFailed,
     BlobInsufficientLength,
@@ -30,6 +28,7 @@ from commonware_runtime import (
     Timeout,
     reschedule,
 )
+from prometheus_client import Counter, Gauge, Histogram
 
 LOCALHOST = "127.0.0.1"
 

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from commonware_runtime import deterministic
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,12 +33,12 @@ def workload(seed: int) -> tuple[str, list[str]]:
 
     from commonware_runtime import deterministic
 
-    async def main(ctx: "deterministic.Context") -> list[str]:
+    async def main(ctx: deterministic.Context) -> list[str]:
         log: list[str] = []
         queue: asyncio.Queue = asyncio.Queue()
         listener = await ctx.bind(("127.0.0.1", 0))
 
-        async def server(c: "deterministic.Context") -> None:
+        async def server(c: deterministic.Context) -> None:
             _, sink, stream = await listener.accept()
             for _ in range(3):
                 n = (await stream.recv(1))[0]
@@ -47,13 +46,13 @@ def workload(seed: int) -> tuple[str, list[str]]:
                 await c.sleep(c.rng.random() * 0.005)
                 await sink.send(bytes([n]) + bytes(reversed(data)))
 
-        async def producer(c: "deterministic.Context", i: int) -> None:
+        async def producer(c: deterministic.Context, i: int) -> None:
             for j in range(3):
                 await c.sleep(c.rng.random() * 0.01)
                 await queue.put((i, j, c.rng.randrange(1000)))
                 log.append(f"put {i}.{j} t={c.current():.6f}")
 
-        async def writer(c: "deterministic.Context", i: int) -> None:
+        async def writer(c: deterministic.Context, i: int) -> None:
             blob, _ = await c.open("part", b"blob%d" % i)
             await blob.write_at(c.rng.randbytes(16), 0)
             if i % 2 == 0:

@@ -9,13 +9,13 @@ import logging
 import re
 import sys
 import warnings
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import timedelta
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
-from prometheus_client import Counter
-
 from commonware_runtime import RuntimeStalled, RuntimeTimeout, Signaler, deterministic
+from prometheus_client import Counter
 
 THIS_FILE = "test_deterministic_runtime.py"
 

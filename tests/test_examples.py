@@ -7,7 +7,6 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-
 from commonware_runtime import deterministic, production
 from commonware_runtime.sweep import main as sweep_main
 

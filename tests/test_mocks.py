@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 from array import array
-from typing import Any, Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import pytest
-
 from commonware_runtime.errors import Closed, Error, RecvFailed, SendFailed
 from commonware_runtime.mocks import Channel, Sink, Stream
 from commonware_runtime.pipe import Pipe

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from commonware_runtime import Closed, Exited, Timeout, production
 from commonware_runtime.production import Config, Context, Runner
 

@@ -9,11 +9,11 @@ import gc
 import os
 import threading
 import warnings
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, TypeVar
 
 import pytest
-
 from commonware_runtime.errors import (
     BlobInsufficientLength,
     BlobMissing,

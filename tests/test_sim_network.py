@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Awaitable, Callable, TypeVar
+from typing import TypeVar
 
 import pytest
-
 from commonware_runtime.auditor import Auditor
 from commonware_runtime.deterministic.network import EPHEMERAL_FIRST, Network
 from commonware_runtime.errors import BindFailed, Closed, ConnectionFailed, RecvFailed, SendFailed

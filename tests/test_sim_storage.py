@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import Any, Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import pytest
-
 from commonware_runtime.auditor import Auditor
+from commonware_runtime.deterministic.storage import Blob, Storage, StorageFaults
 from commonware_runtime.errors import (
     BlobInsufficientLength,
     BlobMissing,
@@ -25,7 +26,6 @@ from commonware_runtime.errors import (
     WriteFailed,
 )
 from commonware_runtime.metrics import RuntimeCounters
-from commonware_runtime.deterministic.storage import Blob, Storage, StorageFaults
 
 T = TypeVar("T")
 U64_MAX = (1 << 64) - 1

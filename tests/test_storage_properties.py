@@ -7,10 +7,8 @@ from __future__ import annotations
 import tempfile
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from commonware_runtime import BlobInsufficientLength, deterministic, production
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 write = st.tuples(st.just("write"), st.integers(0, 300), st.binary(min_size=0, max_size=64))
 resize = st.tuples(st.just("resize"), st.integers(0, 400), st.just(b""))

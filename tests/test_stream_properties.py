@@ -8,10 +8,8 @@ import tempfile
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from commonware_runtime import deterministic, mocks, production
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 try:
     import uvloop  # noqa: F401

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import Counter
-
 from commonware_runtime import BindFailed, deterministic
 from commonware_runtime.production import Config, Context, Runner, telemetry
+from prometheus_client import Counter
 
 log = logging.getLogger("test_telemetry")
 
