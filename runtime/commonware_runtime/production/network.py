@@ -438,6 +438,13 @@ class _Half:
         self._over()
         return error
 
+    def close(self) -> Completed:
+        """Idempotent and synchronous; the result may be awaited (see ``completed``)."""
+        if not self._closed:
+            self._closed = True
+            self._over()
+        return COMPLETED
+
 
 class Stream(_Half):
     """The receiving half of a connection."""
@@ -517,12 +524,9 @@ class Stream(_Half):
         return conn._view[start : min(conn._end, start + max_n)].tobytes()
 
     def close(self) -> Completed:
-        """Stop reading; idempotent.  Closes the connection once the sink is closed too.
-        Synchronous; the result may be awaited (see ``completed``)."""
-        if not self._closed:
-            self._closed = True
-            self._over()
-        return COMPLETED
+        """Stop reading (buffered bytes are dropped); the connection closes once the sink
+        is closed too.  See ``_Half.close``."""
+        return super().close()
 
 
 class Sink(_Half):
@@ -609,11 +613,8 @@ class Sink(_Half):
 
     def close(self) -> Completed:
         """Flush what is queued, then half-close (the peer's recv fails after reading it).
-        Synchronous; the result may be awaited (see ``completed``)."""
-        if not self._closed:
-            self._closed = True
-            self._over()
-        return COMPLETED
+        See ``_Half.close``."""
+        return super().close()
 
 
 def _expire(waiter: asyncio.Future[Any]) -> None:
