@@ -70,6 +70,14 @@ WARMUP = 200
 # --- variants: each returns seconds for `rounds` round trips on each of `conns` connections ----
 
 
+async def _timed(client: Callable[[int], Awaitable[None]], conns: int, rounds: int, window: int) -> float:
+    """Warm up every connection's client, then time ``rounds`` round trips on each."""
+    await asyncio.gather(*(client(WARMUP * window) for _ in range(conns)))
+    start = time.perf_counter()
+    await asyncio.gather(*(client(rounds) for _ in range(conns)))
+    return time.perf_counter() - start
+
+
 async def bench_streams(size: int, conns: int, rounds: int, window: int) -> float:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -95,10 +103,7 @@ async def bench_streams(size: int, conns: int, rounds: int, window: int) -> floa
                     raise AssertionError("echo mismatch")
         writer.close()
 
-    await asyncio.gather(*(client(WARMUP * window) for _ in range(conns)))
-    start = time.perf_counter()
-    await asyncio.gather(*(client(rounds) for _ in range(conns)))
-    elapsed = time.perf_counter() - start
+    elapsed = await _timed(client, conns, rounds, window)
     server.close()
     return elapsed
 
@@ -177,10 +182,7 @@ async def bench_protocol(size: int, conns: int, rounds: int, window: int) -> flo
         await loop.create_connection(lambda: _EchoClientProtocol(msg, count, window, done), "127.0.0.1", port)
         await done
 
-    await asyncio.gather(*(client(WARMUP * window) for _ in range(conns)))
-    start = time.perf_counter()
-    await asyncio.gather(*(client(rounds) for _ in range(conns)))
-    elapsed = time.perf_counter() - start
+    elapsed = await _timed(client, conns, rounds, window)
     server.close()
     return elapsed
 
@@ -221,10 +223,7 @@ async def bench_runtime(size: int, conns: int, rounds: int, window: int) -> floa
         sink.close()
         stream.close()
 
-    await asyncio.gather(*(client(WARMUP * window) for _ in range(conns)))
-    start = time.perf_counter()
-    await asyncio.gather(*(client(rounds) for _ in range(conns)))
-    elapsed = time.perf_counter() - start
+    elapsed = await _timed(client, conns, rounds, window)
     acceptor.cancel()
     listener.close()
     return elapsed
