@@ -8,23 +8,23 @@ hits all of them alike.  Client and server live in the same process on one event
 talking over 127.0.0.1: a round trip therefore pays for both ends of the layer under test.
 
 Scenarios: ``size`` bytes per message, ``conns`` concurrent connections, each client sends
-one message, waits for the whole echo, repeats.  The "window" scenario keeps 32 messages in
+one message, waits for the whole echo, repeats.  The "server:" scenarios measure the echo
+server alone: the variant serves, and a fixed load generator (the hand-written protocol
+client on uvloop, writing each window of messages at once) runs in another process.  The "window" scenario keeps 32 messages in
 flight per connection (send 32, then read 32 echoes): system calls are then shared by many
 messages and the per-message cost of the layer itself shows.  Reported:
 median round trips per second, median MB/s of payload (one direction), and the ratio to
 asyncio streams on the default loop.
 
-Caveat: asyncio streams read with ``sock.recv(256 KiB)``; whether glibc serves that buffer
-from mmap (mmap + mremap + munmap on every read) or from the heap depends on the process's
-allocation history (glibc's adaptive mmap threshold), so the 64-KiB streams baseline is
-bimodal, about 3x apart here: it flipped between the x1 and x16 scenarios across edits of
-this harness that did not touch the streams code.
+The allocator: see DEFAULT_MALLOC below.  Ratios are printed against asyncio streams as a
+minimal program runs them and against streams with a tuned allocator (their best case).
 
 Variants:
   streams/asyncio    asyncio.start_server/open_connection, write+drain, readexactly
   streams-tuned/asyncio
                      the same in a process where glibc is told to keep large buffers on the
-                     heap (MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_): streams at their best
+                     heap (MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_): streams at their best;
+                     every other variant runs with glibc's default threshold held fixed
   streams/uvloop     the same on uvloop
   protocol/asyncio   hand-written asyncio.BufferedProtocol, callback driven, no tasks:
                      a ceiling for anything that exposes ``await recv(n)`` to tasks
@@ -62,8 +62,17 @@ VARIANTS = [
     "floor/sockets",
 ]
 BASELINE = "streams/asyncio"
-# Environment of a variant's process on top of ours.
+# glibc's allocator, held in one mode per variant.  By default glibc serves blocks above a
+# threshold (128 KiB) with mmap and *raises* the threshold when such a block is freed, so a
+# process's mode depends on its allocation history.  asyncio streams read with
+# sock.recv(256 KiB): below the threshold that buffer is mmap'ed, shrunk and unmapped on
+# every read (3 extra system calls).  A minimal streams program is in that mode (a 20-line
+# echo script runs at the "streams/asyncio" rate below); a process that once freed a big
+# block is not, and this harness's own imports could flip it either way.  So every variant
+# runs with the default threshold held fixed, and "streams-tuned" with a raised one.
+DEFAULT_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
 ENVIRON = {"streams-tuned/asyncio": {"MALLOC_MMAP_THRESHOLD_": str(4 << 20), "MALLOC_TRIM_THRESHOLD_": str(16 << 20)}}
+TUNED = "streams-tuned/asyncio"
 WARMUP = 200
 
 
@@ -78,7 +87,37 @@ async def _timed(client: Callable[[int], Awaitable[None]], conns: int, rounds: i
     return time.perf_counter() - start
 
 
-async def bench_streams(size: int, conns: int, rounds: int, window: int) -> float:
+async def _drive(
+    client: Callable[[int], Awaitable[None]], port: int, size: int, conns: int, rounds: int, window: int, external: bool
+) -> float:
+    """Time the variant's own clients in this process, or the fixed load generator (the
+    protocol client on uvloop) in another process: then only the server is measured."""
+    if not external:
+        return await _timed(client, conns, rounds, window)
+    args = [str(v) for v in (port, size, conns, rounds, window)]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, os.path.abspath(__file__), "--load", *args, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"the load generator failed with exit code {proc.returncode}")
+    return float(json.loads(out.decode().strip().splitlines()[-1])["seconds"])
+
+
+async def load(port: int, size: int, conns: int, rounds: int, window: int) -> float:
+    """The load generator of the external scenarios (see _drive)."""
+    loop = asyncio.get_running_loop()
+    msg = os.urandom(size)
+
+    async def client(count: int) -> None:
+        done: asyncio.Future[None] = loop.create_future()
+        await loop.create_connection(lambda: _EchoClientProtocol(msg, count, window, done, batch=True), "127.0.0.1", port)
+        await done
+
+    return await _timed(client, conns, rounds, window)
+
+
+async def bench_streams(size: int, conns: int, rounds: int, window: int, external: bool) -> float:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
@@ -103,7 +142,7 @@ async def bench_streams(size: int, conns: int, rounds: int, window: int) -> floa
                     raise AssertionError("echo mismatch")
         writer.close()
 
-    elapsed = await _timed(client, conns, rounds, window)
+    elapsed = await _drive(client, port, size, conns, rounds, window, external)
     server.close()
     return elapsed
 
@@ -124,8 +163,11 @@ class _EchoServerProtocol(asyncio.BufferedProtocol):
 
 
 class _EchoClientProtocol(asyncio.BufferedProtocol):
-    def __init__(self, msg: bytes, count: int, window: int, done: asyncio.Future[None]) -> None:
+    def __init__(self, msg: bytes, count: int, window: int, done: asyncio.Future[None], batch: bool = False) -> None:
         self.msg = msg
+        # batch: write a window's messages with one write (the external load generator, so
+        # that it is not the bottleneck); otherwise one write per message, like the others.
+        self.burst = [msg * window] if batch else [msg] * window
         self.size = len(msg)
         self.window = window
         self.pending = window  # echoes outstanding in the current batch
@@ -138,8 +180,8 @@ class _EchoClientProtocol(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
-        for _ in range(self.window):
-            transport.write(self.msg)
+        for data in self.burst:
+            transport.write(data)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if len(self.buf) - self.end < 64 * 1024:
@@ -165,13 +207,13 @@ class _EchoClientProtocol(asyncio.BufferedProtocol):
                 self.done.set_result(None)
                 return
             self.pending = self.window
-            for _ in range(self.window):
-                self.transport.write(self.msg)
+            for data in self.burst:
+                self.transport.write(data)
         if self.start == self.end:
             self.start = self.end = 0
 
 
-async def bench_protocol(size: int, conns: int, rounds: int, window: int) -> float:
+async def bench_protocol(size: int, conns: int, rounds: int, window: int, external: bool) -> float:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(_EchoServerProtocol, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -182,12 +224,12 @@ async def bench_protocol(size: int, conns: int, rounds: int, window: int) -> flo
         await loop.create_connection(lambda: _EchoClientProtocol(msg, count, window, done), "127.0.0.1", port)
         await done
 
-    elapsed = await _timed(client, conns, rounds, window)
+    elapsed = await _drive(client, port, size, conns, rounds, window, external)
     server.close()
     return elapsed
 
 
-async def bench_runtime(size: int, conns: int, rounds: int, window: int) -> float:
+async def bench_runtime(size: int, conns: int, rounds: int, window: int, external: bool) -> float:
     from commonware_runtime.errors import RecvFailed
     from commonware_runtime.metrics import RuntimeCounters
     from commonware_runtime.production.network import NetworkConfig, bind, dial
@@ -223,7 +265,7 @@ async def bench_runtime(size: int, conns: int, rounds: int, window: int) -> floa
         sink.close()
         stream.close()
 
-    elapsed = await _timed(client, conns, rounds, window)
+    elapsed = await _drive(client, listener.local_addr()[1], size, conns, rounds, window, external)
     acceptor.cancel()
     listener.close()
     return elapsed
@@ -270,11 +312,13 @@ def bench_floor(size: int, conns: int, rounds: int, window: int) -> float:
     return elapsed
 
 
-async def bench_floor_async(size: int, conns: int, rounds: int, window: int) -> float:
+async def bench_floor_async(size: int, conns: int, rounds: int, window: int, external: bool) -> float:
+    if external:
+        raise ValueError("the floor has no server to load from another process")
     return bench_floor(size, conns, rounds, window)
 
 
-BENCHES: dict[str, Callable[[int, int, int, int], Awaitable[float]]] = {
+BENCHES: dict[str, Callable[[int, int, int, int, bool], Awaitable[float]]] = {
     "floor": bench_floor_async,
     "streams": bench_streams,
     "streams-tuned": bench_streams,
@@ -283,9 +327,9 @@ BENCHES: dict[str, Callable[[int, int, int, int], Awaitable[float]]] = {
 }
 
 
-def worker(variant: str, size: int, conns: int, rounds: int, window: int) -> None:
+def worker(variant: str, size: int, conns: int, rounds: int, window: int, external: bool) -> None:
     kind, loop_name = variant.split("/")
-    coro = BENCHES[kind](size, conns, rounds, window)
+    coro = BENCHES[kind](size, conns, rounds, window, external)
     if loop_name == "uvloop":
         import uvloop
 
@@ -298,13 +342,14 @@ def worker(variant: str, size: int, conns: int, rounds: int, window: int) -> Non
 # --- driver -------------------------------------------------------------------------------
 
 
-def measure(variant: str, size: int, conns: int, rounds: int, window: int) -> float:
+def measure(variant: str, size: int, conns: int, rounds: int, window: int, external: bool) -> float:
+    args = [variant, str(size), str(conns), str(rounds), str(window), "1" if external else "0"]
     out = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--worker", variant, str(size), str(conns), str(rounds), str(window)],
+        [sys.executable, os.path.abspath(__file__), "--worker", *args],
         check=True,
         capture_output=True,
         text=True,
-        env={**os.environ, **ENVIRON.get(variant, {})},
+        env={**os.environ, **ENVIRON.get(variant, DEFAULT_MALLOC)},
     )
     return float(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
 
@@ -314,45 +359,59 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="repetitions of every measurement (default 5)")
     parser.add_argument("--quick", action="store_true", help="fewer round trips (smoke run)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of variants")
-    parser.add_argument("--worker", nargs=5, metavar=("VARIANT", "SIZE", "CONNS", "ROUNDS", "WINDOW"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=6, metavar=("VARIANT", "SIZE", "CONNS", "ROUNDS", "WINDOW", "EXTERNAL"), help=argparse.SUPPRESS)
+    parser.add_argument("--load", nargs=5, type=int, metavar=("PORT", "SIZE", "CONNS", "ROUNDS", "WINDOW"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        variant, size, conns, rounds, window = args.worker
-        worker(variant, int(size), int(conns), int(rounds), int(window))
+        variant, size, conns, rounds, window, external = args.worker
+        worker(variant, int(size), int(conns), int(rounds), int(window), external == "1")
+        return
+    if args.load:
+        import uvloop
+
+        print(json.dumps({"seconds": uvloop.run(load(*args.load))}))
         return
 
     scale = 5 if args.quick else 1
     # (label, message size, connections, messages per connection, messages in flight per connection)
+    # (label, message size, connections, messages per connection, messages in flight per
+    # connection, load from another process)
     scenarios = [
-        ("64 B x1", 64, 1, 20_000 // scale, 1),
-        ("64 KiB x1", 64 * 1024, 1, 3_000 // scale, 1),
-        ("64 B x16", 64, 16, 2_500 // scale, 1),
-        ("64 KiB x16", 64 * 1024, 16, 250 // scale, 1),
-        ("64 B x1 window 32", 64, 1, 64_000 // scale, 32),
+        ("64 B x1", 64, 1, 20_000 // scale, 1, False),
+        ("64 KiB x1", 64 * 1024, 1, 3_000 // scale, 1, False),
+        ("64 B x16", 64, 16, 2_500 // scale, 1, False),
+        ("64 KiB x16", 64 * 1024, 16, 250 // scale, 1, False),
+        ("64 B x1 window 32", 64, 1, 64_000 // scale, 32, False),
+        ("server: 64 B x64, load in another process", 64, 64, 1_000 // scale, 1, True),
+        ("server: 64 B x16 window 32, load in another process", 64, 16, 16_000 // scale, 32, True),
     ]
     variants = args.variants.split(",")
     results: dict[tuple[str, str], list[float]] = {}
     for r in range(args.rounds):
-        for label, size, conns, rounds, window in scenarios:
+        for label, size, conns, rounds, window, external in scenarios:
             # Rotate the order each round so no variant always runs first or last.
             order = variants[r % len(variants) :] + variants[: r % len(variants)]
             for variant in order:
-                seconds = measure(variant, size, conns, rounds, window)
+                if external and variant.startswith("floor/"):
+                    continue  # the floor has no server to load
+                seconds = measure(variant, size, conns, rounds, window, external)
                 results.setdefault((label, variant), []).append(conns * rounds / seconds)
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
 
     print(f"TCP echo, 127.0.0.1, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
           f"median of {args.rounds} interleaved runs (each in its own process)\n")
-    print(f"| scenario | variant | round trips/s (median) | min - max | MB/s | vs {BASELINE} |")
-    print("|---|---|---:|---:|---:|---:|")
-    for label, size, _, _, _ in scenarios:
-        base = statistics.median(results[(label, BASELINE)]) if BASELINE in variants else None
+    print(f"| scenario | variant | round trips/s (median) | min - max | MB/s | vs {BASELINE} | vs {TUNED} |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for label, size, *_ in scenarios:
+        bases = [statistics.median(results[(label, b)]) if b in variants else None for b in (BASELINE, TUNED)]
         for variant in variants:
-            runs = results[(label, variant)]
+            runs = results.get((label, variant))
+            if runs is None:
+                continue
             rate = statistics.median(runs)
-            ratio = f"{rate / base:.2f}x" if base else "-"
+            ratios = " | ".join(f"{rate / base:.2f}x" if base else "-" for base in bases)
             spread = f"{min(runs):,.0f} - {max(runs):,.0f}"
-            print(f"| {label} | {variant} | {rate:,.0f} | {spread} | {rate * size / 1e6:,.1f} | {ratio} |")
+            print(f"| {label} | {variant} | {rate:,.0f} | {spread} | {rate * size / 1e6:,.1f} | {ratios} |")
 
 
 if __name__ == "__main__":
