@@ -28,6 +28,7 @@ Variants:
   streams/uvloop     the same on uvloop
   protocol/asyncio   hand-written asyncio.BufferedProtocol, callback driven, no tasks:
                      a ceiling for anything that exposes ``await recv(n)`` to tasks
+  protocol/uvloop    the same on uvloop
   runtime/asyncio    commonware_runtime.production.network (Sink.send / Stream.recv)
   runtime/uvloop     the same on uvloop
   floor/sockets      no event loop at all: blocking sockets, one thread, the fewest system
@@ -58,6 +59,7 @@ VARIANTS = [
     "protocol/asyncio",
     "runtime/asyncio",
     "streams/uvloop",
+    "protocol/uvloop",
     "runtime/uvloop",
     "floor/sockets",
 ]
