@@ -237,6 +237,12 @@ def runtime_of(settings: Settings, marker: MarkerArgs, fixtures: Iterable[str], 
         return chosen
     if "runtime_context" in requested and chosen not in (fixed, "both"):
         raise _usage(where, f"the test uses {fixed}_context and runtime_context, but its runtime is {chosen!r}")
+    if "runtime_context" in requested and chosen == "both" and settings.runtime is None:
+        # The marker asks for a run on each runtime, which the fixed context rules out:
+        # say so rather than drop a run silently.  (--cw-runtime=both is a blanket option
+        # and leaves such tests on their fixed runtime.)
+        raise _usage(where, f"the test uses {fixed}_context and runtime_context, but its marker asks for "
+                            f"runtime='both'; use runtime_context alone, or runtime={fixed!r}")
     return fixed
 
 

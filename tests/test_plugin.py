@@ -256,6 +256,29 @@ def test_bad_marker_and_options_are_usage_errors(pytester: pytest.Pytester) -> N
     assert result.ret == pytest.ExitCode.USAGE_ERROR
 
 
+def test_both_with_a_fixed_context_is_refused_not_dropped(pytester: pytest.Pytester) -> None:
+    # runtime_context would be a production context in the production run, which the
+    # deterministic_context beside it rules out: an error, not a silently missing run.
+    pytester.makepyfile(
+        test_mixed="""
+        import pytest
+
+        @pytest.mark.commonware(runtime="both")
+        async def test_mixed(runtime_context, deterministic_context):
+            pass
+
+        async def test_fixed_only(deterministic_context):
+            pass
+        """
+    )
+    result = pytester.runpytest(*QUIET)
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*usage error: test_mixed.py::test_mixed: *runtime='both'*runtime_context alone*"])
+    # A blanket --cw-runtime=both leaves tests with a fixed context on their runtime.
+    ids = _ids_run(pytester, "--cw-runtime=both")
+    assert [i.split("::")[1] for i in ids] == ["test_mixed[seed=0]", "test_fixed_only[seed=0]"]
+
+
 def test_marker_durations_accept_timedelta(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         test_td="""
