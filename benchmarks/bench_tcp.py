@@ -29,6 +29,10 @@ Variants:
   protocol/asyncio   hand-written asyncio.BufferedProtocol, callback driven, no tasks:
                      a ceiling for anything that exposes ``await recv(n)`` to tasks
   protocol/uvloop    the same on uvloop
+  tasks-minimal/uvloop
+                     the least any layer letting tasks ``await recv(n)`` must do (a
+                     BufferedProtocol and a future per wait; no checks, errors or flow
+                     control): the ceiling for a task-facing API, on uvloop
   runtime/asyncio    commonware_runtime.production.network (Sink.send / Stream.recv)
   runtime/uvloop     the same on uvloop
   floor/sockets      no event loop at all: blocking sockets, one thread, the fewest system
@@ -60,6 +64,7 @@ VARIANTS = [
     "runtime/asyncio",
     "streams/uvloop",
     "protocol/uvloop",
+    "tasks-minimal/uvloop",
     "runtime/uvloop",
     "floor/sockets",
 ]
@@ -231,6 +236,82 @@ async def bench_protocol(size: int, conns: int, rounds: int, window: int, extern
     return elapsed
 
 
+class _MinimalStream(asyncio.BufferedProtocol):
+    """The least a layer must do to let tasks ``await recv(n)`` / ``send``: no checks, no
+    errors, no flow control, no timeouts.  A ceiling for any task-facing API."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray(1 << 20)
+        self.view = memoryview(self.buf)
+        self.start = self.end = self.want = 0
+        self.waiter: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self.start == self.end:
+            self.start = self.end = 0
+        return self.view[self.end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.end += nbytes
+        waiter = self.waiter
+        if waiter is not None and self.end - self.start >= self.want:
+            self.waiter = None
+            waiter.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.waiter is not None:
+            self.waiter.set_exception(ConnectionError("closed"))
+
+    async def recv(self, n: int) -> bytes:
+        if self.end - self.start < n:
+            self.want = n
+            self.waiter = asyncio.get_running_loop().create_future()
+            await self.waiter
+        start = self.start
+        self.start = start + n
+        return self.view[start : start + n].tobytes()
+
+    async def send(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+async def bench_minimal(size: int, conns: int, rounds: int, window: int, external: bool) -> float:
+    loop = asyncio.get_running_loop()
+
+    async def serve(stream: _MinimalStream) -> None:
+        try:
+            while True:
+                await stream.send(await stream.recv(size))
+        except ConnectionError:
+            stream.transport.close()
+
+    def factory() -> _MinimalStream:
+        stream = _MinimalStream()
+        loop.create_task(serve(stream))
+        return stream
+
+    server = await loop.create_server(factory, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    msg = os.urandom(size)
+
+    async def client(count: int) -> None:
+        _, stream = await loop.create_connection(_MinimalStream, "127.0.0.1", port)
+        for _ in range(count // window):
+            for _ in range(window):
+                await stream.send(msg)
+            for _ in range(window):
+                if await stream.recv(size) != msg:
+                    raise AssertionError("echo mismatch")
+        stream.transport.close()
+
+    elapsed = await _drive(client, port, size, conns, rounds, window, external)
+    server.close()
+    return elapsed
+
+
 async def bench_runtime(size: int, conns: int, rounds: int, window: int, external: bool) -> float:
     from commonware_runtime.errors import RecvFailed
     from commonware_runtime.metrics import RuntimeCounters
@@ -325,6 +406,7 @@ BENCHES: dict[str, Callable[[int, int, int, int, bool], Awaitable[float]]] = {
     "streams": bench_streams,
     "streams-tuned": bench_streams,
     "protocol": bench_protocol,
+    "tasks-minimal": bench_minimal,
     "runtime": bench_runtime,
 }
 
