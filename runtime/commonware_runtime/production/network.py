@@ -5,7 +5,8 @@ Why not StreamReader/StreamWriter: the streams layer copies every chunk several 
 wakes the reading task once per arriving chunk and makes every write pay for a ``drain``
 coroutine.  Here one protocol object per connection keeps a single preallocated receive
 buffer that the transport fills in place (``get_buffer``/``buffer_updated``), the one waiting
-``recv(n)`` is woken only when ``n`` bytes are present, and ``send`` awaits only while the
+``recv(n)`` is woken only when ``n`` bytes are present (and resumes inside the protocol
+callback that delivered them, see ``_Waiter``), and ``send`` awaits only while the
 transport is above its high-water mark.
 
 Semantics (SPEC section 2, Network):
@@ -27,7 +28,9 @@ Semantics (SPEC section 2, Network):
   like dropping a tokio write half: the peer's pending and later ``recv`` calls fail with
   ``RecvFailed`` after it has read every byte sent before the close, while the other
   direction keeps working.  ``Stream.close()`` stops reading (and discards what is
-  buffered); once both halves are closed or poisoned the transport is closed.
+  buffered); once both halves are closed or poisoned the transport is closed.  ``close()``
+  is synchronous and returns an awaitable that has already finished, so ``await
+  sink.close()`` works too.
 * Only one ``recv`` may wait at a time on a stream (a second concurrent one raises
   ``RuntimeError``); any number of concurrent ``send`` calls are fine (each one's bytes are
   written contiguously).
