@@ -400,6 +400,44 @@ def test_waiting_recv_keeps_task_context_and_cancels_cleanly(run: Run) -> None:
     run(main)
 
 
+@pytest.mark.parametrize("cancel_first", [True, False])
+def test_cancel_and_arrival_in_one_callback(run: Run, cancel_first: bool) -> None:
+    # The two orders of a cancellation and the bytes a waiting recv wants, both inside one
+    # loop callback (where the wake-up resumes the task at once): cancelled first, the recv
+    # raises CancelledError and the bytes stay for the next recv; bytes first, the recv has
+    # already returned them and the cancel finds the task done.
+    async def main() -> None:
+        listener, _, (_, sstream) = await pair()
+        conn = sstream._conn
+        loop = asyncio.get_running_loop()
+        waiting = asyncio.ensure_future(sstream.recv(3))
+        await asyncio.sleep(0.01)
+
+        def arrive() -> None:
+            conn.get_buffer(-1)[:3] = b"abc"
+            conn.buffer_updated(3)
+
+        def both() -> None:
+            if cancel_first:
+                assert waiting.cancel()
+                arrive()
+            else:
+                arrive()
+                assert waiting.done() and not waiting.cancel()
+
+        loop.call_soon(both)
+        if cancel_first:
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            assert await sstream.recv(3) == b"abc"
+        else:
+            assert await waiting == b"abc"
+            assert sstream.peek(10) == b""
+        listener.close()
+
+    run(main)
+
+
 class _CountingSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
     polls = 0
 
