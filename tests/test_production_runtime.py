@@ -269,40 +269,6 @@ def test_spawn_blocking_failure_and_pool_size(tmp_path: Path) -> None:
     assert peak == 2
 
 
-def test_spawn_child_aborts_recursively(tmp_path: Path) -> None:
-    cancelled: list[str] = []
-
-    async def grandchild(context: Context) -> None:
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            cancelled.append("grandchild")
-            raise
-
-    async def child(context: Context) -> None:
-        context.with_label("grandchild").spawn_child(grandchild)
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            cancelled.append("child")
-            raise
-
-    async def parent(context: Context) -> None:
-        context.with_label("child").spawn_child(child)
-        await asyncio.sleep(3600)
-
-    async def main(context: Context) -> list[str]:
-        handle = context.with_label("parent").spawn(parent)
-        await asyncio.sleep(0.01)
-        handle.abort()
-        await asyncio.sleep(0.01)
-        with pytest.raises(Closed):
-            await handle
-        return sorted(cancelled)
-
-    assert run(main, tmp_path) == ["child", "grandchild"]
-
-
 def test_stop_waits_for_signals_and_times_out(tmp_path: Path) -> None:
     async def holder(context: Context) -> int:
         async with context.stopped() as sig:

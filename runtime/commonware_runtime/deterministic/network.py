@@ -246,13 +246,48 @@ class _Connection:
         return host == self.acceptor_host or host == self.acceptor_owner
 
 
-class Sink(PipeSink):
-    """Sending half of a simulated connection."""
+class _Half:
+    """What the two halves share: their connection, their flow, their ends.
+
+    A sink's flow runs from its own end, a stream's towards it (``_OUTBOUND``)."""
+
+    _KIND = ""
+    _OUTBOUND = True
+    _closed: bool
 
     def __init__(self, conn: _Connection, flow: _Flow) -> None:
-        super().__init__(flow.pipe)
+        super().__init__(flow.pipe)  # type: ignore[call-arg]
         self._conn = conn
         self._flow = flow
+
+    def _ends(self) -> tuple[str, str]:
+        flow = self._flow
+        return (flow.src, flow.dst) if self._OUTBOUND else (flow.dst, flow.src)
+
+    def _on_done(self) -> None:
+        auditor = self._flow.net.auditor
+        if auditor is not None:
+            auditor.event("net.close", self._KIND, *self._ends(), 1 if self._closed else 0)
+        self._conn.half_done()
+
+    def local_addr(self) -> tuple[str, int]:
+        flow = self._flow
+        return flow.src_addr if self._OUTBOUND else flow.dst_addr
+
+    def peer_addr(self) -> tuple[str, int]:
+        flow = self._flow
+        return flow.dst_addr if self._OUTBOUND else flow.src_addr
+
+    def __repr__(self) -> str:
+        local, peer = self._ends()
+        arrow = "->" if self._OUTBOUND else "<-"
+        return f"<deterministic.{type(self).__name__} {local} {arrow} {peer}{' closed' if self._closed else ''}>"
+
+
+class Sink(_Half, PipeSink):
+    """Sending half of a simulated connection."""
+
+    _KIND = "sink"
 
     def _on_send(self, view: memoryview) -> int:
         flow = self._flow
@@ -269,29 +304,12 @@ class Sink(PipeSink):
         flow = self._flow
         flow.transmit(_EOF, flow.net._base_latency(flow.src_host, flow.dst_host))
 
-    def _on_done(self) -> None:
-        flow = self._flow
-        if flow.net.auditor is not None:
-            flow.net.auditor.event("net.close", "sink", flow.src, flow.dst, 1 if self._closed else 0)
-        self._conn.half_done()
 
-    def local_addr(self) -> tuple[str, int]:
-        return self._flow.src_addr
-
-    def peer_addr(self) -> tuple[str, int]:
-        return self._flow.dst_addr
-
-    def __repr__(self) -> str:
-        return f"<deterministic.Sink {self._flow.src} -> {self._flow.dst}{' closed' if self._closed else ''}>"
-
-
-class Stream(PipeStream):
+class Stream(_Half, PipeStream):
     """Receiving half of a simulated connection."""
 
-    def __init__(self, conn: _Connection, flow: _Flow) -> None:
-        super().__init__(flow.pipe)
-        self._conn = conn
-        self._flow = flow
+    _KIND = "stream"
+    _OUTBOUND = False
 
     def _on_recv(self, data: bytes) -> None:
         flow = self._flow
@@ -299,21 +317,6 @@ class Stream(PipeStream):
         net.counters.network["bytes_received"] += len(data)
         if net.auditor is not None:
             net.auditor.event("net.recv", flow.src, flow.dst, data)
-
-    def _on_done(self) -> None:
-        flow = self._flow
-        if flow.net.auditor is not None:
-            flow.net.auditor.event("net.close", "stream", flow.dst, flow.src, 1 if self._closed else 0)
-        self._conn.half_done()
-
-    def local_addr(self) -> tuple[str, int]:
-        return self._flow.dst_addr
-
-    def peer_addr(self) -> tuple[str, int]:
-        return self._flow.src_addr
-
-    def __repr__(self) -> str:
-        return f"<deterministic.Stream {self._flow.dst} <- {self._flow.src}{' closed' if self._closed else ''}>"
 
 
 class Listener:
