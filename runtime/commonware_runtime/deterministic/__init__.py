@@ -4,9 +4,19 @@ from .context import Context
 from .loop import EventLoop, UnsupportedOperation
 from .runner import Checkpoint, Config, Runner
 from .storage import StorageFaults
+from .strategies import PCT, POS, Canonical, Choices, Deviations, Random, Strategy, Swarm, register_strategy
 from .trace import Recorder, ReplayDivergence, Replayer, Schedule
 
 __all__ = [
+    "PCT",
+    "POS",
+    "Canonical",
+    "Choices",
+    "Deviations",
+    "Random",
+    "Strategy",
+    "Swarm",
+    "register_strategy",
     "Checkpoint",
     "Config",
     "Context",

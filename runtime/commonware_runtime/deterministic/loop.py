@@ -30,13 +30,17 @@ from typing import Any
 from ..arguments import NS_PER_SECOND, Duration, seconds_to_ns
 from ..auditor import Auditor
 from ..errors import RuntimeStalled, RuntimeTimeout
+from .strategies import ORDERINGS, LOOP_CALLBACK, Strategy, make_strategy
+from .strategies import Random as _RANDOM
+from .trace import Replayer as _Replay
 
 __all__ = ["EventLoop", "UnsupportedOperation", "derive_seed", "MARK_TIME", "MARK_SPAWN"]
 
 # Markers interleaved with task ids in the auditor's decision stream.
 MARK_TIME = 0xFFFFFFFF
 MARK_SPAWN = 0xFFFFFFFE
-LOOP_CALLBACK = 0  # decisions that run a plain callback rather than a task step
+# A loop that never goes idle sees its clock move by one cycle every this many rounds.
+SPIN_ROUNDS = 32
 
 
 def derive_seed(seed: int, stream: str) -> int:
@@ -85,6 +89,8 @@ class EventLoop(asyncio.BaseEventLoop):
         auditor: Auditor | None = None,
         scheduler: random.Random | None = None,
         now_ns: int = 0,
+        ordering: str = "fifo",
+        strategy: str | Strategy = "random",
     ) -> None:
         super().__init__()
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -99,7 +105,6 @@ class EventLoop(asyncio.BaseEventLoop):
         self._timers: list[tuple[int, int, asyncio.TimerHandle | _Wakeup | asyncio.Future[None]]] = []
         self._timer_seq = 0
         self._now_ns = now_ns
-        self._started = False
         self._last_audited_ns = -1
         self.auditor = auditor if auditor is not None else Auditor()
         # The auditor empties this array in place when folding, so the reference stays valid.
@@ -109,10 +114,18 @@ class EventLoop(asyncio.BaseEventLoop):
         self._labels: dict[str, int] = {}
         self.task_labels: list[str] = [""]  # stable id -> label; id 0 is "a loop callback"
         self.steps = 0
-        self.recorder: Any = None  # a trace.Recorder while recording
-        self.replayer: Any = None  # a trace.Replayer while replaying
-        self.driver: Any = None  # a schedule driver (start_driven)
-        self._run_batch = self._run_batch_random
+        if ordering not in ORDERINGS:
+            raise ValueError(f"ordering must be one of {', '.join(map(repr, ORDERINGS))}, got {ordering!r}")
+        self.ordering = ordering
+        self._fifo = ordering == "fifo"
+        self.strategy: Strategy = make_strategy(strategy)
+        self._chooser: Strategy = self.strategy
+        self.observer: Any = None  # a trace.Recorder or trace.Replayer watching every choice
+        self._seq = 0  # callbacks handed to a strategy, numbered in the order they became ready
+        self._pending: dict[int, asyncio.Handle] = {}  # seq -> callback a strategy may still choose
+        self._busy = 0  # consecutive busy rounds at this instant (see SPIN_ROUNDS)
+        self.strategy.begin(self._scheduler, self)
+        self._select_runner()
 
     # -- time -----------------------------------------------------------------------------
 
@@ -251,19 +264,35 @@ class EventLoop(asyncio.BaseEventLoop):
         """Accepted for compatibility; executors always run inline here."""
 
     def _run_once(self) -> None:
+        """One round, as asyncio's own ``_run_once``: move the clock, fire due timers, run
+        what was ready when the round began (or, for a strategy that holds callbacks back,
+        as many decisions as there were ready callbacks)."""
         now = self._now_ns
-        if self._started:
-            now += self._cycle_ns
-        else:
-            self._started = True
         timers = self._timers
-        if not self._ready:
+        if self._ready or self._pending:
+            # Busy: the clock stands still, except that a loop that never goes idle (a task
+            # polling loop.time() or spinning on sleep(0)) sees it move by one cycle every
+            # SPIN_ROUNDS rounds, as real work would move it.
+            busy = self._busy + 1
+            if busy >= SPIN_ROUNDS:
+                busy = 0
+                now += self._cycle_ns
+            self._busy = busy
+        else:
+            self._busy = 0
             while timers and _dead(timers[0][2]):
                 heapq.heappop(timers)
                 self._timer_cancelled_count = max(0, self._timer_cancelled_count - 1)
             if timers:
                 if timers[0][0] > now:
                     now = timers[0][0]
+                    if self._fifo:
+                        # An idle loop's wake-up may come late (bounded by one cycle): the
+                        # operating system's timers do; everything due by then fires together.
+                        late = self._chooser.late(self._cycle_ns)
+                        if self.observer is not None:
+                            self.observer.timing(late)
+                        now += late
             elif self._stopping:  # type: ignore[attr-defined]
                 return
             else:
@@ -275,6 +304,27 @@ class EventLoop(asyncio.BaseEventLoop):
                 f"after {self.steps} scheduling decisions. Tasks still waiting:\n" + self._waiting_report()
             )
         self._now_ns = now
+        if timers and timers[0][0] <= now:
+            if self._fifo:
+                self._queue_due_timers(now)
+            else:
+                self._fire_due_timers(now)
+        batch = self._ready
+        if not batch and not self._pending:
+            return
+        self._ready = []
+        if now != self._last_audited_ns:
+            self._last_audited_ns = now
+            decisions = self._decisions
+            decisions.append(MARK_TIME)
+            decisions.append(now & 0xFFFFFFFF)
+            decisions.append(now >> 32)
+        self._run_batch(batch)
+
+    def _fire_due_timers(self, now: int) -> None:
+        """``ordering="any"``: due timers fire at the round's start, in (deadline, creation)
+        order; what they wake joins this round's ready callbacks."""
+        timers = self._timers
         future_type = _Future
         while timers and timers[0][0] <= now:
             # Any: the exact type() checks below tell the three entry kinds apart.
@@ -295,23 +345,76 @@ class EventLoop(asyncio.BaseEventLoop):
                 self._timer_cancelled_count = max(0, self._timer_cancelled_count - 1)
             else:
                 timer._run()
-        batch = self._ready
-        if not batch:
-            return
-        self._ready = []
-        if now != self._last_audited_ns:
-            self._last_audited_ns = now
-            decisions = self._decisions
-            decisions.append(MARK_TIME)
-            decisions.append(now & 0xFFFFFFFF)
-            decisions.append(now >> 32)
-        self._run_batch(batch)
+
+    def _queue_due_timers(self, now: int) -> None:
+        """``ordering="fifo"``: as asyncio does, due timers are appended to the ready queue
+        behind what is already ready, in deadline order; the strategy orders timers due at
+        the same instant (asyncio's heap does not order equal deadlines either)."""
+        timers = self._timers
+        due: list[Any] = []
+        while timers and timers[0][0] <= now:
+            when, _, timer = heapq.heappop(timers)
+            kind = type(timer)
+            if kind is _Future:
+                if timer.done():
+                    continue
+                timer = _Wakeup(self, when, timer, None)
+            elif kind is _Wakeup or kind is asyncio.TimerHandle:
+                timer._scheduled = False
+                if timer._cancelled:
+                    self._timer_cancelled_count = max(0, self._timer_cancelled_count - 1)
+                    continue
+            else:
+                timer._scheduled = False
+            due.append((when, timer))
+        ready = self._ready
+        i = 0
+        while i < len(due):
+            j = i + 1
+            while j < len(due) and due[j][0] == due[i][0]:
+                j += 1
+            group = [t for _, t in due[i:j]]
+            while len(group) > 1:
+                k = self._chooser.tie(len(group))
+                if self.observer is not None:
+                    self.observer.timing(k)
+                ready.append(group.pop(k))
+            ready.append(group[0])
+            i = j
+
+    # -- the rounds: one runner per kind of chooser ------------------------------------------
+
+    def _select_runner(self) -> None:
+        """The plain seeded runs use an inlined runner; anything else (other strategies,
+        recording, replay) the general one, which makes exactly the same choices."""
+        if self.observer is None and not self._pending:
+            if self._fifo:
+                self._run_batch = self._run_batch_fifo
+                return
+            if type(self._chooser) is _RANDOM:
+                self._run_batch = self._run_batch_random
+                return
+        self._run_batch = self._run_batch_chosen
+
+    def _run_batch_fifo(self, batch: list[asyncio.Handle]) -> None:
+        record = self._decisions.append
+        task_type = _Task
+        self.steps += len(batch)
+        for handle in batch:
+            if handle._cancelled:
+                record(LOOP_CALLBACK)
+                continue
+            owner = getattr(handle._callback, "__self__", None)  # type: ignore[attr-defined]
+            record(owner._cw_id if type(owner) is task_type else LOOP_CALLBACK)
+            handle._run()
 
     def _run_batch_random(self, batch: list[asyncio.Handle]) -> None:
+        # strategies.Random.arrive/choose inlined on the batch itself (the same draws).
         rand = self._scheduler.random
         record = self._decisions.append
         task_type = _Task
         n = len(batch)
+        self._seq += n
         self.steps += n
         while n:
             if n == 1:
@@ -345,130 +448,98 @@ class EventLoop(asyncio.BaseEventLoop):
             context["source_traceback"] = handle._source_traceback  # type: ignore[attr-defined]
         self.call_exception_handler(context)
 
-    def _run_batch_recording(self, batch: list[asyncio.Handle]) -> None:
-        schedule = self.recorder.schedule
-        self.recorder.round(self.steps, self._now_ns, self.auditor)
-        pick = schedule.picks.append
-        record_id = schedule.ids.append
-        rand = self._scheduler.random
-        record = self.auditor.decisions.append
-        task_type = _Task
-        n = len(batch)
-        self.steps += n
-        while n:
-            i = 0 if n == 1 else int(rand() * n)
-            handle = batch[i]
-            last = batch.pop()
-            if last is not handle:
-                batch[i] = last
-            n -= 1
-            pick(i)
-            if handle._cancelled:
-                tid = LOOP_CALLBACK
-            else:
-                owner = getattr(handle._callback, "__self__", None)  # type: ignore[attr-defined]
-                tid = owner._cw_id if type(owner) is task_type else LOOP_CALLBACK
-            record(tid)
-            record_id(tid)
-            if not handle._cancelled:
-                handle._run()
+    def _arrive(self, batch: list[asyncio.Handle]) -> None:
+        pending = self._pending
+        arrive = self._chooser.arrive
+        seq = self._seq
+        for handle in batch:
+            seq += 1
+            pending[seq] = handle
+            arrive(seq, handle)
+        self._seq = seq
 
-    def _run_batch_replay(self, batch: list[asyncio.Handle]) -> None:
-        replayer = self.replayer
-        step = self.steps
-        replayer.check_round(step, self._now_ns, self.auditor, lambda: [self.label_of(h) for h in batch])
-        picks = replayer.schedule.picks
-        ids = replayer.schedule.ids
-        total = len(picks)
-        record = self.auditor.decisions.append
-        n = len(batch)
-        self.steps += n
-        while n:
-            if step >= total:
-                raise replayer.diverged(step, self._now_ns, 0, n, self.owner_id(batch[0]), self.label_of(batch[0]))
-            i = picks[step]
-            if i >= n:
-                raise replayer.diverged(step, self._now_ns, i, n, None, "")
-            handle = batch[i]
-            tid = self.owner_id(handle)
-            if tid != ids[step]:
-                raise replayer.diverged(step, self._now_ns, i, n, tid, self.label_of(handle))
-            last = batch.pop()
-            if last is not handle:
-                batch[i] = last
-            n -= 1
-            step += 1
-            record(tid)
-            if not handle._cancelled:
-                handle._run()
-
-    def start_driven(self, driver: Any, recorder: Any = None) -> None:
-        """Let ``driver.choose(step, ready, order, loop) -> index`` make every decision.
-
-        ``ready`` is the round's list of ready handles and ``order[i]`` the position entry
-        ``i`` had when the round began (so ``order.index(min(order))`` is the oldest ready
-        callback: the canonical choice). Removal is the same swap-remove as a seeded run, so
-        a recorded driven run replays with an ordinary ``Runner(replay=...)``. Used to
-        explore or shrink schedules (``pytest --cw-bisect``).
-        """
-        self.driver = driver
-        if recorder is not None:
-            schedule = recorder.begin(self.seed)
-            schedule.labels = self.task_labels
-            self.recorder = recorder
-        self._run_batch = self._run_batch_driven
-
-    def _run_batch_driven(self, batch: list[asyncio.Handle]) -> None:
-        recorder = self.recorder
-        schedule = None
-        if recorder is not None:
-            recorder.round(self.steps, self._now_ns, self.auditor)
-            schedule = recorder.schedule
-        driver = self.driver
+    def _run_batch_chosen(self, batch: list[asyncio.Handle]) -> None:
+        """The general round: the chooser picks each callback by its ``seq``; the observer
+        (recorder or replayer) and the auditor watch."""
+        chooser = self._chooser
+        pending = self._pending
+        observer = self.observer
         record = self._decisions.append
-        order = list(range(len(batch)))
-        step = self.steps
-        n = len(batch)
-        self.steps += n
-        while n:
-            i = driver.choose(step, batch, order, self)
-            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n:
-                raise ValueError(f"schedule driver picked entry {i!r} of {n} ready callbacks at step {step}")
-            handle = batch[i]
+        if observer is not None:
+            observer.round(self.steps, self._now_ns, self)
+        if self._fifo and not isinstance(chooser, _Replay):
+            # fifo: the order is asyncio's (strategies choose timing only); only observed here.
+            for handle in batch:
+                self._seq += 1
+                step = self.steps
+                tid = self.owner_id(handle)
+                record(tid)
+                self.steps = step + 1
+                if observer is not None:
+                    observer.decision(step, self._seq, tid, self)
+                if not handle._cancelled:
+                    handle._run()
+            return
+        self._arrive(batch)
+        holds_back = chooser.holds_back and not self._fifo
+        budget = len(pending)
+        while budget and pending:
+            budget -= 1
+            step = self.steps
+            seq = chooser.choose(step)
+            handle = pending.pop(seq, None)
+            if handle is None:
+                raise self._not_ready(chooser, step, seq)
             tid = self.owner_id(handle)
-            last, last_order = batch.pop(), order.pop()
-            if i != n - 1:
-                batch[i], order[i] = last, last_order
-            n -= 1
-            step += 1
-            if schedule is not None:
-                schedule.picks.append(i)
-                schedule.ids.append(tid)
             record(tid)
+            self.steps = step + 1
+            if observer is not None:
+                observer.decision(step, seq, tid, self)
             if not handle._cancelled:
                 handle._run()
+            if holds_back and self._ready:
+                batch = self._ready
+                self._ready = []
+                self._arrive(batch)
+
+    def _not_ready(self, chooser: Any, step: int, seq: int) -> BaseException:
+        diverged = getattr(chooser, "not_ready", None)
+        if diverged is not None:
+            return diverged(step, self._now_ns, seq, self)  # type: ignore[no-any-return]
+        return ValueError(
+            f"strategy {getattr(chooser, 'name', chooser)!r} chose callback #{seq} at step {step}, "
+            f"which is not among the ready callbacks"
+        )
+
+    def observe(self, observer: Any) -> None:
+        """Let a ``trace.Recorder`` watch every choice of this run (or a ``trace.Replayer``
+        make and check them: it is then the chooser too)."""
+        self.observer = observer
+        if isinstance(observer, _Replay):
+            self._chooser = observer
+            observer.begin(self._scheduler, self)
+        self._select_runner()
 
     def quiesce(self) -> None:
-        """After a run: no deadline, recording or replay for whatever the loop still does."""
+        """After a run: no deadline, recording or replay for whatever the loop still does;
+        callbacks a strategy still held back go back to the ready queue, oldest first."""
         self._deadline_ns = None
-        self.recorder = None
-        self.replayer = None
-        self.driver = None
-        self._run_batch = self._run_batch_random
+        self.observer = None
+        if self._pending:
+            self._ready[:0] = list(self._pending.values())
+            self._pending.clear()
+        self._chooser = self.strategy = _RANDOM()
+        self.strategy.begin(self._scheduler, self)
+        self._select_runner()
 
     def label_of(self, handle: asyncio.Handle) -> str:
         tid = self.owner_id(handle)
         return self.task_labels[tid] if tid else "<callback>"
 
-    def start_recording(self, recorder: Any) -> None:
-        schedule = recorder.begin(self.seed)
-        schedule.labels = self.task_labels  # shared: labels appear as tasks are created
-        self.recorder = recorder
-        self._run_batch = self._run_batch_recording
+    def pending_labels(self) -> list[str]:
+        """Labels of the callbacks ready now (for divergence reports)."""
+        return [self.label_of(h) for h in [*self._pending.values(), *self._ready]]
 
-    def start_replay(self, replayer: Any) -> None:
-        self.replayer = replayer
-        self._run_batch = self._run_batch_replay
 
     def owner_id(self, handle: asyncio.Handle) -> int:
         if handle._cancelled:
@@ -530,6 +601,8 @@ class _Wakeup:
     """
 
     __slots__ = ("_loop", "_when_ns", "_fut", "_result", "_cancelled", "_scheduled")
+    _callback = None  # not a task step: the loop attributes its decision to no task
+    _source_traceback = None
 
     def __init__(self, loop: EventLoop, when_ns: int, fut: asyncio.Future[Any], result: Any) -> None:
         self._loop = loop
@@ -544,6 +617,11 @@ class _Wakeup:
 
     def cancelled(self) -> bool:
         return self._cancelled
+
+    def _run(self) -> None:
+        # ordering="fifo" queues the wake-up as asyncio queues its sleep's TimerHandle.
+        if not self._cancelled and not self._fut.done():
+            self._fut.set_result(self._result)
 
     def cancel(self) -> None:
         if not self._cancelled:

@@ -16,6 +16,7 @@ from ..errors import RuntimeStalled, RuntimeTimeout
 from ..tasks import Handle, discard_unstarted
 from .context import Context, DeterministicCore
 from .loop import EventLoop
+from .strategies import ORDERINGS, Strategy, make_strategy, strategy_spec
 from .trace import Recorder, ReplayDivergence, Replayer, Schedule
 
 T = TypeVar("T")
@@ -31,6 +32,8 @@ class Config:
     timeout: float | timedelta | None = None
     catch_panics: bool = False
     start_time: float = 0.0
+    ordering: str = "any"
+    strategy: str | Strategy = "random"
 
     def __post_init__(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
@@ -44,6 +47,15 @@ class Config:
         if not isinstance(self.catch_panics, bool):
             raise TypeError(f"catch_panics must be a bool, got {self.catch_panics!r}")
         timestamp_ns(self.start_time, "start_time")
+        if self.ordering not in ORDERINGS:
+            raise ValueError(f"ordering must be one of {', '.join(map(repr, ORDERINGS))}, got {self.ordering!r}")
+        make_strategy(self.strategy)  # a bad name or object fails here, at the call
+
+    def with_ordering(self, ordering: str) -> Config:
+        return dataclasses.replace(self, ordering=ordering)
+
+    def with_strategy(self, strategy: str | Strategy) -> Config:
+        return dataclasses.replace(self, strategy=strategy)
 
     def with_seed(self, seed: int) -> Config:
         return dataclasses.replace(self, seed=seed)
@@ -71,6 +83,8 @@ class Config:
             "timeout": seconds(self.timeout),
             "catch_panics": self.catch_panics,
             "start_time": self.start_time,
+            "ordering": self.ordering,
+            "strategy": strategy_spec(self.strategy),
         }
 
 
@@ -105,20 +119,16 @@ class Runner:
         *,
         recorder: Recorder | None = None,
         replay: Schedule | None = None,
-        driver: Any = None,
     ) -> None:
         if config is None:
             config = Config()
         if not isinstance(config, Config):
             raise TypeError(f"config must be a deterministic.Config, got {type(config).__name__}")
-        if replay is not None and (recorder is not None or driver is not None):
-            raise ValueError("a replayed run follows its trace: it cannot also record or be driven")
-        if driver is not None and not callable(getattr(driver, "choose", None)):
-            raise TypeError(f"driver must have a choose(step, ready, order, loop) method, got {driver!r}")
+        if replay is not None and recorder is not None:
+            raise ValueError("a replayed run follows its trace: it cannot also record")
         self.config = config
         self.recorder = recorder
         self.replay = replay
-        self.driver = driver
         self._checkpoint: Checkpoint | None = None
         self._used = False
         self.auditor_state: str | None = None
@@ -158,13 +168,19 @@ class Runner:
         cp = self._checkpoint
         if cp is None:
             auditor = Auditor()
-            loop = EventLoop(config.seed, cycle=config.cycle, timeout=config.timeout, auditor=auditor)
+            loop = EventLoop(
+                config.seed, cycle=config.cycle, timeout=config.timeout, auditor=auditor,
+                ordering=config.ordering, strategy=config.strategy,
+            )
             auditor.event("start", config.seed)
             return DeterministicCore(
                 loop=loop, seed=config.seed, catch_panics=config.catch_panics, start_ns=timestamp_ns(config.start_time)
             )
         auditor = cp.auditor.fork()
-        loop = EventLoop(config.seed, cycle=config.cycle, timeout=config.timeout, auditor=auditor, now_ns=cp.now_ns)
+        loop = EventLoop(
+            config.seed, cycle=config.cycle, timeout=config.timeout, auditor=auditor, now_ns=cp.now_ns,
+            ordering=config.ordering, strategy=config.strategy,
+        )
         loop._scheduler.setstate(cp.scheduler_state)
         auditor.event("restart", cp.restarts + 1, cp.now_ns)
         return DeterministicCore(
@@ -185,12 +201,11 @@ class Runner:
         self._used = True
         core = self._build()
         loop = core.loop
-        if self.driver is not None:
-            loop.start_driven(self.driver, self.recorder)
-        elif self.recorder is not None:
-            loop.start_recording(self.recorder)
+        if self.recorder is not None:
+            self.recorder.begin(loop)
+            loop.observe(self.recorder)
         elif self.replay is not None:
-            loop.start_replay(Replayer(self.replay))
+            loop.observe(Replayer(self.replay))
         handle: Handle[T] = Handle("")
         core.root = handle
         try:

@@ -1,14 +1,17 @@
 """Recording a run's schedule, and replaying a run from one.
 
-A recording holds, per scheduling decision, the index picked in the round's ready
-list and the stable id of the task that ran; per round, the step at which it began
-and its virtual time; every ``checkpoint_every`` steps, the auditor state.  Arrays of
-machine ints keep recording to a couple of appends per decision.
+A recording holds, per scheduling decision, the ``seq`` of the callback that ran (callbacks
+are numbered in the order they became ready, so a schedule names each choice by identity,
+whatever structure the strategy kept them in) and the stable id of its task; per round,
+the step at which it began and its virtual time; every timing choice of
+``ordering="fifo"`` (tie ranks, late wake-ups); every ``checkpoint_every`` steps, the
+auditor state.  Arrays of machine ints keep recording to a few appends per decision.
 
-Replay drives the loop from the recorded picks instead of the scheduler RNG and checks
-at every decision that the task about to run is the one recorded, at every round that
-the time matches and at every checkpoint that the auditor matches.  The first mismatch
-raises ``ReplayDivergence`` naming the step, time, and expected vs actual task.
+The recorder only watches.  Replay is one more chooser: it hands the loop the recorded
+``seq`` at every decision and the recorded timing values, and checks at every decision
+that the task about to run is the one recorded, at every round that the time matches and
+at every checkpoint that the auditor matches.  The first mismatch raises
+``ReplayDivergence`` naming the step, time, and expected vs actual task.
 """
 
 from __future__ import annotations
@@ -51,6 +54,11 @@ class Schedule:
     outcome: str = "passed"
     error: dict[str, str] | None = None
     checkpoint_every: int = 1024
+    timing: array = field(default_factory=lambda: array("q"))
+    ordering: str = "any"
+    strategy: str = "random"  # the strategy as configured (e.g. "swarm")
+    chosen: str = ""  # what it chose for this run, when that says more (swarm: "pct:3")
+    holds_back: bool = False  # callbacks made ready mid-round could be chosen at once
 
     def task_label(self, tid: int) -> str:
         if tid == 0:
@@ -81,28 +89,112 @@ class Recorder:
         self.schedule: Schedule | None = None
         self._next_checkpoint = 0
 
-    def begin(self, seed: int) -> Schedule:
-        self.schedule = Schedule(seed=seed, checkpoint_every=self.checkpoint_every)
+    def begin(self, loop: Any) -> Schedule:
+        strategy = loop.strategy
+        self.schedule = Schedule(
+            seed=loop.seed, checkpoint_every=self.checkpoint_every, ordering=loop.ordering,
+            strategy=strategy.name, chosen=str(getattr(strategy, "chosen", "")),
+            holds_back=bool(strategy.holds_back) and loop.ordering == "any",
+        )
+        self.schedule.labels = loop.task_labels  # shared: labels appear as tasks are created
         self._next_checkpoint = 0
         return self.schedule
 
-    def round(self, step: int, now_ns: int, auditor: Any) -> None:
+    def round(self, step: int, now_ns: int, loop: Any) -> None:
         schedule = self.schedule
         assert schedule is not None
         schedule.round_steps.append(step)
         schedule.round_times.append(now_ns)
         if step >= self._next_checkpoint:
-            schedule.checkpoints.append((step, now_ns, auditor.state()))
+            schedule.checkpoints.append((step, now_ns, loop.auditor.state()))
             self._next_checkpoint = step + self.checkpoint_every
+
+    def decision(self, step: int, seq: int, tid: int, loop: Any) -> None:
+        schedule = self.schedule
+        assert schedule is not None
+        schedule.picks.append(seq)
+        schedule.ids.append(tid)
+
+    def timing(self, value: int) -> None:
+        assert self.schedule is not None
+        self.schedule.timing.append(value)
 
 
 class Replayer:
-    """Drives a run from a recorded ``Schedule``."""
+    """Drives a run from a recorded ``Schedule``: the chooser of the run and its checker."""
 
     def __init__(self, schedule: Schedule) -> None:
         self.schedule = schedule
+        self.name = f"replay of {schedule.strategy}"
+        self.holds_back = schedule.holds_back
         self._round = 0
         self._checkpoint = 0
+        self._timing = 0
+
+    # -- the chooser -------------------------------------------------------------------------
+
+    def begin(self, rng: Any, loop: Any) -> None:
+        self._round = self._checkpoint = self._timing = 0
+
+    def arrive(self, seq: int, handle: Any) -> None:
+        pass  # the loop keeps the ready callbacks by seq; the trace names which one runs
+
+    def choose(self, step: int) -> int:
+        picks = self.schedule.picks
+        if step >= len(picks):
+            return -1  # not ready: not_ready() reports the run outliving its trace
+        return int(picks[step])
+
+    def _timing_value(self) -> int:
+        timing = self.schedule.timing
+        i = self._timing
+        if i >= len(timing):
+            raise ReplayDivergence(
+                f"replay diverged: the run makes more timing choices than the trace recorded ({len(timing)})",
+                step=-1, time_ns=0, expected=f"{len(timing)} timing choices", actual="more",
+            )
+        self._timing = i + 1
+        return int(timing[i])
+
+    def tie(self, n: int) -> int:
+        value = self._timing_value()
+        if not 0 <= value < n:
+            raise ReplayDivergence(
+                f"replay diverged: the trace fires timer #{value} of {n} due at once",
+                step=-1, time_ns=0, expected=f"timer #{value}", actual=f"{n} due timers",
+            )
+        return value
+
+    def late(self, limit_ns: int) -> int:
+        return self._timing_value()
+
+    def not_ready(self, step: int, now_ns: int, seq: int, loop: Any) -> ReplayDivergence:
+        pending = loop.pending_labels()
+        if step >= len(self.schedule.picks):
+            return ReplayDivergence(
+                f"replay diverged at step {step} (t={now_ns / NS_PER_SECOND:.9f}s): the trace ended after "
+                f"{len(self.schedule.picks)} decisions, the run still has ready tasks {sorted(pending)}",
+                step=step, time_ns=now_ns, expected="end of run", actual=f"ready tasks {sorted(pending)}",
+            )
+        tid = self.schedule.ids[step]
+        expected = f"task {self.schedule.task_label(tid)!r} (id {tid}), ready callback #{seq}"
+        return ReplayDivergence(
+            f"replay diverged at step {step} (t={now_ns / NS_PER_SECOND:.9f}s): the trace ran {expected}, "
+            f"which is not ready in this run (ready: {sorted(pending)})",
+            step=step, time_ns=now_ns, expected=expected, actual=f"ready tasks {sorted(pending)}",
+        )
+
+    # -- the checks --------------------------------------------------------------------------
+
+    def round(self, step: int, now_ns: int, loop: Any) -> None:
+        self.check_round(step, now_ns, loop.auditor, loop.pending_labels)
+
+    def decision(self, step: int, seq: int, tid: int, loop: Any) -> None:
+        if tid != self.schedule.ids[step]:
+            raise self.diverged(step, loop.now_ns, tid, loop.task_labels[tid] if tid else "<callback>")
+
+    def timing(self, value: int) -> None:
+        pass  # the value came from this replayer
 
     def label(self, tid: int) -> str:
         return self.schedule.task_label(tid)
@@ -137,17 +229,10 @@ class Replayer:
                 )
             self._checkpoint = c + 1
 
-    def diverged(self, step: int, now_ns: int, pick: int, n: int, actual_tid: int | None, actual_label: str) -> ReplayDivergence:
-        schedule = self.schedule
-        if step >= len(schedule.ids):
-            expected = "end of run"
-        else:
-            tid = schedule.ids[step]
-            expected = f"task {schedule.task_label(tid)!r} (id {tid})"
-        if actual_tid is None:
-            actual = f"only {n} ready callback(s), no choice #{pick}"
-        else:
-            actual = f"task {actual_label!r} (id {actual_tid})"
+    def diverged(self, step: int, now_ns: int, actual_tid: int, actual_label: str) -> ReplayDivergence:
+        tid = self.schedule.ids[step]
+        expected = f"task {self.schedule.task_label(tid)!r} (id {tid})"
+        actual = f"task {actual_label!r} (id {actual_tid})"
         return ReplayDivergence(
             f"replay diverged at step {step} (t={now_ns / NS_PER_SECOND:.9f}s): the trace expected {expected}, "
             f"the run would run {actual}",

@@ -1,0 +1,450 @@
+"""Scheduling strategies: who decides which ready callback runs next, and how late timers fire.
+
+A deterministic run is a sequence of choices.  The loop (``loop.py``) owns the ready
+callbacks; a *strategy* only chooses.  Observers (the recorder, the replayer's checks, the
+auditor) watch the choices and never make them, and replay is one more strategy.
+
+Two kinds of choice exist, one per ``ordering`` (SPEC 5a):
+
+- ``ordering="any"``: which ready callback runs next.  Every callback that becomes ready is
+  announced with ``arrive(seq, handle)``; ``seq`` numbers callbacks in the order they became
+  ready (registration order), so the smallest pending ``seq`` is the oldest callback: the
+  *canonical* choice, the one asyncio itself would run.  ``choose(step)`` returns the
+  ``seq`` to run.  A strategy with ``holds_back = False`` only ever sees the callbacks that
+  were ready when the round began (a *round*: asyncio's own unit of work, after which due
+  timers fire); with ``holds_back = True`` callbacks made ready during a round are
+  announced at once and whatever the strategy has not chosen by the end of a round stays
+  pending into the next: a ready task can be held back for many steps.
+- ``ordering="fifo"``: callbacks run in registration order, as asyncio documents.  The
+  strategy chooses only timing: ``tie(n)``, which of ``n`` timers due at the same instant
+  fires next (a rank among them in creation order), and ``late(limit_ns)``, how late the
+  next timer wake-up of an idle loop is (0 .. ``limit_ns``).
+
+Every strategy's choices are drawn from the scheduler stream handed to ``begin``, so the
+seed alone reproduces a run, and no other stream (``context.rng``, faults) moves.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from .loop import EventLoop
+
+__all__ = [
+    "ORDERINGS",
+    "PCT",
+    "POS",
+    "BaseStrategy",
+    "Canonical",
+    "Choices",
+    "Deviations",
+    "Random",
+    "RankStrategy",
+    "Strategy",
+    "Swarm",
+    "make_strategy",
+    "register_strategy",
+    "strategy_names",
+]
+
+ORDERINGS = ("any", "fifo")
+LOOP_CALLBACK = 0  # the task id of a callback that is not a task step
+
+
+@runtime_checkable
+class Strategy(Protocol):
+    """What the deterministic loop asks to make a run's choices (see the module docstring).
+
+    Implement all of it (or subclass ``BaseStrategy``, which draws the timing choices at
+    random and keeps nothing else).  ``begin`` is called once per run, before any other
+    method, and must reset whatever the strategy remembers: one object may serve many runs.
+    """
+
+    name: str  # how traces and reports name it, e.g. "pct:3"
+    holds_back: bool
+
+    def begin(self, rng: random.Random, loop: EventLoop) -> None: ...
+
+    def arrive(self, seq: int, handle: asyncio.Handle) -> None: ...
+
+    def choose(self, step: int) -> int: ...
+
+    def tie(self, n: int) -> int: ...
+
+    def late(self, limit_ns: int) -> int: ...
+
+
+class BaseStrategy:
+    """Timing choices at random (a quarter of idle wake-ups late), nothing else."""
+
+    name = "base"
+    holds_back = False
+    late_probability = 0.25
+
+    def __init__(self) -> None:
+        self.rng: random.Random = random.Random(0)
+        self.loop: Any = None
+
+    def begin(self, rng: random.Random, loop: EventLoop) -> None:
+        self.rng = rng
+        self.loop = loop
+
+    def arrive(self, seq: int, handle: asyncio.Handle) -> None:
+        raise NotImplementedError(f"strategy {self.name!r} makes no ready-order choices")
+
+    def choose(self, step: int) -> int:
+        raise NotImplementedError(f"strategy {self.name!r} makes no ready-order choices")
+
+    def tie(self, n: int) -> int:
+        return int(self.rng.random() * n)
+
+    def late(self, limit_ns: int) -> int:
+        rng = self.rng
+        if self.late_probability <= 0 or rng.random() >= self.late_probability:
+            return 0
+        return 1 + int(rng.random() * limit_ns)
+
+    def __repr__(self) -> str:
+        return f"<strategy {self.name}>"
+
+
+class Random(BaseStrategy):
+    """Each round's ready callbacks in a uniformly random order.
+
+    The loop runs this strategy through an inlined copy of ``arrive``/``choose`` when
+    nothing observes the run (the benchmarks' baseline); both draw exactly the same numbers
+    from the stream, so a recorded run is the run an unrecorded one would have been.
+    """
+
+    name = "random"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pending: list[int] = []
+
+    def begin(self, rng: random.Random, loop: EventLoop) -> None:
+        super().begin(rng, loop)
+        self._pending = []
+
+    def arrive(self, seq: int, handle: asyncio.Handle) -> None:
+        self._pending.append(seq)
+
+    def choose(self, step: int) -> int:
+        pending = self._pending
+        n = len(pending)
+        if n == 1:
+            return pending.pop()
+        i = int(self.rng.random() * n)
+        seq = pending[i]
+        last = pending.pop()
+        if last != seq:
+            pending[i] = last
+        return seq
+
+
+class _Priorities(BaseStrategy):
+    """Highest priority first among everything ready; ties by age.  After ``fair_after``
+    decisions the oldest ready callback runs, whatever its priority (the fair fallback:
+    a program that ends under fair scheduling still ends, e.g. one that spins on
+    ``sleep(0)`` until a held-back task has run)."""
+
+    holds_back = True
+
+    def __init__(self, fair_after: int) -> None:
+        super().__init__()
+        self.fair_after = fair_after
+        self._heap: list[tuple[float, int]] = []
+        self._fair = False
+
+    def begin(self, rng: random.Random, loop: EventLoop) -> None:
+        super().begin(rng, loop)
+        self._heap = []
+        self._fair = False
+
+    def priority(self, seq: int, handle: asyncio.Handle) -> float:
+        raise NotImplementedError
+
+    def arrive(self, seq: int, handle: asyncio.Handle) -> None:
+        key = 0.0 if self._fair else -self.priority(seq, handle)
+        heapq.heappush(self._heap, (key, seq))
+
+    def choose(self, step: int) -> int:
+        if step >= self.fair_after and not self._fair:
+            self._fair = True
+            self._heap = [(0.0, seq) for _, seq in self._heap]
+            heapq.heapify(self._heap)
+        return heapq.heappop(self._heap)[1]
+
+
+class PCT(_Priorities):
+    """Probabilistic concurrency testing (Burckhardt et al., ASPLOS 2010) for bugs of depth D.
+
+    Every task gets a random priority above D when it first becomes ready; the highest
+    priority ready callback runs (loop callbacks, which are not task steps, first).  At D-1
+    random steps within the horizon, the task that runs gets priority i (i = 1..D-1), below
+    every initial priority: that is how a task that was running ahead gets held back.
+    Without an explicit horizon each run draws one log-uniformly from 16..16384 steps, so a
+    sweep covers short and long programs alike.  Fair after 8x the horizon (at least 2000).
+    """
+
+    def __init__(self, depth: int = 3, horizon: int | None = None) -> None:
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+            raise ValueError(f"pct depth must be a positive int, got {depth!r}")
+        if horizon is not None and (isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1):
+            raise ValueError(f"pct horizon must be a positive int, got {horizon!r}")
+        super().__init__(fair_after=0)
+        self.depth = depth
+        self.horizon = horizon
+        self.name = f"pct:{depth}" if horizon is None else f"pct:{depth}:{horizon}"
+        self._prio: dict[int, float] = {}
+        self._task_of: dict[int, int] = {}
+        self._changes: dict[int, int] = {}
+        self.run_horizon = horizon or 0
+
+    def begin(self, rng: random.Random, loop: EventLoop) -> None:
+        super().begin(rng, loop)
+        horizon = self.horizon or int(16 * 2 ** (rng.random() * 10))
+        self.run_horizon = horizon
+        self.fair_after = max(8 * horizon, 2000)
+        self._prio = {}
+        self._task_of = {}
+        self._changes = {}
+        for i in range(1, self.depth):
+            self._changes.setdefault(int(rng.random() * horizon), i)
+
+    def priority(self, seq: int, handle: asyncio.Handle) -> float:
+        tid = self.loop.owner_id(handle)
+        if tid == LOOP_CALLBACK:
+            return math.inf
+        self._task_of[seq] = tid
+        prio = self._prio.get(tid)
+        if prio is None:
+            prio = self._prio[tid] = self.depth + self.rng.random()
+        return prio
+
+    def choose(self, step: int) -> int:
+        seq = super().choose(step)
+        tid = self._task_of.pop(seq, LOOP_CALLBACK)
+        change = self._changes.get(step)
+        if change is not None and tid != LOOP_CALLBACK:
+            self._prio[tid] = float(change)
+        return seq
+
+
+class POS(_Priorities):
+    """Partial order sampling (after Yuan et al., CAV 2018), without dependence information:
+    every callback gets a fresh random priority when it becomes ready and the highest runs.
+    A callback that drew low stays pending while newer ones run, so delays of any length
+    occur with geometrically falling probability.  Fair after 20000 decisions."""
+
+    name = "pos"
+
+    def __init__(self, fair_after: int = 20_000) -> None:
+        super().__init__(fair_after=fair_after)
+
+    def priority(self, seq: int, handle: asyncio.Handle) -> float:
+        return self.rng.random()
+
+
+class RankStrategy(BaseStrategy):
+    """Chooses by *rank* among everything ready (0: the oldest, the canonical choice) and
+    lets a subclass say the rank at each choice point.  Choice points are numbered in the
+    order they occur: a ready-order choice (``kind`` "pick", ``n`` ready callbacks), a tie
+    among ``n`` timers ("tie"), or a late wake-up ("late", option 1 = as late as allowed).
+    ``counts`` records (kind, n) per choice point: what systematic exploration branches on.
+    """
+
+    name = "ranked"
+    holds_back = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pending: list[int] = []
+        self.counts: list[tuple[str, int]] = []
+
+    def begin(self, rng: random.Random, loop: EventLoop) -> None:
+        super().begin(rng, loop)
+        self._pending = []
+        self.counts = []
+
+    def option(self, point: int, kind: str, n: int) -> int:
+        """The option taken at choice point ``point`` (0 .. n-1; 0 is canonical)."""
+        return 0
+
+    def _take(self, kind: str, n: int) -> int:
+        point = len(self.counts)
+        self.counts.append((kind, n))
+        if n <= 1:
+            return 0
+        return min(max(self.option(point, kind, n), 0), n - 1)
+
+    def arrive(self, seq: int, handle: asyncio.Handle) -> None:
+        self._pending.append(seq)  # arrivals are newer than everything pending: stays sorted
+
+    def choose(self, step: int) -> int:
+        return self._pending.pop(self._take("pick", len(self._pending)))
+
+    def tie(self, n: int) -> int:
+        return self._take("tie", n)
+
+    def late(self, limit_ns: int) -> int:
+        return limit_ns if self._take("late", 2) else 0
+
+
+class Canonical(RankStrategy):
+    """Always the oldest ready callback, never a late timer: asyncio's own order."""
+
+    name = "canonical"
+
+
+class Deviations(RankStrategy):
+    """The canonical schedule except at the given choice points (point -> option)."""
+
+    name = "deviations"
+
+    def __init__(self, deviations: Mapping[int, int] | None = None) -> None:
+        super().__init__()
+        self.deviations = dict(deviations or {})
+
+    def option(self, point: int, kind: str, n: int) -> int:
+        return self.deviations.get(point, 0)
+
+
+class Choices(RankStrategy):
+    """Options from a list, one per choice point, reduced modulo the number of options
+    (missing entries are canonical): what ``commonware_runtime.hypothesis.schedules()``
+    draws, so shrinking the list toward zeros shrinks toward the canonical schedule."""
+
+    name = "choices"
+
+    def __init__(self, choices: list[int] | tuple[int, ...]) -> None:
+        super().__init__()
+        self.choices = tuple(choices)
+
+    def option(self, point: int, kind: str, n: int) -> int:
+        choices = self.choices
+        return choices[point] % n if point < len(choices) else 0
+
+
+class Swarm(BaseStrategy):
+    """Swarm testing (Groce et al., ISSTA 2012): the seed picks the strategy and its
+    parameters (random, PCT of depth 1-5 with a horizon of 16..16384, POS), and how often
+    timers fire late, so a sweep of many seeds mixes them.  ``chosen`` names what this run
+    uses (traces and reports show it)."""
+
+    name = "swarm"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner: BaseStrategy = Random()
+        self.chosen = "random"
+
+    def begin(self, rng: random.Random, loop: EventLoop) -> None:
+        super().begin(rng, loop)
+        # The pick uses its own generator derived from the stream, so what the inner
+        # strategy draws is the same stream it would get on its own.
+        pick = random.Random(rng.getrandbits(64))
+        roll = pick.random()
+        if roll < 0.2:
+            inner: BaseStrategy = Random()
+        elif roll < 0.75:
+            inner = PCT(depth=1 + int(pick.random() * 5), horizon=int(16 * 2 ** (pick.random() * 10)))
+        else:
+            inner = POS()
+        inner.late_probability = (0.0, 0.1, 0.25, 0.5)[int(pick.random() * 4)]
+        inner.begin(rng, loop)
+        self.inner = inner
+        self.holds_back = inner.holds_back
+        self.chosen = inner.name if inner.late_probability == 0.25 else f"{inner.name} late={inner.late_probability}"
+
+    def arrive(self, seq: int, handle: asyncio.Handle) -> None:
+        self.inner.arrive(seq, handle)
+
+    def choose(self, step: int) -> int:
+        return self.inner.choose(step)
+
+    def tie(self, n: int) -> int:
+        return self.inner.tie(n)
+
+    def late(self, limit_ns: int) -> int:
+        return self.inner.late(limit_ns)
+
+
+# -- names ------------------------------------------------------------------------------------
+
+def _parse_ints(name: str, spec: str, parts: list[str], most: int) -> list[int]:
+    if len(parts) > most:
+        raise ValueError(f"strategy {spec!r}: {name} takes at most {most} parameter(s)")
+    values = []
+    for part in parts:
+        try:
+            values.append(int(part))
+        except ValueError:
+            raise ValueError(f"strategy {spec!r}: parameter {part!r} is not an integer") from None
+    return values
+
+
+def _pct(spec: str, parts: list[str]) -> Strategy:
+    return PCT(*_parse_ints("pct", spec, parts, 2))
+
+
+def _plain(factory: Callable[[], Strategy]) -> Callable[[str, list[str]], Strategy]:
+    def build(spec: str, parts: list[str]) -> Strategy:
+        if parts:
+            raise ValueError(f"strategy {spec!r} takes no parameters")
+        return factory()
+
+    return build
+
+
+_REGISTRY: dict[str, Callable[[str, list[str]], Strategy]] = {
+    "random": _plain(Random),
+    "pct": _pct,
+    "pos": _plain(POS),
+    "swarm": _plain(Swarm),
+    "canonical": _plain(Canonical),
+}
+
+
+def register_strategy(name: str, factory: Callable[[], Strategy]) -> None:
+    """Make ``name`` a strategy name (``Config(strategy=name)``, ``--cw-strategy``).
+
+    ``factory()`` builds a fresh strategy for each run.  The plugin's pluggy hook
+    ``pytest_commonware_strategies`` calls this for every name a plugin or conftest returns.
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"a strategy name must be an identifier, got {name!r}")
+    if not callable(factory):
+        raise TypeError(f"the factory for strategy {name!r} must be callable, got {factory!r}")
+    _REGISTRY[name] = _plain(factory)
+
+
+def strategy_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def make_strategy(spec: str | Strategy) -> Strategy:
+    """A fresh strategy for one run: from a name (``"pct:3"``) or a user's object (used as is)."""
+    if isinstance(spec, str):
+        name, *parts = spec.strip().split(":")
+        build = _REGISTRY.get(name)
+        if build is None:
+            raise ValueError(f"unknown strategy {spec!r}; known: {', '.join(strategy_names())} (or a Strategy object)")
+        return build(spec, parts)
+    missing = [m for m in ("begin", "arrive", "choose", "tie", "late") if not callable(getattr(spec, m, None))]
+    if missing or not isinstance(getattr(spec, "name", None), str) or not isinstance(getattr(spec, "holds_back", None), bool):
+        what = ", ".join(missing) if missing else "a str name and a bool holds_back"
+        raise TypeError(f"strategy must be a name or a deterministic.Strategy, got {spec!r} (it lacks {what})")
+    return spec
+
+
+def strategy_spec(spec: str | Strategy) -> str:
+    """How a config's strategy is written in a trace."""
+    return spec.strip() if isinstance(spec, str) else spec.name
