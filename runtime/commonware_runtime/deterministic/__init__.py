@@ -1,6 +1,7 @@
 """The deterministic runtime: seeded scheduling on virtual time, simulated network and storage."""
 
 from .context import Context
+from .explore import Exploration, explore
 from .loop import EventLoop, UnsupportedOperation
 from .runner import Checkpoint, Config, Runner
 from .storage import StorageFaults
@@ -21,6 +22,8 @@ __all__ = [
     "Config",
     "Context",
     "EventLoop",
+    "Exploration",
+    "explore",
     "Recorder",
     "ReplayDivergence",
     "Replayer",
