@@ -124,6 +124,7 @@ class EventLoop(asyncio.BaseEventLoop):
         self._seq = 0  # callbacks handed to a strategy, numbered in the order they became ready
         self._pending: dict[int, asyncio.Handle] = {}  # seq -> callback a strategy may still choose
         self._busy = 0  # consecutive busy rounds at this instant (see SPIN_ROUNDS)
+        self._round_batch: list[asyncio.Handle] = []  # a round's callbacks while an observer looks at them
         self.strategy.begin(self._scheduler, self)
         self._select_runner()
 
@@ -466,7 +467,9 @@ class EventLoop(asyncio.BaseEventLoop):
         observer = self.observer
         record = self._decisions.append
         if observer is not None:
+            self._round_batch = batch
             observer.round(self.steps, self._now_ns, self)
+            self._round_batch = []
         if self._fifo and not isinstance(chooser, _Replay):
             # fifo: the order is asyncio's (strategies choose timing only); only observed here.
             for handle in batch:
@@ -538,7 +541,7 @@ class EventLoop(asyncio.BaseEventLoop):
 
     def pending_labels(self) -> list[str]:
         """Labels of the callbacks ready now (for divergence reports)."""
-        return [self.label_of(h) for h in [*self._pending.values(), *self._ready]]
+        return [self.label_of(h) for h in [*self._pending.values(), *self._round_batch, *self._ready]]
 
 
     def owner_id(self, handle: asyncio.Handle) -> int:
