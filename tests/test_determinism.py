@@ -13,6 +13,7 @@ import asyncio
 import inspect
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -27,7 +28,10 @@ RUNTIME_DIR = ROOT / "runtime"
 SEEDS = range(100)
 
 
-def workload(seed: int) -> tuple[str, list[str]]:
+COMBOS = [(strategy, ordering) for strategy in ("random", "pct", "pos", "swarm") for ordering in ("any", "fifo")]
+
+
+def workload(seed: int, strategy: str = "random", ordering: str = "any") -> tuple[str, list[str]]:
     """Run the mixed workload on ``seed``; returns (final auditor state, event log)."""
     import asyncio
 
@@ -77,22 +81,25 @@ def workload(seed: int) -> tuple[str, list[str]]:
         log.append(f"end t={ctx.current():.6f} storage={ctx.storage_audit()} audit={ctx.auditor().state()}")
         return log
 
-    runner = deterministic.Runner(deterministic.Config(seed=seed, timeout=60.0))
+    runner = deterministic.Runner(deterministic.Config(seed=seed, timeout=60.0, strategy=strategy, ordering=ordering))
     log = runner.start(main)
     assert runner.auditor_state is not None
     return runner.auditor_state, log
 
 
 def workload_script(seed: int) -> str:
-    """A standalone script printing ``workload(seed)`` as JSON."""
+    """A standalone script printing ``workload(seed, strategy, ordering)`` for every combination, as JSON."""
     source = textwrap.dedent(inspect.getsource(workload))
     return (
         "from __future__ import annotations\n"
         "import json, sys\n"
         f"{source}\n"
-        f"state, log = workload({seed})\n"
-        "print(json.dumps([state, log]))\n"
+        f"print(json.dumps([workload({seed}, s, o) for s, o in {COMBOS!r}]))\n"
     )
+
+
+def all_combos(seed: int) -> list[tuple[str, list[str]]]:
+    return [workload(seed, strategy, ordering) for strategy, ordering in COMBOS]
 
 
 def run_script(python: str, seed: int, env_extra: dict[str, str], pythonpath: list[str]) -> subprocess.Popen[str]:
@@ -109,11 +116,10 @@ def run_script(python: str, seed: int, env_extra: dict[str, str], pythonpath: li
     )
 
 
-def collect(proc: subprocess.Popen[str], what: str) -> tuple[str, list[str]]:
+def collect(proc: subprocess.Popen[str], what: str) -> list[tuple[str, list[str]]]:
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, f"{what} failed:\n{err}"
-    state, log = json.loads(out)
-    return state, log
+    return [(state, log) for state, log in json.loads(out)]
 
 
 @pytest.fixture(scope="module")
@@ -148,21 +154,43 @@ def test_different_seeds_differ(runs: dict[int, Any]) -> None:
 
 def test_same_seed_across_processes_and_hash_seeds() -> None:
     seed = 11
-    expected = workload(seed)
+    expected = all_combos(seed)
+    # Under "any" each strategy makes its own choices (under "fifo" they choose timing only,
+    # where random and pos draw alike).
+    assert len({state for (_, ordering), (state, _) in zip(COMBOS, expected) if ordering == "any"}) == 4
     procs = {
         value: run_script(sys.executable, seed, {"PYTHONHASHSEED": value}, [str(RUNTIME_DIR)])
         for value in ("0", "1", "random", "4294967295")
     }
     for value, proc in procs.items():
-        assert collect(proc, f"PYTHONHASHSEED={value}") == expected, f"PYTHONHASHSEED={value} diverged"
+        got = collect(proc, f"PYTHONHASHSEED={value}")
+        for combo, mine, theirs in zip(COMBOS, expected, got, strict=True):
+            assert theirs == mine, f"PYTHONHASHSEED={value}, strategy and ordering {combo}: diverged"
 
 
 def _python_versions() -> list[tuple[str, str]]:
+    """Interpreters to compare with: ``CW_PYTHONS`` (paths, separated by the path separator),
+    else ``python3.X`` on PATH, else a pyenv installation."""
+    listed = os.environ.get("CW_PYTHONS")
+    if listed:
+        found = []
+        for path in listed.split(os.pathsep):
+            out = subprocess.run([path, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                                 capture_output=True, text=True)
+            if out.returncode == 0:
+                found.append((out.stdout.strip(), path))
+        return found
     found = []
     for version in ("3.11", "3.12", "3.13"):
-        candidates = sorted(Path("/root/.pyenv/versions").glob(f"{version}*/bin/python"))
-        if candidates:
-            found.append((version, str(candidates[-1])))
+        candidates = [p for p in (shutil.which(f"python{version}"),) if p]
+        pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+        candidates += [str(p) for p in sorted((pyenv_root / "versions").glob(f"{version}*/bin/python"))]
+        for candidate in candidates:
+            ok = subprocess.run([candidate, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                                capture_output=True, text=True)
+            if ok.returncode == 0 and ok.stdout.strip() == version:
+                found.append((version, candidate))
+                break
     return found
 
 
@@ -181,7 +209,7 @@ def test_same_seed_across_python_versions(version: str, foreign_site: str) -> No
     pythons = dict(_python_versions())
     python = pythons.get(version)
     if python is None:
-        pytest.skip(f"no Python {version} under /root/.pyenv/versions")
+        pytest.skip(f"no Python {version} found (CW_PYTHONS, python{version} on PATH, pyenv)")
     pythonpath = [str(RUNTIME_DIR), foreign_site]
     probe_env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     probe_env["PYTHONPATH"] = os.pathsep.join(pythonpath)
@@ -191,10 +219,11 @@ def test_same_seed_across_python_versions(version: str, foreign_site: str) -> No
     if probe.returncode != 0:
         pytest.skip(f"commonware_runtime is not importable on {python}: {probe.stderr.strip().splitlines()[-1:]}")
     seed = 23
-    expected = workload(seed)
+    expected = all_combos(seed)
     procs = [run_script(python, seed, {"PYTHONHASHSEED": value}, pythonpath) for value in ("0", "random")]
     for proc in procs:
-        assert collect(proc, python) == expected, f"{python} diverged from {sys.version.split()[0]}"
+        for combo, mine, theirs in zip(COMBOS, expected, collect(proc, python), strict=True):
+            assert theirs == mine, f"{python} diverged from {sys.version.split()[0]} under {combo}"
 
 
 # -- the user RNG stream ---------------------------------------------------------------------
