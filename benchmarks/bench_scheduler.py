@@ -106,12 +106,14 @@ def _run_asyncio(impl: str, coro_fn: Callable[[], Any]) -> tuple[Any, float]:
     return value, time.perf_counter() - t0
 
 
-def _run_ours(main: Callable[[Any], Any], record: bool = False) -> tuple[Any, Stopwatch, int]:
+def _run_ours(main: Callable[[Any], Any], record: bool = False, strategy: str | None = None) -> tuple[Any, Stopwatch, int]:
     """Run ``main(ctx)`` on a deterministic.Runner: (value, stopwatch of the whole start(), steps)."""
     from commonware_runtime import deterministic
 
     recorder = deterministic.Recorder() if record else None
-    runner = deterministic.Runner(deterministic.Config(seed=1), recorder=recorder)
+    # strategy None: the Config default (what an older copy of the package, under --ab, has too).
+    config = deterministic.Config(seed=1) if strategy is None else deterministic.Config(seed=1, strategy=strategy)
+    runner = deterministic.Runner(config, recorder=recorder)
     gc.collect()
     watch = Stopwatch()
     value = runner.start(main)
@@ -332,7 +334,7 @@ def work_sleeps(impl: str, tasks: int, sleeps: int) -> dict[str, Any]:
 # --- (d) decisions per second, recording off / on ---------------------------------------------
 
 
-def work_decisions(record: bool, tasks: int, yields: int) -> dict[str, Any]:
+def work_decisions(record: bool, tasks: int, yields: int, strategy: str | None = None) -> dict[str, Any]:
     async def spinner(_ctx: Any) -> None:
         for _ in range(yields):
             await asyncio.sleep(0)
@@ -342,7 +344,7 @@ def work_decisions(record: bool, tasks: int, yields: int) -> dict[str, Any]:
         for handle in handles:
             await handle
 
-    _, watch, steps = _run_ours(main, record=record)
+    _, watch, steps = _run_ours(main, record=record, strategy=strategy)
     return watch.out(total=watch.wall, steps=steps, decisions_per_s=steps / watch.wall, cpu_decisions_per_s=steps / watch.cpu)
 
 
@@ -380,9 +382,14 @@ def build_cases(quick: bool, only: set[str]) -> list[Case]:
         for record in (False, True):
             label = "d recording " + ("on" if record else "off")
             cases.append(Case(label, "decisions", {"record": record, "tasks": 1_000, "yields": 200}, group="d"))
+        for strategy in STRATEGIES:
+            params = {"record": False, "tasks": 1_000, "yields": 200, "strategy": strategy}
+            cases.append(Case(f"d strategy {strategy}", "decisions", params, group="d"))
     return cases
 
 
+# Strategies measured per decision beside the default (random): the cost targets of issue 7.
+STRATEGIES = ("pct", "pos", "swarm")
 SCALE_VARIANTS = [("ours-runner", True), ("ours-loop", True), ("asyncio", True), ("ours-runner", False), ("asyncio", False)]
 
 
@@ -483,6 +490,18 @@ def report(results: list[Result], quick: bool, key: str) -> str:
             cost = 1 - on / off
             out += [f"Recording costs {cost * 100:.1f}% of throughput{sfx}.", ""]
             verdicts.append(f"(d){sfx} recording costs {cost * 100:.1f}% (target <= 15%) {'MET' if cost <= 0.15 else 'MISSED'}")
+        if " [B]" in suffixes:
+            ratio = med("d recording off", rate_key) / med("d recording off [B]", rate_key)
+            verdicts.append(f"(d) random strategy: {ratio:.3f}x the decisions/s of [B] (target >= 0.95x) "
+                            f"{'MET' if ratio >= 0.95 else 'MISSED'}")
+        base = med("d recording off", rate_key)
+        for strategy in STRATEGIES:
+            label = f"d strategy {strategy}"
+            if any(r.case.label == label for r in by_group["d"]):
+                cost = base / med(label, rate_key)
+                target = " (target <= 1.3x)" if strategy == "pct" else ""
+                verdict = (" MET" if cost <= 1.3 else " MISSED") if strategy == "pct" else ""
+                verdicts.append(f"(d) {strategy}: {cost:.2f}x the time per decision of random{target}{verdict}")
     out += [f"### Targets (ratios of median {'wall' if key == 'seconds' else 'CPU'} time)", ""] + [f"- {v}" for v in verdicts]
     if quick:
         out.insert(0, "(--quick: reduced sizes, not comparable with the full run)\n")
@@ -518,7 +537,7 @@ def parent(argv: list[str]) -> None:
         extra = [
             dataclasses.replace(c, label=c.label + " [B]", env={"COMMONWARE_BENCH_RUNTIME": path})
             for c in cases
-            if c.worker == "decisions" or str(c.params.get("impl", "")).startswith("ours")
+            if (c.worker == "decisions" and "strategy" not in c.params) or str(c.params.get("impl", "")).startswith("ours")
         ]
         cases = cases + extra
     info = machine_info()

@@ -121,6 +121,9 @@ class EventLoop(asyncio.BaseEventLoop):
         self.strategy: Strategy = make_strategy(strategy)
         self._chooser: Strategy = self.strategy
         self.observer: Any = None  # a trace.Recorder or trace.Replayer watching every choice
+        # What the general runner calls per decision: the recorder's two appends (picks, ids)
+        # or the replayer's check.
+        self._observed: tuple[Any, Any, Any] = (None, None, None)
         self._seq = 0  # callbacks handed to a strategy, numbered in the order they became ready
         self._pending: dict[int, asyncio.Handle] = {}  # seq -> callback a strategy may still choose
         self._busy = 0  # consecutive busy rounds at this instant (see SPIN_ROUNDS)
@@ -449,61 +452,70 @@ class EventLoop(asyncio.BaseEventLoop):
             context["source_traceback"] = handle._source_traceback  # type: ignore[attr-defined]
         self.call_exception_handler(context)
 
-    def _arrive(self, batch: list[asyncio.Handle]) -> None:
-        pending = self._pending
-        arrive = self._chooser.arrive
-        seq = self._seq
-        for handle in batch:
-            seq += 1
-            pending[seq] = handle
-            arrive(seq, handle)
-        self._seq = seq
-
     def _run_batch_chosen(self, batch: list[asyncio.Handle]) -> None:
-        """The general round: the chooser picks each callback by its ``seq``; the observer
-        (recorder or replayer) and the auditor watch."""
+        """The general round: the chooser picks each callback by its ``seq``; the recorder
+        (two array appends), the replayer's check and the auditor watch."""
         chooser = self._chooser
         pending = self._pending
         observer = self.observer
         record = self._decisions.append
+        task_type = _Task
+        picks, ids, check = self._observed
         if observer is not None:
             self._round_batch = batch
             observer.round(self.steps, self._now_ns, self)
             self._round_batch = []
-        if self._fifo and not isinstance(chooser, _Replay):
-            # fifo: the order is asyncio's (strategies choose timing only); only observed here.
+        fifo = self._fifo and chooser is not observer
+        if not fifo:
+            arrive = chooser.arrive
+            seq = self._seq
             for handle in batch:
-                self._seq += 1
-                step = self.steps
-                tid = self.owner_id(handle)
-                record(tid)
-                self.steps = step + 1
-                if observer is not None:
-                    observer.decision(step, self._seq, tid, self)
-                if not handle._cancelled:
-                    handle._run()
-            return
-        self._arrive(batch)
-        holds_back = chooser.holds_back and not self._fifo
-        budget = len(pending)
-        while budget and pending:
+                seq += 1
+                pending[seq] = handle
+                arrive(seq, handle)
+            self._seq = seq
+            batch = []
+        holds_back = chooser.holds_back and not fifo
+        choose = chooser.choose
+        step = self.steps
+        budget = len(pending) + len(batch)
+        position = 0
+        while budget:
             budget -= 1
-            step = self.steps
-            seq = chooser.choose(step)
-            handle = pending.pop(seq, None)
-            if handle is None:
-                raise self._not_ready(chooser, step, seq)
-            tid = self.owner_id(handle)
+            if fifo:  # the order is asyncio's; strategies choose timing only
+                handle = batch[position]
+                position += 1
+                seq = self._seq = self._seq + 1
+            else:
+                seq = choose(step)
+                handle = pending.pop(seq, None)  # type: ignore[assignment]
+                if handle is None:
+                    self.steps = step
+                    raise self._not_ready(chooser, step, seq)
+            if handle._cancelled:
+                tid = LOOP_CALLBACK
+            else:
+                owner = getattr(handle._callback, "__self__", None)  # type: ignore[attr-defined]
+                tid = owner._cw_id if type(owner) is task_type else LOOP_CALLBACK
             record(tid)
-            self.steps = step + 1
-            if observer is not None:
-                observer.decision(step, seq, tid, self)
+            if picks is not None:
+                picks(seq)
+                ids(tid)  # type: ignore[misc]
+            if check is not None:
+                check(step, seq, tid, self)
+            step += 1
+            self.steps = step
             if not handle._cancelled:
                 handle._run()
             if holds_back and self._ready:
-                batch = self._ready
+                arrivals = self._ready
                 self._ready = []
-                self._arrive(batch)
+                for handle in arrivals:
+                    seq = self._seq = self._seq + 1
+                    pending[seq] = handle
+                    chooser.arrive(seq, handle)
+            if not pending and not fifo:
+                break
 
     def _not_ready(self, chooser: Any, step: int, seq: int) -> BaseException:
         diverged = getattr(chooser, "not_ready", None)
@@ -521,6 +533,9 @@ class EventLoop(asyncio.BaseEventLoop):
         if isinstance(observer, _Replay):
             self._chooser = observer
             observer.begin(self._scheduler, self)
+            self._observed = (None, None, observer.decision)
+        else:
+            self._observed = (observer.schedule.picks.append, observer.schedule.ids.append, None)
         self._select_runner()
 
     def quiesce(self) -> None:
@@ -528,6 +543,7 @@ class EventLoop(asyncio.BaseEventLoop):
         callbacks a strategy still held back go back to the ready queue, oldest first."""
         self._deadline_ns = None
         self.observer = None
+        self._observed = (None, None, None)
         if self._pending:
             self._ready[:0] = list(self._pending.values())
             self._pending.clear()

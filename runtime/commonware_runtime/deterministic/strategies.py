@@ -32,6 +32,8 @@ import random
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from asyncio import Task as _TASK
+
 if TYPE_CHECKING:
     import asyncio
 
@@ -160,7 +162,7 @@ class _Priorities(BaseStrategy):
     def __init__(self, fair_after: int) -> None:
         super().__init__()
         self.fair_after = fair_after
-        self._heap: list[tuple[float, int]] = []
+        self._heap: list[tuple[float, int, int]] = []
         self._fair = False
 
     def begin(self, rng: random.Random, loop: EventLoop) -> None:
@@ -168,19 +170,26 @@ class _Priorities(BaseStrategy):
         self._heap = []
         self._fair = False
 
-    def priority(self, seq: int, handle: asyncio.Handle) -> float:
+    def priority(self, tid: int) -> float:
         raise NotImplementedError
 
     def arrive(self, seq: int, handle: asyncio.Handle) -> None:
-        key = 0.0 if self._fair else -self.priority(seq, handle)
-        heapq.heappush(self._heap, (key, seq))
+        owner = getattr(handle._callback, "__self__", None)  # type: ignore[attr-defined]
+        tid = getattr(owner, "_cw_id", LOOP_CALLBACK) if isinstance(owner, _TASK) else LOOP_CALLBACK
+        key = 0.0 if self._fair else -self.priority(tid)
+        heapq.heappush(self._heap, (key, seq, tid))
 
     def choose(self, step: int) -> int:
         if step >= self.fair_after and not self._fair:
             self._fair = True
-            self._heap = [(0.0, seq) for _, seq in self._heap]
+            self._heap = [(0.0, seq, tid) for _, seq, tid in self._heap]
             heapq.heapify(self._heap)
-        return heapq.heappop(self._heap)[1]
+        _, seq, tid = heapq.heappop(self._heap)
+        self.ran(step, tid)
+        return seq
+
+    def ran(self, step: int, tid: int) -> None:
+        """Told which task runs at ``step`` (PCT changes priorities here)."""
 
 
 class PCT(_Priorities):
@@ -204,7 +213,6 @@ class PCT(_Priorities):
         self.horizon = horizon
         self.name = f"pct:{depth}" if horizon is None else f"pct:{depth}:{horizon}"
         self._prio: dict[int, float] = {}
-        self._task_of: dict[int, int] = {}
         self._changes: dict[int, int] = {}
         self.run_horizon = horizon or 0
 
@@ -214,28 +222,21 @@ class PCT(_Priorities):
         self.run_horizon = horizon
         self.fair_after = max(8 * horizon, 2000)
         self._prio = {}
-        self._task_of = {}
         self._changes = {}
         for i in range(1, self.depth):
             self._changes.setdefault(int(rng.random() * horizon), i)
 
-    def priority(self, seq: int, handle: asyncio.Handle) -> float:
-        tid = self.loop.owner_id(handle)
+    def priority(self, tid: int) -> float:
         if tid == LOOP_CALLBACK:
             return math.inf
-        self._task_of[seq] = tid
         prio = self._prio.get(tid)
         if prio is None:
             prio = self._prio[tid] = self.depth + self.rng.random()
         return prio
 
-    def choose(self, step: int) -> int:
-        seq = super().choose(step)
-        tid = self._task_of.pop(seq, LOOP_CALLBACK)
-        change = self._changes.get(step)
-        if change is not None and tid != LOOP_CALLBACK:
-            self._prio[tid] = float(change)
-        return seq
+    def ran(self, step: int, tid: int) -> None:
+        if step in self._changes and tid != LOOP_CALLBACK:
+            self._prio[tid] = float(self._changes[step])
 
 
 class POS(_Priorities):
@@ -249,7 +250,7 @@ class POS(_Priorities):
     def __init__(self, fair_after: int = 20_000) -> None:
         super().__init__(fair_after=fair_after)
 
-    def priority(self, seq: int, handle: asyncio.Handle) -> float:
+    def priority(self, tid: int) -> float:
         return self.rng.random()
 
 

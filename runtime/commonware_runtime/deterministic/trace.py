@@ -109,12 +109,6 @@ class Recorder:
             schedule.checkpoints.append((step, now_ns, loop.auditor.state()))
             self._next_checkpoint = step + self.checkpoint_every
 
-    def decision(self, step: int, seq: int, tid: int, loop: Any) -> None:
-        schedule = self.schedule
-        assert schedule is not None
-        schedule.picks.append(seq)
-        schedule.ids.append(tid)
-
     def timing(self, value: int) -> None:
         assert self.schedule is not None
         self.schedule.timing.append(value)
