@@ -75,6 +75,10 @@ def schedules(config: Config | None = None, *, ordering: str | None = None, max_
     base = config if config is not None else Config()
     chosen = ordering if ordering is not None else base.ordering
     base.with_ordering(chosen)  # validates the ordering at the call
-    return st.lists(st.integers(0, 15), max_size=max_choices).map(
-        lambda choices: DrawnSchedule(tuple(choices), chosen, base)
+    # builds() (not map) so that Hypothesis prints the falsifying value as the call that makes it.
+    return st.builds(
+        DrawnSchedule,
+        choices=st.lists(st.integers(0, 15), max_size=max_choices).map(tuple),
+        ordering=st.just(chosen),
+        config=st.just(base),
     )

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import ModuleType
 
 from .deterministic import Config, Runner
+from .deterministic.strategies import ORDERINGS, make_strategy
 
 DEFAULT_SEEDS = 100
 DETERMINISM_CHECKS = 3
@@ -42,8 +43,8 @@ def load_examples(directory: Path) -> list[tuple[str, ModuleType]]:
     return found
 
 
-def run_seed(module: ModuleType, seed: int, timeout: float) -> tuple[object, str]:
-    runner = Runner(Config(seed=seed, timeout=timeout))
+def run_seed(module: ModuleType, seed: int, timeout: float, strategy: str = "swarm", ordering: str = "any") -> tuple[object, str]:
+    runner = Runner(Config(seed=seed, timeout=timeout, strategy=strategy, ordering=ordering))
     after_crash = getattr(module, "after_crash", None)
     if after_crash is None:
         value = runner.start(module.main)
@@ -57,8 +58,9 @@ def run_seed(module: ModuleType, seed: int, timeout: float) -> tuple[object, str
     return (before, after), restarted.auditor_state
 
 
-def sweep(directory: Path, seeds: Sequence[int], timeout: float) -> int:
+def sweep(directory: Path, seeds: Sequence[int], timeout: float, strategy: str = "swarm", ordering: str = "any") -> int:
     failures = 0
+    print(f"strategy {strategy}, ordering {ordering}")
     print(f"{'example':<16} {'seeds':>6} {'failed':>7} {'distinct runs':>14} {'wall s':>8}")
     for name, module in load_examples(directory):
         started = time.perf_counter()
@@ -66,9 +68,9 @@ def sweep(directory: Path, seeds: Sequence[int], timeout: float) -> int:
         failed: list[tuple[int, str]] = []
         for index, seed in enumerate(seeds):
             try:
-                value, state = run_seed(module, seed, timeout)
+                value, state = run_seed(module, seed, timeout, strategy, ordering)
                 if index < DETERMINISM_CHECKS:
-                    again = run_seed(module, seed, timeout)
+                    again = run_seed(module, seed, timeout, strategy, ordering)
                     if again != (value, state):
                         raise AssertionError(f"seed {seed} is not reproducible: {state} then {again[1]}")
                 states[state] = states.get(state, 0) + 1
@@ -78,7 +80,8 @@ def sweep(directory: Path, seeds: Sequence[int], timeout: float) -> int:
         print(f"{name:<16} {len(seeds):>6} {len(failed):>7} {len(states):>14} {wall:>8.2f}")
         for seed, message in failed[:5]:
             print(f"    seed {seed}: {message.splitlines()[0]}")
-            print(f"    reproduce: python -m commonware_runtime sweep --examples {directory} --seed {seed}")
+            print(f"    reproduce: python -m commonware_runtime sweep --examples {directory} --seed {seed} "
+                  f"--strategy {strategy} --ordering {ordering}")
         failures += len(failed)
     print("all seeds passed" if failures == 0 else f"{failures} failing run(s)")
     return 1 if failures else 0
@@ -93,11 +96,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed-base", type=int, default=0, help="first seed (default 0)")
     p.add_argument("--seed", type=int, default=None, help="run exactly this seed")
     p.add_argument("--timeout", type=float, default=600.0, help="virtual-time deadline per run, seconds")
+    p.add_argument("--strategy", default="swarm", help="scheduling strategy (default swarm: the seed picks one)")
+    p.add_argument("--ordering", default="any", choices=ORDERINGS, help="which orders may happen (default any)")
     args = parser.parse_args(argv)
     if args.seeds <= 0:
         parser.error(f"--seeds must be positive, got {args.seeds}")
+    try:
+        make_strategy(args.strategy)
+    except ValueError as exc:
+        parser.error(f"--strategy: {exc}")
     seeds = [args.seed] if args.seed is not None else list(range(args.seed_base, args.seed_base + args.seeds))
-    return sweep(args.examples, seeds, args.timeout)
+    return sweep(args.examples, seeds, args.timeout, args.strategy, args.ordering)
 
 
 if __name__ == "__main__":

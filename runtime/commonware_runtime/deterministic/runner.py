@@ -110,6 +110,19 @@ class Checkpoint:
         return (timestamp_ns(self.config.start_time) + self.now_ns) / NS_PER_SECOND
 
 
+def _close_quietly(task: asyncio.Task[Any]) -> None:
+    """Close the coroutine of a task that would not unwind when cancelled (it swallowed the
+    cancellation and waits again): its frames are released now, deliberately."""
+    coro: Any = task.get_coro()
+    task._log_destroy_pending = False  # type: ignore[attr-defined]
+    try:
+        coro.close()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - reported: nothing is dropped silently
+        logger.warning("closing task %r that ignored cancellation raised %r", task.get_name(), exc)
+
+
 class Runner:
     """Runs one root task on a fresh deterministic runtime. A Runner is used once."""
 
@@ -238,8 +251,9 @@ class Runner:
         )
 
     @staticmethod
-    def _teardown(loop: EventLoop) -> None:
-        """Cancel whatever still runs after the root returned, and let it unwind (part of the run)."""
+    def _teardown(loop: EventLoop, after_failure: bool = False) -> None:
+        """Cancel whatever still runs after the root returned (or the run failed), and let it
+        unwind: its ``finally`` blocks run on the loop, not later in the garbage collector."""
         pending = loop.blocked_tasks()
         if not pending:
             return
@@ -250,7 +264,11 @@ class Runner:
             loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         except (RuntimeStalled, RuntimeTimeout) as exc:
             # A task that refuses cancellation cannot be unwound; say so rather than hang.
-            logger.warning("tasks still running after the root finished could not be cancelled: %s", exc)
+            if not after_failure:
+                logger.warning("tasks still running after the root finished could not be cancelled: %s", exc)
+        for task in pending:
+            if not task.done():
+                _close_quietly(task)
 
     def _finish(self, core: DeterministicCore, error: BaseException | None) -> None:
         """Summarise the run, then close the loop without running anything that could count."""
@@ -266,14 +284,17 @@ class Runner:
                 schedule.outcome = "failed"
                 schedule.error = {"type": type(error).__name__, "message": str(error)}
         loop.quiesce()
+        if error is not None and not loop.is_closed() and not loop.is_running():
+            # What the failed run left suspended is cancelled and unwound now, with no
+            # deadline: left to the garbage collector, it would run its finally blocks
+            # against a closed loop, at some later moment, in someone else's test.
+            self._teardown(loop, after_failure=True)
         for task in asyncio.all_tasks(loop):
             discard_unstarted(task, abandon=error is not None)
             task._log_destroy_pending = False  # type: ignore[attr-defined]
         if loop.is_closed():
             return
-        # After a failure the loop is not run again: the failure (a stall, a deadline, a
-        # divergence) would only repeat. Suspended tasks are finalized by the GC.
-        if error is None and not loop.is_running():
+        if not loop.is_running():
             try:
                 loop.run_until_complete(loop.shutdown_asyncgens())
             except Exception as exc:  # noqa: BLE001 - reported, teardown goes on

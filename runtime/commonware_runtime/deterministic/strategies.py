@@ -234,9 +234,25 @@ class PCT(_Priorities):
             prio = self._prio[tid] = self.depth + self.rng.random()
         return prio
 
-    def ran(self, step: int, tid: int) -> None:
+    def arrive(self, seq: int, handle: asyncio.Handle) -> None:
+        # _Priorities.arrive with priority() inlined: this runs once per decision.
+        owner = getattr(handle._callback, "__self__", None)  # type: ignore[attr-defined]
+        if isinstance(owner, _TASK) and not self._fair:
+            tid = getattr(owner, "_cw_id", LOOP_CALLBACK)
+            prio = self._prio.get(tid)
+            if prio is None:
+                prio = self._prio[tid] = self.depth + self.rng.random()
+            heapq.heappush(self._heap, (-prio, seq, tid))
+        else:
+            super().arrive(seq, handle)
+
+    def choose(self, step: int) -> int:
+        if step >= self.fair_after and not self._fair:
+            return super().choose(step)
+        _, seq, tid = heapq.heappop(self._heap)
         if step in self._changes and tid != LOOP_CALLBACK:
             self._prio[tid] = float(self._changes[step])
+        return seq
 
 
 class POS(_Priorities):
