@@ -1,15 +1,17 @@
 """``EventLoop``: a real asyncio event loop on virtual time with seeded scheduling.
 
-The run loop works in *rounds*.  A round takes every callback that was ready when it
-began and runs them in an order drawn from the scheduler's seeded RNG (swap-remove
-from a list: O(1) per decision however many are ready).  Callbacks made ready during a
-round wait for the next one, so a task that keeps yielding cannot starve the others.
+The run loop works in *rounds*, like asyncio's own ``_run_once``: move the clock, fire the
+due timers, run what was ready when the round began.  Which ready callback runs next is
+chosen by a strategy (``strategies.py``): under ``ordering="any"`` any of them, under
+``ordering="fifo"`` always the oldest, the strategy then choosing only the order of
+simultaneous timers and how late an idle wake-up is.  Recorders and replayers observe;
+the plain seeded ``random`` run has its own inlined runner (the benchmarks' baseline)
+that draws exactly what ``strategies.Random`` would.
 
-Virtual time is an integer number of nanoseconds.  Each round after the first
-advances it by ``cycle``; when nothing is ready it jumps straight to the next timer,
-so ``sleep(3600)`` costs nothing.  Timer callbacks run the moment their deadline is
-reached (in deadline order, ties in creation order), before the round's random
-choices, so a task sleeping until ``t`` observes exactly ``t``.
+Virtual time is an integer number of nanoseconds.  It stands still while callbacks are
+ready and jumps straight to the next timer when none is, so ``sleep(3600)`` costs nothing
+and a sleep observes exactly its duration; a loop that never goes idle sees it move by
+one ``cycle`` every ``SPIN_ROUNDS`` rounds, so polling the clock ends.
 
 Every decision is folded into the auditor as the chosen task's stable id (ids are
 handed out in creation order, which is itself deterministic).  The scheduler never
