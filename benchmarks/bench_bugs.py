@@ -46,15 +46,8 @@ RANGES = 5
 RANGE_STRIDE = 10_000
 
 
-def _quiet() -> None:
-    # A deadlocked run leaves coroutines suspended; when they are collected later their
-    # cleanup may touch the closed loop.  That noise is not a result.
-    sys.unraisablehook = lambda _unraisable: None
-
-
 def ours_first_failure(bug_name: str, strategy: str, r: int, budget: int) -> dict[str, Any]:
     from bug_corpus import by_name
-
     from commonware_runtime import deterministic
 
     bug = by_name(bug_name)
@@ -92,7 +85,6 @@ def detangle_first_failure(bug_name: str, strategy: str, r: int, budget: int) ->
 
 
 def run_job(job: tuple[str, str, int, int]) -> tuple[tuple[str, str, int, int], dict[str, Any]]:
-    _quiet()
     bug_name, strategy, r, budget = job
     started = time.perf_counter()
     try:
