@@ -21,9 +21,13 @@ from typing import Any
 import pytest
 from commonware_runtime import deterministic, production
 from commonware_runtime.arguments import NS_PER_SECOND
+from commonware_runtime.deterministic import strategies
 
 __all__ = [
     "CONTEXT_FIXTURES",
+    "DEFAULT_ORDERING",
+    "DEFAULT_STRATEGY",
+    "ORDERINGS",
     "RECORD_MODES",
     "RUNTIMES",
     "ContextSlot",
@@ -33,6 +37,7 @@ __all__ = [
     "RunSpec",
     "Settings",
     "deterministic_config",
+    "fifo_check",
     "first_divergence",
     "make_main",
     "marker_args",
@@ -45,7 +50,12 @@ __all__ = [
 CONTEXT_FIXTURES = ("deterministic_context", "production_context", "runtime_context")
 RUNTIMES = ("deterministic", "production", "both")
 RECORD_MODES = ("failed", "all", "none")
-MARKER_KEYS = ("runtime", "seeds", "timeout", "cycle", "catch_panics", "record")
+MARKER_KEYS = ("runtime", "seeds", "timeout", "cycle", "catch_panics", "record", "strategy", "ordering")
+ORDERINGS = strategies.ORDERINGS  # ("any", "fifo"): SPEC 5a
+DEFAULT_STRATEGY = "swarm"  # the plugin's default (deterministic.Config's own default is "random")
+DEFAULT_ORDERING = "any"
+DEFAULT_EXPLORE_LIMIT = 10_000
+DEFAULT_FIFO_CHECK = 20
 # Auditor checkpoints every this many steps when two runs are compared: the second run's
 # first differing auditor state is then located to within a few decisions.
 CHECK_CHECKPOINT_EVERY = 16
@@ -57,17 +67,20 @@ CHECK_CHECKPOINT_EVERY = 16
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One pytest item's run: the runtime and, when deterministic, the seed."""
+    """One pytest item's run: the runtime and, when deterministic, the seed (or, under
+    ``--cw-explore=K``, the exploration of every schedule within K deviations on that seed)."""
 
     runtime: str  # "deterministic" | "production"
     seed: int | None
     both: bool = False  # the test runs on both runtimes: the id names the runtime
+    explore: int | None = None  # max deviations: the item explores instead of running one seed
 
     @property
     def id(self) -> str:
         if self.runtime == "production":
             return "production"
-        return f"deterministic-seed={self.seed}" if self.both else f"seed={self.seed}"
+        what = f"explore={self.explore}" if self.explore is not None else f"seed={self.seed}"
+        return f"deterministic-{what}" if self.both else what
 
 
 @dataclass(frozen=True)
@@ -80,6 +93,8 @@ class MarkerArgs:
     cycle: float | None = None
     catch_panics: bool | None = None
     record: str | None = None
+    strategy: str | deterministic.Strategy | None = None
+    ordering: str | None = None
 
 
 def _usage(where: str, message: str) -> pytest.UsageError:
@@ -124,6 +139,16 @@ def _validate_marker_value(where: str, key: str, value: Any) -> Any:
         if value not in RECORD_MODES:
             raise _usage(where, f"@pytest.mark.commonware(record={value!r}): record must be one of {', '.join(RECORD_MODES)} (or a bool)")
         return value
+    if key == "strategy":
+        try:
+            strategies.make_strategy(value)
+        except (TypeError, ValueError) as exc:
+            raise _usage(where, f"@pytest.mark.commonware(strategy={value!r}): {exc}") from None
+        return value.strip() if isinstance(value, str) else value
+    if key == "ordering":
+        if value not in ORDERINGS:
+            raise _usage(where, f"@pytest.mark.commonware(ordering={value!r}): ordering must be one of {', '.join(ORDERINGS)}")
+        return value
     raise AssertionError(key)
 
 
@@ -162,9 +187,29 @@ class Settings:
     golden_explicit: bool = False
     update_golden: bool = False
     invocation_dir: Path = field(default_factory=Path.cwd)
+    strategy: str | None = None  # from --cw-strategy or the cw_strategy ini key (overrides markers)
+    ordering: str | None = None  # from --cw-ordering or the cw_ordering ini key (overrides markers)
+    explore: int | None = None  # --cw-explore=K: explore within K deviations instead of running seeds
+    explore_limit: int = DEFAULT_EXPLORE_LIMIT
+    fifo_check: int = DEFAULT_FIFO_CHECK  # fifo schedules tried when a seed fails under ordering "any"
 
     def seeds_for(self, marker: MarkerArgs) -> list[int]:
         return seed_list(self, marker)
+
+    def strategy_for(self, marker: MarkerArgs) -> str | deterministic.Strategy:
+        """Command line > ini key > marker > default, as for every setting."""
+        if self.strategy is not None:
+            return self.strategy
+        if marker.strategy is not None:
+            return marker.strategy
+        return DEFAULT_STRATEGY
+
+    def ordering_for(self, marker: MarkerArgs) -> str:
+        if self.ordering is not None:
+            return self.ordering
+        if marker.ordering is not None:
+            return marker.ordering
+        return DEFAULT_ORDERING
 
     def record_for(self, marker: MarkerArgs) -> str:
         if self.record is not None:
@@ -198,6 +243,17 @@ def parse_choice(name: str, text: Any, choices: tuple[str, ...]) -> str:
     value = str(text).strip()
     if value not in choices:
         raise pytest.UsageError(f"{name}: must be one of {', '.join(choices)}, got {text!r}")
+    return value
+
+
+def parse_strategy(name: str, text: Any) -> str:
+    """A strategy name as ``deterministic.strategies.make_strategy`` knows it (``"pct:3"``,
+    or a name registered through the ``pytest_commonware_strategies`` hook)."""
+    value = str(text).strip()
+    try:
+        strategies.make_strategy(value)
+    except (TypeError, ValueError) as exc:
+        raise pytest.UsageError(f"{name}: {exc}") from None
     return value
 
 
@@ -251,24 +307,44 @@ def plan(settings: Settings, marker: MarkerArgs, fixtures: Iterable[str], where:
     both = runtime == "both"
     specs: list[RunSpec] = []
     if runtime in ("deterministic", "both"):
-        specs.extend(RunSpec("deterministic", seed, both) for seed in seed_list(settings, marker))
+        seeds = seed_list(settings, marker)
+        if settings.explore is not None:
+            # One item: the exploration covers the schedules; the seed only feeds context.rng.
+            specs.append(RunSpec("deterministic", seeds[0], both, explore=settings.explore))
+        else:
+            specs.extend(RunSpec("deterministic", seed, both) for seed in seeds)
     if runtime in ("production", "both"):
         specs.append(RunSpec("production", None, both))
     return specs
 
 
-_BOTH_SEED_ID = re.compile(r"(?<=[\[-])deterministic-seed=(\d+)(?=[\]-])")
+_BOTH_SEED_ID = re.compile(r"(?<=[\[-])deterministic-(seed|explore)=(\d+)(?=[\]-])")
+_EXPLORE_ID = re.compile(r"(?<=[\[-])(?:deterministic-)?explore=(\d+)(?=[\]-])")
 
 
 def same_run(nodeid: str, traced: str) -> bool:
     """Whether an item is the run a trace names.  ``[deterministic-seed=N]`` (the test ran
     under ``runtime="both"``) and ``[seed=N]`` name the same deterministic run: a trace
-    recorded under ``--cw-runtime=both`` replays without it, and the other way round."""
-    return nodeid == traced or _BOTH_SEED_ID.sub(r"seed=\1", nodeid) == _BOTH_SEED_ID.sub(r"seed=\1", traced)
+    recorded under ``--cw-runtime=both`` replays without it, and the other way round
+    (likewise ``[deterministic-explore=K]`` and ``[explore=K]``)."""
+    return nodeid == traced or _BOTH_SEED_ID.sub(r"\1=\2", nodeid) == _BOTH_SEED_ID.sub(r"\1=\2", traced)
 
 
-def deterministic_config(seed: int, marker: MarkerArgs) -> deterministic.Config:
-    config = deterministic.Config(seed=seed)
+def explore_of(nodeid: str) -> int | None:
+    """K when ``nodeid`` is an ``--cw-explore=K`` item (``[explore=K]``), else None."""
+    match = _EXPLORE_ID.search(nodeid)
+    return int(match.group(1)) if match else None
+
+
+def deterministic_config(seed: int, marker: MarkerArgs, settings: Settings | None = None) -> deterministic.Config:
+    """The run's Config: the marker's durations and flags, the strategy and ordering (the
+    settings, i.e. command line or ini key, over the marker, over the plugin's defaults
+    ``swarm`` and ``any``).  ``Config.to_dict()`` carries them into traces."""
+    if settings is None:
+        settings = Settings()
+    config = deterministic.Config(
+        seed=seed, strategy=settings.strategy_for(marker), ordering=settings.ordering_for(marker),
+    )
     if marker.cycle is not None:
         config = config.with_cycle(marker.cycle)
     if marker.timeout is not None:
@@ -437,6 +513,73 @@ def run_deterministic(
         error = exc
     schedule = recorder.schedule if recorder is not None else None
     return RunResult(error, schedule, runner.auditor_state, runner.steps)
+
+
+@dataclass
+class FifoCheck:
+    """What re-running a failure found under ``ordering="fifo"`` (SPEC 5a)."""
+
+    schedules: int  # how many fifo schedules ran
+    seed: int | None = None  # the first fifo schedule that failed the same way
+    strategy: str | None = None  # its strategy
+    other: tuple[int, str, BaseException] | None = None  # (seed, strategy, error): first different failure
+
+    @property
+    def reproduced(self) -> bool:
+        return self.seed is not None
+
+    def line(self) -> str:
+        if self.seed is not None:
+            return (f"also fails under ordering='fifo' (seed {self.seed}): this failure can happen on stock asyncio")
+        line = (f"does not fail under ordering='fifo' in {self.schedules} schedules: it needs an order asyncio never "
+                f"produces — the code relies on an ordering the Context contract does not promise (tasks may run "
+                f"in any order)")
+        if self.other is not None:
+            seed, _, error = self.other
+            line += f" [under fifo, seed {seed} failed differently: {_one_line(error)}]"
+        return line
+
+
+def _one_line(error: BaseException, limit: int = 160) -> str:
+    lines = str(error).strip().splitlines() or [""]
+    text = f"{type(error).__name__}: {lines[0]}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def fifo_check(
+    config: deterministic.Config,
+    main: Callable[[Any], Awaitable[Any]],
+    error: BaseException,
+    schedules: int,
+) -> FifoCheck | None:
+    """Say which kind of failure ``error`` (of a run of ``config`` under ``ordering="any"``) is.
+
+    Runs ``main`` under ``ordering="fifo"`` (only timing varies: every such schedule is one
+    stock asyncio can produce) on ``schedules`` schedules: the same seed with the run's own
+    strategy (when it is a name), then seeds ``seed+1 ..`` with ``swarm`` (which varies how
+    often timers fire late).  A failure of the same exception type means the bug is real on asyncio; none means
+    the failure needs an order only the Context contract allows.  None when there is nothing
+    to check (already fifo, or ``schedules`` is 0).
+    """
+    if config.ordering == "fifo" or schedules <= 0:
+        return None
+    result = FifoCheck(0)
+    base = config.with_ordering("fifo")
+    for i in range(schedules):
+        seed = config.seed + i
+        # A strategy object has no name a rerun command could give: swarm stands in for it.
+        own = config.strategy if isinstance(config.strategy, str) else DEFAULT_STRATEGY
+        strategy = own if i == 0 else DEFAULT_STRATEGY
+        run = run_deterministic(base.with_seed(seed).with_strategy(strategy), main, record=False)
+        result.schedules += 1
+        if run.error is None:
+            continue
+        if type(run.error) is type(error):
+            result.seed, result.strategy = seed, strategy
+            return result
+        if result.other is None:
+            result.other = (seed, strategy, run.error)
+    return result
 
 
 def run_production(

@@ -2,20 +2,24 @@
 
 Auto-loaded through the ``pytest11`` entry point ``commonware``.  The hooks here are thin:
 options and plans come from ``engine``, the golden file from ``golden``, ``--cw-bisect``
-from ``bisect``, trace files from ``tracefile``.
+from ``bisect``, trace files from ``tracefile``, the plugin's own hook specifications from
+``hooks``.
 """
 
 from __future__ import annotations
 
 import inspect
+import re
 import shlex
-from collections.abc import Generator
+import warnings
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from commonware_runtime import RuntimeStalled, RuntimeTimeout
+from commonware_runtime import RuntimeStalled, RuntimeTimeout, deterministic
+from commonware_runtime.deterministic import strategies
 
 from . import engine
 from .engine import (
@@ -39,6 +43,13 @@ from .tracefile import (
 RUN_PARAM = "_cw_run"  # the hidden fixture every claimed test is parametrized over
 SECTION = "commonware"
 BISECT_SECTION = "commonware bisect"
+EXPLORE_SECTION = "commonware explore"
+# Names a hook implementation may not take: a trace naming "swarm" must mean the real one.
+BUILTIN_STRATEGIES = frozenset(strategies.strategy_names())
+
+
+class ExploreLimitWarning(UserWarning):
+    """An exploration stopped at --cw-explore-limit before covering every schedule."""
 
 
 @dataclass
@@ -52,6 +63,7 @@ class State:
     golden_fresh: dict[str, str] = field(default_factory=dict)  # --cw-update-golden results
     bisect_reports: list[str] = field(default_factory=list)
     golden_written: str | None = None
+    sources: dict[str, str] = field(default_factory=dict)  # option -> where its value came from
 
 
 @dataclass
@@ -67,7 +79,13 @@ ITEM_RUN = pytest.StashKey[ItemRun]()
 
 
 # ---------------------------------------------------------------------------------------------
-# options
+# options and hooks
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from . import hooks
+
+    pluginmanager.add_hookspecs(hooks)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -86,6 +104,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add("--cw-replay", "cw_replay", "replay the trace FILE: run only the test it names, driven by its schedule", metavar="FILE")
     add("--cw-bisect", "cw_bisect", "find the decisive decision and a minimal schedule of the failing trace FILE", metavar="FILE")
     add("--cw-golden", "cw_golden", "compare every (test, seed) auditor state with FILE (default traces/golden.yaml when it exists)", metavar="FILE")
+    add("--cw-strategy", "cw_strategy", f"scheduling strategy of every deterministic test (default {engine.DEFAULT_STRATEGY}; "
+        "random, pct[:D[:H]], pos, swarm, canonical, or a name registered through the pytest_commonware_strategies "
+        "hook); overrides markers", metavar="NAME")
+    add("--cw-ordering", "cw_ordering", "any|fifo: which orders may happen (default any: tasks in any order, as the "
+        "Context contract allows; fifo: asyncio's registration order, only timing varies); overrides markers",
+        metavar="ORDERING")
+    add("--cw-explore", "cw_explore", "instead of seeds, run every schedule within K deviations of the canonical one "
+        "(one item per deterministic test, id [explore=K])", metavar="K")
+    add("--cw-explore-limit", "cw_explore_limit", f"stop an exploration after N schedules (default "
+        f"{engine.DEFAULT_EXPLORE_LIMIT})", metavar="N")
+    add("--cw-fifo-check", "cw_fifo_check", f"when a seed fails under ordering any, rerun the test on K fifo schedules "
+        f"to say whether stock asyncio can fail the same way (default {engine.DEFAULT_FIFO_CHECK}; 0: off)", metavar="K")
     group.addoption("--cw-check-determinism", dest="cw_check_determinism", action="store_true", default=None,
                     help="run every deterministic seed twice and fail when the runs differ")
     parser.addini("cw_check_determinism", help="run every deterministic seed twice", type="bool", default=False)
@@ -104,18 +134,45 @@ def _value(config: pytest.Config, name: str) -> tuple[Any, str, Path]:
     return (ini if ini not in ("", None, []) else None), f"ini {name}", base
 
 
-def _settings(config: pytest.Config) -> Settings:
+def _settings(config: pytest.Config, sources: dict[str, str] | None = None) -> Settings:
+    """The options, one rule for all: command line > ini key > marker > default.  ``sources``
+    receives, per option given, where it came from (for the report header)."""
     s = Settings(invocation_dir=config.invocation_params.dir)
+    if sources is None:
+        sources = {}
+
+    def given(name: str) -> tuple[Any, str, Path]:
+        value, where, base = _value(config, name)
+        if value is not None:
+            shown = str(value).strip()
+            sources[name] = f"{where}={shown}" if where.startswith("--") else f"{where} = {shown}"
+        return value, where, base
+
     # An ini key is the option given in a file: it overrides markers exactly as the option does.
-    value, where, _ = _value(config, "cw_seeds")
+    value, where, _ = given("cw_seeds")
     if value is not None:
         s.seeds = engine.parse_int(where, value, 1)
-    value, where, _ = _value(config, "cw_seed_base")
+    value, where, _ = given("cw_seed_base")
     if value is not None:
         s.seed_base = engine.parse_int(where, value, 0)
-    value, where, _ = _value(config, "cw_seed")
+    value, where, _ = given("cw_seed")
     if value is not None:
         s.seed = engine.parse_int(where, value, 0)
+    value, where, _ = given("cw_strategy")
+    if value is not None:
+        s.strategy = engine.parse_strategy(where, value)
+    value, where, _ = given("cw_ordering")
+    if value is not None:
+        s.ordering = engine.parse_choice(where, value, engine.ORDERINGS)
+    value, where, _ = given("cw_explore")
+    if value is not None:
+        s.explore = engine.parse_int(where, value, 0)
+    value, where, _ = given("cw_explore_limit")
+    if value is not None:
+        s.explore_limit = engine.parse_int(where, value, 1)
+    value, where, _ = given("cw_fifo_check")
+    if value is not None:
+        s.fifo_check = engine.parse_int(where, value, 0)
     value, where, _ = _value(config, "cw_runtime")
     if value is not None:
         s.runtime = engine.parse_choice(where, value, engine.RUNTIMES)
@@ -131,6 +188,11 @@ def _settings(config: pytest.Config) -> Settings:
     if s.replay is not None and s.bisect is not None:
         raise pytest.UsageError("--cw-replay and --cw-bisect cannot be combined (bisect replays the trace itself)")
     s.check_determinism = bool(config.getoption("cw_check_determinism") or config.getini("cw_check_determinism"))
+    if s.explore is not None and (s.replay is not None or s.bisect is not None):
+        s.explore = None  # the trace names its one run (an explore trace: its own [explore=K] item)
+    if s.explore is not None and s.check_determinism:
+        raise pytest.UsageError("--cw-explore and --cw-check-determinism cannot be combined (an exploration runs "
+                                "many schedules, not one seed twice); check the seeds without --cw-explore")
     s.update_golden = bool(config.getoption("cw_update_golden") or config.getini("cw_update_golden"))
     value, where, base = _value(config, "cw_golden")
     if value is not None:
@@ -148,14 +210,62 @@ def _load(path: Path, what: str, settings: Settings) -> Trace:
         raise pytest.UsageError(f"{what}: {settings.display_path(path)}: {exc.problem}") from None
 
 
+def register_strategies(config: pytest.Config) -> list[str]:
+    """Ask every ``pytest_commonware_strategies`` implementation for its strategies and
+    register them by name (``deterministic.strategies.register_strategy``)."""
+    chosen: dict[str, Any] = {}
+    for result in config.hook.pytest_commonware_strategies():
+        if result is None:
+            continue
+        if not isinstance(result, Mapping):
+            raise pytest.UsageError(f"pytest_commonware_strategies must return a dict {{name: factory}}, got {result!r}")
+        for name, factory in result.items():
+            if name in BUILTIN_STRATEGIES:
+                raise pytest.UsageError(f"pytest_commonware_strategies: {name!r} is a built-in strategy name "
+                                        f"({', '.join(sorted(BUILTIN_STRATEGIES))}); register yours under another name")
+            if name in chosen and chosen[name] is not factory:
+                raise pytest.UsageError(f"pytest_commonware_strategies: two implementations register strategy {name!r} "
+                                        f"with different factories ({chosen[name]!r} and {factory!r})")
+            chosen[name] = factory
+    for name, factory in chosen.items():
+        try:
+            strategies.register_strategy(name, factory)
+        except (TypeError, ValueError) as exc:
+            raise pytest.UsageError(f"pytest_commonware_strategies: {exc}") from None
+    return sorted(chosen)
+
+
+_STRATEGY_HOOKS_PENDING = False  # a plugin implementing the hook was registered after configure
+
+
+def pytest_plugin_registered(plugin: Any) -> None:
+    # conftest.py files below the rootdir are loaded during collection, after configure:
+    # their strategies are registered before the tests below them are collected.
+    global _STRATEGY_HOOKS_PENDING
+    if hasattr(plugin, "pytest_commonware_strategies"):
+        _STRATEGY_HOOKS_PENDING = True
+
+
+def _refresh_strategies(config: pytest.Config) -> None:
+    global _STRATEGY_HOOKS_PENDING
+    if _STRATEGY_HOOKS_PENDING:
+        _STRATEGY_HOOKS_PENDING = False
+        register_strategies(config)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "commonware(runtime='deterministic'|'production'|'both', seeds=N|[...], timeout=s, cycle=s, "
-        "catch_panics=bool, record='failed'|'all'|'none'): how pytest-commonware runs this async test",
+        "catch_panics=bool, record='failed'|'all'|'none', strategy=NAME, ordering='any'|'fifo'): "
+        "how pytest-commonware runs this async test",
     )
-    settings = _settings(config)
-    state = State(settings)
+    global _STRATEGY_HOOKS_PENDING
+    _STRATEGY_HOOKS_PENDING = False
+    register_strategies(config)  # before the options: --cw-strategy may name a registered strategy
+    sources: dict[str, str] = {}
+    settings = _settings(config, sources)
+    state = State(settings, sources=sources)
     if settings.replay is not None:
         state.replay_trace = _load(settings.replay, "--cw-replay", settings)
     if settings.bisect is not None:
@@ -194,13 +304,15 @@ def _claimed_fixtures(metafunc_or_item_names: Any) -> list[str]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if not _claimed_fixtures(metafunc.fixturenames) or not inspect.iscoroutinefunction(metafunc.function):
         return
+    _refresh_strategies(metafunc.config)
     state = _state(metafunc.config)
     where = metafunc.definition.nodeid
     settings = state.settings
     target = state.replay_trace or state.bisect_trace
     if target is not None:
-        # Replaying: the traced seed must be collected, whatever seeds were used to record it.
-        settings = Settings(**{**settings.__dict__, "seed": target.seed})
+        # Replaying: the traced seed must be collected, whatever seeds were used to record it
+        # (and, for a trace an exploration wrote, as its [explore=K] item).
+        settings = Settings(**{**settings.__dict__, "seed": target.seed, "explore": engine.explore_of(target.test)})
     try:
         marker = engine.marker_args(metafunc.definition.iter_markers("commonware"), where)
         specs = engine.plan(settings, marker, metafunc.fixturenames, where)
@@ -318,12 +430,27 @@ def _reproduce_command(settings: Settings, path: Path) -> str:
     return f"pytest --cw-replay {shlex.quote(settings.display_path(path))}"
 
 
-def _rerun_command(item: pytest.Item, settings: Settings, seed: int) -> str:
-    """Without a trace, the seed itself reproduces the run: the same item, alone."""
-    path, sep, rest = item.nodeid.partition("::")
+_SEED_ID = re.compile(r"(?<=[\[-])((?:deterministic-)?)(?:seed|explore)=\d+(?=[\]-])")
+
+
+def _rerun_command(
+    item: pytest.Item, settings: Settings, seed: int, *, strategy: str | None = None, ordering: str | None = None,
+) -> str:
+    """Without a trace, the seed itself reproduces the run: the same item, alone (with the
+    strategy and ordering it ran under, when they were not the defaults or a marker's)."""
+    nodeid = _SEED_ID.sub(lambda m: f"{m.group(1)}seed={seed}", item.nodeid)
+    path, sep, rest = nodeid.partition("::")
     shown = settings.display_path(item.config.rootpath / path) + sep + rest
-    runtime = f" --cw-runtime={settings.runtime}" if settings.runtime else ""
-    return f"pytest --cw-seed={seed}{runtime} {shlex.quote(shown)}"
+    options = [f"--cw-seed={seed}"]
+    if settings.runtime:
+        options.append(f"--cw-runtime={settings.runtime}")
+    strategy = strategy if strategy is not None else settings.strategy
+    if strategy is not None:
+        options.append(f"--cw-strategy={strategy}")
+    ordering = ordering if ordering is not None else settings.ordering
+    if ordering is not None:
+        options.append(f"--cw-ordering={ordering}")
+    return f"pytest {' '.join(options)} {shlex.quote(shown)}"
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -351,14 +478,30 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         _run_bisect(pyfuncitem, state, make_main, note)
     elif state.replay_trace is not None:
         _run_replay(pyfuncitem, state, make_main, note)
+    elif spec.explore is not None:
+        _run_explore(pyfuncitem, state, spec.seed, spec.explore, marker, make_main, note)
     else:
         _run_seed(pyfuncitem, state, spec.seed, marker, make_main, note)
     return True
 
 
+def _classify(item: pytest.Item, state: State, config: deterministic.Config, main: Any, error: BaseException,
+              note: ItemRun) -> None:
+    """A failure under ordering "any": does it also happen in fifo (on stock asyncio)?  The
+    answer goes first in the item's commonware section."""
+    check = engine.fifo_check(config, main, error, state.settings.fifo_check)
+    if check is None:
+        return
+    note.lines.insert(0, check.line())
+    if check.seed is not None:
+        assert check.strategy is not None
+        note.lines.insert(1, "  rerun it under fifo: " + _rerun_command(
+            item, state.settings, check.seed, strategy=check.strategy, ordering="fifo"))
+
+
 def _run_seed(item: pytest.Function, state: State, seed: int, marker: MarkerArgs, make_main: Any, note: ItemRun) -> None:
     settings = state.settings
-    config = engine.deterministic_config(seed, marker)
+    config = engine.deterministic_config(seed, marker, settings)
     record = settings.record_for(marker)
     check = settings.check_determinism
     every = engine.CHECK_CHECKPOINT_EVERY if check else 1024
@@ -381,6 +524,7 @@ def _run_seed(item: pytest.Function, state: State, seed: int, marker: MarkerArgs
         if problem is not None:
             raise pytest.fail(f"nondeterministic: seed {seed} ran twice and the runs differ: {problem}", pytrace=False)
     if result.error is not None:
+        _classify(item, state, config, make_main(), result.error, note)
         raise result.error
     if result.auditor is not None:
         if settings.update_golden:
@@ -395,6 +539,58 @@ def _run_seed(item: pytest.Function, state: State, seed: int, marker: MarkerArgs
                     f"change is intended, refresh the file with --cw-update-golden",
                     pytrace=False,
                 )
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _run_explore(item: pytest.Function, state: State, seed: int, k: int, marker: MarkerArgs, make_main: Any,
+                 note: ItemRun) -> None:
+    """``--cw-explore=K``: every schedule within K deviations of the canonical one (SPEC 5a)."""
+    settings = state.settings
+    config = engine.deterministic_config(seed, marker, settings)
+    limit = settings.explore_limit
+    found = deterministic.explore(make_main(), config, max_deviations=k, limit=limit)
+    n = found.schedules
+    within = f"within {_plural(k, 'deviation')}"
+    if found.failure is not None:
+        where = ", ".join(f"choice point {p} took option {o}" for p, o in sorted(found.deviations.items()))
+        summary = (f"explored {_plural(n, 'schedule')} {within} (seed {seed}, ordering {config.ordering}): "
+                   f"schedule {n} fails ({where or 'the canonical schedule itself'})")
+        note.lines.append(summary)
+        if found.schedule is not None and settings.record_for(marker) != "none":
+            try:
+                # The schedule replays by itself; the config names the strategy the exploration
+                # deviates from (Config must name a strategy the replaying side knows).
+                traced = config.with_strategy("canonical").to_dict()
+                trace = trace_from_schedule(found.schedule, test=item.nodeid, seed=seed, config=traced)
+                path = write_trace(trace_path(settings.traces_dir, item.nodeid, seed), trace)
+            except (OSError, ValueError, TypeError) as exc:
+                note.lines.append(f"could not write the trace: {exc}")
+            else:
+                note.lines.append(f"trace written to {settings.display_path(path)}")
+                note.reproduce = _reproduce_command(settings, path)
+        if note.reproduce is None:
+            file, sep, rest = item.nodeid.partition("::")
+            shown = settings.display_path(item.config.rootpath / file) + sep + rest
+            options = [f"--cw-explore={k}", f"--cw-seed={seed}"]
+            options += [f"--cw-runtime={settings.runtime}"] if settings.runtime else []
+            options += [f"--cw-ordering={settings.ordering}"] if settings.ordering else []
+            note.reproduce = f"pytest {' '.join(options)} {shlex.quote(shown)}"
+        item.user_properties.append(("cw_explore", f"{item.nodeid}: {summary}"))
+        _classify(item, state, config, make_main(), found.failure, note)
+        raise found.failure
+    if found.exhausted:
+        line = f"explored all {_plural(n, 'schedule')} {within}: none fails"
+        note.lines.append(line)
+        item.user_properties.append(("cw_explore", f"{item.nodeid}: {line}"))
+        return
+    line = (f"stopped after {_plural(n, 'schedule')} (--cw-explore-limit={limit}) before exhausting those {within}: "
+            f"none failed so far, but this is no guarantee; raise --cw-explore-limit or lower --cw-explore")
+    note.lines.append(line)
+    item.user_properties.append(("cw_explore", f"{item.nodeid}: {line}"))
+    warnings.warn(ExploreLimitWarning(f"{item.nodeid}: {line}"), stacklevel=1)
 
 
 def _compare_runs(a: engine.RunResult, b: engine.RunResult) -> str | None:
@@ -477,9 +673,49 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     for name, value in getattr(report, "user_properties", ()):
         if name == "cw_bisect" and report.when == "call":
             _BISECT_REPORTS.append(str(value))
+        if name == "cw_explore" and report.when == "call":
+            _EXPLORE_REPORTS.append(str(value))
 
 
 _BISECT_REPORTS: list[str] = []
+_EXPLORE_REPORTS: list[str] = []
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    """What the deterministic runs of this session are: enough to rerun them from a log."""
+    state = config.stash.get(STATE, None)
+    if state is None:
+        return None
+    s, src = state.settings, state.sources
+
+    def origin(*names: str) -> str:
+        given = [src[n] for n in names if n in src]
+        return f" ({', '.join(given)})" if given else ""
+
+    target = state.replay_trace or state.bisect_trace
+    if target is not None:
+        what = "replaying" if state.replay_trace is not None else "bisecting"
+        source = s.replay or s.bisect
+        path = s.display_path(source) if source is not None else "?"
+        cfg = target.config
+        return (f"commonware: {what} {path} ({target.test}, seed {target.seed}, strategy {cfg.get('strategy', '?')}, "
+                f"ordering {cfg.get('ordering', '?')})")
+    if s.explore is not None:
+        first = s.seed if s.seed is not None else s.seed_base
+        seeds = (f"explore every schedule within {_plural(s.explore, 'deviation')}{origin('cw_explore')}, "
+                 f"at most {s.explore_limit} per test{origin('cw_explore_limit')}, seed {first}")
+    elif s.seed is not None:
+        seeds = f"seed {s.seed}{origin('cw_seed')}"
+    elif s.seeds is not None:
+        seeds = f"seeds {s.seed_base}..{s.seed_base + s.seeds - 1}{origin('cw_seeds', 'cw_seed_base')}"
+    else:
+        seeds = f"seeds from {s.seed_base}, as each test's marker says (default 1){origin('cw_seed_base')}"
+    strategy = s.strategy if s.strategy is not None else engine.DEFAULT_STRATEGY
+    ordering = s.ordering if s.ordering is not None else engine.DEFAULT_ORDERING
+    marked = "" if s.strategy is not None and s.ordering is not None else " (unless a marker says otherwise)"
+    fifo = f", fifo check {s.fifo_check}{origin('cw_fifo_check')}" if s.fifo_check != engine.DEFAULT_FIFO_CHECK else ""
+    return (f"commonware: {seeds}, strategy {strategy}{origin('cw_strategy')}, "
+            f"ordering {ordering}{origin('cw_ordering')}{marked}{fifo}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -527,5 +763,10 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         for text in _BISECT_REPORTS:
             terminalreporter.write_line(text)
         _BISECT_REPORTS.clear()
+    if _EXPLORE_REPORTS:
+        terminalreporter.section(EXPLORE_SECTION)
+        for text in _EXPLORE_REPORTS:
+            terminalreporter.write_line(text)
+        _EXPLORE_REPORTS.clear()
     if state.golden_written:
         terminalreporter.write_line(f"commonware golden: {state.golden_written}")
