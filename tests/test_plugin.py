@@ -447,7 +447,7 @@ def test_stall_and_timeout_reports_name_the_waiting_code_not_the_plugin(pytester
         "*RuntimeStalled: runtime stalled at virtual time 0.0*Blocked tasks:",
         "  - 'root' (task id 1) awaiting * at test_hang.py:4 in test_stall()",
         # The clock jumps to the next timer when the loop is idle: past the deadline at once.
-        "*RuntimeTimeout: virtual time *s passed the deadline of 5.0s*Tasks still waiting:",
+        "*RuntimeTimeout: virtual time reached the deadline of 5.0s*Tasks still waiting:",
         "  - 'root' (task id 1) awaiting * at test_hang.py:12 in test_deadline()",
         "  - 'ticker' (task id 2) awaiting * at test_hang.py:10 in ticker()",
     ])

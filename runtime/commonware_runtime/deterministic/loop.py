@@ -304,10 +304,12 @@ class EventLoop(asyncio.BaseEventLoop):
             else:
                 raise self.stalled()
         if self._deadline_ns is not None and now > self._deadline_ns:
-            self._now_ns = now
+            # Nothing runs past the deadline: the clock stops there, the report says what was next.
+            self._now_ns = self._deadline_ns
             raise RuntimeTimeout(
-                f"virtual time {now / NS_PER_SECOND:.9f}s passed the deadline of {self._deadline_ns / NS_PER_SECOND}s "
-                f"after {self.steps} scheduling decisions. Tasks still waiting:\n" + self._waiting_report()
+                f"virtual time reached the deadline of {self._deadline_ns / NS_PER_SECOND}s (the next event was "
+                f"due at {now / NS_PER_SECOND:.9f}s) after {self.steps} scheduling decisions. Tasks still waiting:\n"
+                + self._waiting_report()
             )
         self._now_ns = now
         if timers and timers[0][0] <= now:
