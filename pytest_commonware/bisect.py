@@ -1,47 +1,57 @@
-"""``--cw-bisect``: from a failing trace to the decisive decision and a minimal schedule.
+"""``--cw-bisect``: from a failing trace to the decisive choice and a minimal schedule.
 
-Vocabulary.  A run is a sequence of scheduling *decisions*: in each round the loop runs
-every callback that was ready when the round began, one at a time, and a decision picks
-which one runs next.  The *canonical* choice is the oldest ready callback: the one made
-ready first (``call_soon`` order), which is the order of the round's ready list before any
-removal.  A *deviation* is a decision that is not the canonical choice.
+Vocabulary.  A run is a sequence of *choices* made by its strategy.  Under ``ordering="any"``
+they are scheduling *decisions*: which ready callback runs next.  Callbacks are numbered
+(their *seq*) in the order they became ready, so the *canonical* decision runs the oldest
+ready callback, the smallest pending seq: asyncio's own order.  Under ``ordering="fifo"``
+callbacks always run in that order and the choices are *timing* choices: which of several
+timers due at the same instant fires first (canonical: the first created) and how late an
+idle loop wakes (canonical: on time).  A *deviation* is a choice that is not canonical.
 
-Two questions, each answered by running the test again under a *driver* that makes every
-decision (``deterministic.Runner(config, driver=...)``, see ``EventLoop.start_driven``):
+Two questions, each answered by running the test again under a strategy
+(``deterministic.Config(...).with_strategy(s)``) that makes every choice:
 
-1. The decisive decision.  ``prefix(k)``: follow the trace's first ``k`` decisions, then
-   make every later decision canonically.  ``prefix(steps)`` is the recorded run (it
-   fails); ``prefix(0)`` is the canonical run.  If the canonical run fails too, the failure
-   does not depend on scheduling.  Otherwise a binary search finds the smallest ``k`` with
-   ``prefix(k)`` failing (the same exception type) and ``prefix(k - 1)`` passing: after the
-   trace's first ``k`` decisions the failure is inevitable, and decision ``k - 1`` (always a
-   deviation: were it canonical the two runs would be the same run) is the one that decides.
-   The search assumes that once inevitable, a failure stays inevitable for longer prefixes
-   (true of the usual races; a schedule where it is not still yields a correct, replayable
-   minimal trace below, only the "decisive" step is then one of several).
-2. The minimal schedule.  ``prefix(k)``'s deviations (each: at step s run task t, the r-th
-   ready callback of that task) are shrunk with delta debugging (ddmin) to a set none of
-   whose members can be dropped without losing the failure; the others become canonical.
-   That run is recorded like any other and written as a replayable trace.
+1. The decisive choice.  ``prefix(k)``: follow the trace's first ``k`` choices (its
+   recorded seqs, or under fifo its recorded timing values), then make every later choice
+   canonically.  ``prefix(n)`` is the recorded run (it fails); ``prefix(0)`` is the
+   canonical run.  If the canonical run fails too, the failure does not depend on the
+   schedule.  Otherwise a binary search finds the smallest ``k`` with ``prefix(k)`` failing
+   (the same exception type) and ``prefix(k - 1)`` passing: after the trace's first ``k``
+   choices the failure is inevitable, and choice ``k - 1`` (always a deviation: were it
+   canonical the two runs would be the same run) is the one that decides.  The search
+   assumes that once inevitable, a failure stays inevitable for longer prefixes (true of
+   the usual races; a schedule where it is not still yields a correct, replayable minimal
+   trace below, only the "decisive" choice is then one of several).
+2. The minimal schedule.  ``prefix(k)``'s deviations (a decision: at step s run the r-th
+   ready callback of task t; a timing choice: at choice i take value v) are shrunk with
+   delta debugging (ddmin) to a set none of whose members can be dropped without losing
+   the failure; the others become canonical.  That run is recorded like any other and
+   written as a replayable trace.
 
-The runtime asks the driver for every pick and removes with the same swap-remove as a
-seeded run, so the recorded picks mean exactly what the runtime's ``Replayer`` expects.
+The strategies here hold callbacks back (``holds_back = True``): a callback made ready
+during a round can be chosen at once, so any order the recorded strategy could produce
+(random, PCT, POS, swarm...) can be followed, and the canonical order is still asyncio's.
+A trace recorded without holding back is followed exactly too: its rounds run the same
+callbacks, which get the same seqs.  The minimal run is recorded with ``holds_back``, so
+the runtime's ``Replayer`` replays it the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect as _bisect
 import inspect
 import math
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from commonware_runtime import deterministic
 from commonware_runtime.arguments import NS_PER_SECOND
-from commonware_runtime.deterministic.loop import EventLoop, await_site
+from commonware_runtime.deterministic.loop import await_site
+from commonware_runtime.deterministic.strategies import RankStrategy
 
 from .engine import config_from_dict, run_deterministic
 from .tracefile import Trace, trace_from_schedule, write_trace
@@ -49,9 +59,13 @@ from .tracefile import Trace, trace_from_schedule, write_trace
 __all__ = [
     "BisectError",
     "BisectResult",
+    "BisectStrategy",
     "Decision",
     "Deviation",
-    "NotingDriver",
+    "DeviationStrategy",
+    "PrefixStrategy",
+    "TimingDecision",
+    "TimingDeviation",
     "bisect_trace",
     "min_trace_path",
 ]
@@ -64,27 +78,29 @@ class BisectError(Exception):
     """The bisect cannot proceed; the message says why in one line."""
 
 
-class Driver(Protocol):
-    def choose(self, step: int, batch: list[asyncio.Handle], order: list[int], loop: EventLoop) -> int:
-        """Index into ``batch`` of the callback to run at ``step``; ``order[i]`` is its ready-order rank."""
+# ---------------------------------------------------------------------------------------------
+# what a run chose
 
 
 @dataclass(frozen=True)
 class Decision:
-    """What ran at one step, and what the canonical order would have run instead."""
+    """What ran at one step (``ordering="any"``), and what the canonical order runs instead."""
 
     step: int
     time_ns: int
     tid: int
     label: str
-    rank: int  # among the ready callbacks of the same task id, in ready order
+    rank: int  # position among everything ready, oldest first: 0 is the canonical choice
     site: str  # where the task was suspended (what it resumed from)
     canonical_tid: int
     canonical_label: str
+    seq: int = 0  # the callback that ran (numbered in the order callbacks became ready)
+    canonical_seq: int = 0
+    task_rank: int = 0  # among the ready callbacks of the same task, oldest first
 
     @property
     def deviation(self) -> bool:
-        return self.tid != self.canonical_tid or self.rank != 0
+        return self.rank != 0
 
     def describe(self) -> str:
         t = f"t={self.time_ns / NS_PER_SECOND:.9f}s"
@@ -97,24 +113,53 @@ class Decision:
 
 
 @dataclass(frozen=True)
+class TimingDecision:
+    """One timing choice (``ordering="fifo"``): a tie among due timers or a late wake-up."""
+
+    index: int  # the choice's position among the run's timing choices
+    step: int  # the decisions made before it
+    time_ns: int  # the instant the timers were due
+    kind: str  # "tie" or "late"
+    options: int  # tie: how many timers were due at once; late: the most it could be late (ns)
+    value: int  # tie: which of them fired first (creation order); late: ns late
+
+    @property
+    def deviation(self) -> bool:
+        return self.value != 0
+
+    def describe(self) -> str:
+        t = f"t={self.time_ns / NS_PER_SECOND:.9f}s"
+        head = f"timing choice {self.index} (before step {self.step}, {t})"
+        if self.kind == "tie":
+            what = f"of {self.options} timers due at once, #{self.value} (in creation order) fired first"
+            canon = "fires #0 first"
+        else:
+            what = f"the idle loop woke {self.value} ns late (at most {self.options} ns)"
+            canon = "wakes on time"
+        if not self.deviation:
+            return f"{head}: {what} (the canonical choice)"
+        return f"{head}: {what}, where the canonical timing {canon}"
+
+
+@dataclass(frozen=True)
 class Deviation:
+    """At ``step``, run the ``rank``-th ready callback (oldest first) of task ``tid``."""
+
     step: int
     tid: int
     rank: int
 
 
+@dataclass(frozen=True)
+class TimingDeviation:
+    """At timing choice ``index``, take ``value`` (a tie's rank, or ns late)."""
+
+    index: int
+    value: int
+
+
 def _show(label: str) -> str:
     return repr(label) if label else "'<unlabeled>'"
-
-
-def _tid(handle: asyncio.Handle, loop: EventLoop) -> int:
-    return loop.owner_id(handle)
-
-
-def _rank(batch: list[asyncio.Handle], order: list[int], i: int, loop: EventLoop) -> int:
-    tid = _tid(batch[i], loop)
-    mine = order[i]
-    return sum(1 for j, h in enumerate(batch) if j != i and order[j] < mine and _tid(h, loop) == tid)
 
 
 def _site(task: asyncio.Task[Any]) -> str:
@@ -127,90 +172,200 @@ def _site(task: asyncio.Task[Any]) -> str:
         code = inner.cr_code
         return f"its start ({code.co_name}() at {os.path.basename(code.co_filename)}:{code.co_firstlineno})"
     site = await_site(task)
-    return site.removeprefix("? ")  # "?": a bare yield (asyncio.sleep(0))
+    if site.startswith("? "):  # a bare yield: what asyncio.sleep(0) does
+        return "a bare yield (sleep(0)) " + site[2:]
+    return site
 
 
-def canonical_index(order: list[int]) -> int:
-    return order.index(min(order))
+# ---------------------------------------------------------------------------------------------
+# the strategies
 
 
-class PrefixDriver:
-    """The trace's first ``k`` decisions, then the canonical order."""
+class BisectStrategy(RankStrategy):
+    """Canonical choices unless ``target``/``timing_target`` say otherwise; notes every
+    deviation (``decisions``, ``timings``) and the choice at ``note`` (``noted``).
 
-    def __init__(self, schedule: deterministic.Schedule, k: int) -> None:
-        self.schedule = schedule
-        self.k = k
+    ``note`` is a choice point: a step under ``ordering="any"``, a timing choice's index
+    under ``"fifo"`` (a run makes only one kind of choice).
+    """
 
-    def choose(self, step: int, batch: list[asyncio.Handle], order: list[int], loop: EventLoop) -> int:
-        if step >= self.k:
-            return canonical_index(order)
-        i = self.schedule.picks[step]
-        if i >= len(batch) or _tid(batch[i], loop) != self.schedule.ids[step]:
-            raise BisectError(
-                f"the test no longer follows its trace at step {step}: the trace ran task id "
-                f"{self.schedule.ids[step]} there (was the test changed since the trace was recorded?)"
-            )
-        return i
+    name = "bisect"
+    holds_back = True
 
-
-class DeviationDriver:
-    """Canonical order except at the given steps, where the named task's callback runs."""
-
-    def __init__(self, deviations: list[Deviation]) -> None:
-        self.at = {d.step: d for d in deviations}
-
-    def choose(self, step: int, batch: list[asyncio.Handle], order: list[int], loop: EventLoop) -> int:
-        d = self.at.get(step)
-        if d is None:
-            return canonical_index(order)
-        candidates = sorted((order[j], j) for j, h in enumerate(batch) if _tid(h, loop) == d.tid)
-        if not candidates:
-            return canonical_index(order)  # the task is not ready here in this run: nothing to deviate to
-        return candidates[min(d.rank, len(candidates) - 1)][1]
-
-
-class NotingDriver:
-    """Wraps a driver; notes every deviation from the canonical order (and ``note_step``)."""
-
-    def __init__(self, driver: Driver, note_step: int | None = None) -> None:
-        self.driver = driver
-        self.note_step = note_step
+    def __init__(self, note: int | None = None) -> None:
+        super().__init__()
+        self.note = note
+        self.chosen = ""
         self.decisions: list[Decision] = []
-        self.noted: Decision | None = None
+        self.timings: list[TimingDecision] = []
+        self.noted: Decision | TimingDecision | None = None
+        self._handles: dict[int, asyncio.Handle] = {}
+        self._timing = 0
 
-    def choose(self, step: int, batch: list[asyncio.Handle], order: list[int], loop: EventLoop) -> int:
-        i = self.driver.choose(step, batch, order, loop)
-        if not 0 <= i < len(batch):
-            raise BisectError(f"driver picked entry {i} of a ready list of {len(batch)} at step {step}")
-        c = canonical_index(order)
-        if c != i or step == self.note_step:
-            self._note(step, loop, batch, order, i, c)
-        return i
+    def begin(self, rng: Any, loop: Any) -> None:
+        super().begin(rng, loop)
+        self.decisions = []
+        self.timings = []
+        self.noted = None
+        self._handles = {}
+        self._timing = 0
 
-    def _note(self, step: int, loop: EventLoop, batch: list[asyncio.Handle], order: list[int], i: int, c: int) -> None:
-        handle = batch[i]
-        tid = _tid(handle, loop)
+    # -- subclasses say what differs from canonical -------------------------------------------
+
+    def target(self, step: int) -> int | None:
+        """The seq to run at ``step``, or None for the canonical (oldest) one."""
+        return None
+
+    def timing_target(self, index: int, kind: str, options: int) -> int | None:
+        """The value of timing choice ``index``, or None for the canonical 0."""
+        return None
+
+    # -- the protocol -----------------------------------------------------------------------
+
+    def arrive(self, seq: int, handle: asyncio.Handle) -> None:
+        self._pending.append(seq)  # arrivals are newer than everything pending: stays sorted
+        self._handles[seq] = handle
+
+    def tid_of(self, seq: int) -> int:
+        return int(self.loop.owner_id(self._handles[seq]))
+
+    def choose(self, step: int) -> int:
+        pending = self._pending
+        seq = self.target(step)
+        if seq is None:
+            i = 0
+            seq = pending[0]
+        else:
+            i = _bisect.bisect_left(pending, seq)
+            if i == len(pending) or pending[i] != seq:
+                raise BisectError(f"strategy {self.name!r} chose callback #{seq} at step {step}, which is not ready")
+        if i or step == self.note:
+            self._note(step, i)
+        del pending[i]
+        del self._handles[seq]
+        return seq
+
+    def _note(self, step: int, i: int) -> None:
+        loop = self.loop
+        pending = self._pending
+        seq = pending[i]
+        handle = self._handles[seq]
+        tid = self.tid_of(seq)
         owner = getattr(handle._callback, "__self__", None)  # type: ignore[attr-defined]
         site = _site(owner) if isinstance(owner, asyncio.Task) and tid else ""
-        ctid = _tid(batch[c], loop)
+        ctid = self.tid_of(pending[0])
         decision = Decision(
             step=step, time_ns=loop.now_ns, tid=tid, label=loop.task_labels[tid] if tid else "<callback>",
-            rank=_rank(batch, order, i, loop), site=site, canonical_tid=ctid,
-            canonical_label=loop.task_labels[ctid] if ctid else "<callback>",
+            rank=i, site=site, canonical_tid=ctid, canonical_label=loop.task_labels[ctid] if ctid else "<callback>",
+            seq=seq, canonical_seq=pending[0], task_rank=sum(1 for s in pending[:i] if self.tid_of(s) == tid),
         )
         if decision.deviation:
             self.decisions.append(decision)
-        if step == self.note_step:
+        if step == self.note:
             self.noted = decision
 
+    def _timing_choice(self, kind: str, options: int, time_ns: int) -> int:
+        index = self._timing
+        self._timing = index + 1
+        value = self.timing_target(index, kind, options)
+        value = 0 if value is None else value
+        if value or index == self.note:
+            decision = TimingDecision(index, self.loop.steps, time_ns, kind, options, value)
+            if decision.deviation:
+                self.timings.append(decision)
+            if index == self.note:
+                self.noted = decision
+        return value
+
+    def tie(self, n: int) -> int:
+        return self._timing_choice("tie", n, self.loop.now_ns)
+
+    def late(self, limit_ns: int) -> int:
+        # Asked as the idle loop jumps to its next timer (the clock still shows the old time).
+        timers = getattr(self.loop, "_timers", None)
+        due = timers[0][0] if timers else self.loop.now_ns
+        return self._timing_choice("late", limit_ns, due)
+
+
+class PrefixStrategy(BisectStrategy):
+    """The trace's first ``k`` choices (recorded seqs; under fifo, recorded timing values),
+    then canonical ones.  A trace has choices of one kind only, so ``k`` counts those."""
+
+    def __init__(self, schedule: deterministic.Schedule, k: int, note: int | None = None) -> None:
+        super().__init__(note)
+        self.schedule = schedule
+        self.k = k
+        self.chosen = f"the trace's first {k} choices, then canonical"
+
+    def target(self, step: int) -> int | None:
+        schedule = self.schedule
+        if step >= self.k or step >= len(schedule.picks):
+            return None
+        seq = int(schedule.picks[step])
+        i = _bisect.bisect_left(self._pending, seq)
+        if i == len(self._pending) or self._pending[i] != seq or self.tid_of(seq) != schedule.ids[step]:
+            raise BisectError(
+                f"the test no longer follows its trace at step {step}: the trace ran task id {schedule.ids[step]} "
+                f"(callback #{seq}) there (was the test changed since the trace was recorded?)"
+            )
+        return seq
+
+    def timing_target(self, index: int, kind: str, options: int) -> int | None:
+        timing = self.schedule.timing
+        if index >= self.k:
+            return None
+        if index >= len(timing):
+            raise BisectError(
+                f"the test no longer follows its trace: it makes more than the {len(timing)} timing choices recorded "
+                f"(was the test changed since the trace was recorded?)"
+            )
+        value = int(timing[index])
+        if (kind == "tie" and value >= options) or (kind == "late" and value > options):
+            what = f"{options} timers due at once" if kind == "tie" else f"a wake-up at most {options} ns late"
+            raise BisectError(
+                f"the test no longer follows its trace at timing choice {index}: the trace chose {value}, the run has "
+                f"{what} (was the test changed since the trace was recorded?)"
+            )
+        return value
+
+
+class DeviationStrategy(BisectStrategy):
+    """Canonical except at the given deviations: at a step, the named task's callback runs
+    (its ``rank``-th ready one; canonical when the task has none ready there in this run);
+    at a timing choice, the given value (capped to what the choice allows)."""
+
+    def __init__(self, deviations: Sequence[Deviation | TimingDeviation], note: int | None = None) -> None:
+        super().__init__(note)
+        self.at = {d.step: d for d in deviations if isinstance(d, Deviation)}
+        self.at_timing = {d.index: d for d in deviations if isinstance(d, TimingDeviation)}
+        self.chosen = f"canonical but for {len(deviations)} deviation(s)"
+
+    def target(self, step: int) -> int | None:
+        d = self.at.get(step)
+        if d is None:
+            return None
+        candidates = [seq for seq in self._pending if self.tid_of(seq) == d.tid]
+        if not candidates:
+            return None  # the task is not ready here in this run: nothing to deviate to
+        return candidates[min(d.rank, len(candidates) - 1)]
+
+    def timing_target(self, index: int, kind: str, options: int) -> int | None:
+        d = self.at_timing.get(index)
+        if d is None:
+            return None
+        return min(d.value, options - 1) if kind == "tie" else min(d.value, options)
+
+
+# ---------------------------------------------------------------------------------------------
+# the search
 
 
 @dataclass
-class DrivenRun:
+class StrategyRun:
     error: BaseException | None
     schedule: deterministic.Schedule
-    deviations: list[Decision]
-    noted: Decision | None
+    deviations: list[Decision | TimingDecision]
+    noted: Decision | TimingDecision | None
 
 
 @dataclass
@@ -219,13 +374,14 @@ class BisectResult:
     seed: int
     failure: str  # "Type: message"
     canonical_fails: bool
-    prefix: int  # k: the trace's first k decisions make the failure inevitable
-    decisive: Decision | None
+    prefix: int  # k: the trace's first k choices make the failure inevitable
+    decisive: Decision | TimingDecision | None
     trace_deviations: int
-    minimal: list[Decision]
+    minimal: list[Decision | TimingDecision]
     min_trace: Path | None
     replay_ok: bool
     runs: int
+    ordering: str = "any"
     report: str = ""
     notes: list[str] = field(default_factory=list)
 
@@ -245,19 +401,20 @@ class _Bisector:
         self.make_main = make_main
         self.where = where
         self.config = config_from_dict(trace.config, where)
+        if self.config.ordering != trace.schedule.ordering:  # a config without the key: the schedule's
+            self.config = self.config.with_ordering(trace.schedule.ordering)
         self.max_runs = max_runs
         self.runs = 0
         if trace.outcome != "failed" or not trace.error:
             raise BisectError(f"{where}: the trace records a passing run: there is no failure to bisect")
         self.expected = str(trace.error.get("type"))
 
-    def run(self, driver: Driver, note_step: int | None = None) -> DrivenRun:
+    def run(self, strategy: BisectStrategy) -> StrategyRun:
         if self.runs >= self.max_runs:
             raise BisectError(f"{self.where}: gave up after {self.runs} runs (the limit)")
         self.runs += 1
-        noting = NotingDriver(driver, note_step)
         recorder = deterministic.Recorder()
-        runner = deterministic.Runner(self.config, recorder=recorder, driver=noting)
+        runner = deterministic.Runner(self.config.with_strategy(strategy), recorder=recorder)
         error: BaseException | None = None
         try:
             runner.start(self.make_main())
@@ -268,17 +425,18 @@ class _Bisector:
         except BaseException as exc:  # noqa: BLE001 - the failure under study
             error = exc
         assert recorder.schedule is not None
-        return DrivenRun(error, recorder.schedule, noting.decisions, noting.noted)
+        deviations: list[Decision | TimingDecision] = [*strategy.decisions, *strategy.timings]
+        return StrategyRun(error, recorder.schedule, deviations, strategy.noted)
 
-    def fails(self, run: DrivenRun) -> bool:
+    def fails(self, run: StrategyRun) -> bool:
         return run.error is not None and type(run.error).__name__ == self.expected
 
-    def prefix(self, k: int, note_step: int | None = None) -> DrivenRun:
-        return self.run(PrefixDriver(self.trace.schedule, k), note_step)
+    def prefix(self, k: int, note: int | None = None) -> StrategyRun:
+        return self.run(PrefixStrategy(self.trace.schedule, k, note))
 
-    def ddmin(self, items: list[Deviation]) -> list[Deviation]:
-        def test(subset: list[Deviation]) -> bool:
-            return self.fails(self.run(DeviationDriver(subset)))
+    def ddmin(self, items: list[Deviation | TimingDeviation]) -> list[Deviation | TimingDeviation]:
+        def test(subset: list[Deviation | TimingDeviation]) -> bool:
+            return self.fails(self.run(DeviationStrategy(subset)))
 
         n = 2
         while len(items) >= 2:
@@ -301,6 +459,18 @@ class _Bisector:
         return items
 
 
+def _deviation(d: Decision | TimingDecision) -> Deviation | TimingDeviation:
+    if isinstance(d, Decision):
+        return Deviation(d.step, d.tid, d.task_rank)
+    return TimingDeviation(d.index, d.value)
+
+
+def _plain(d: Decision | TimingDecision) -> dict[str, Any]:
+    if isinstance(d, Decision):
+        return {"step": d.step, "task": d.tid, "label": d.label, "instead_of": d.canonical_tid, "rank": d.rank}
+    return {"timing_choice": d.index, "step": d.step, "kind": d.kind, "value": d.value, "options": d.options}
+
+
 def bisect_trace(
     trace: Trace,
     make_main: MainFactory,
@@ -313,7 +483,9 @@ def bisect_trace(
     """Bisect ``trace`` (see the module docstring) and write the minimal trace to ``output``."""
     b = _Bisector(trace, make_main, where, max_runs)
     failure = trace.failure()
-    total = trace.steps
+    schedule = trace.schedule
+    fifo = schedule.ordering == "fifo"
+    total = len(schedule.timing) if fifo else trace.steps
 
     full = b.prefix(total)
     if not b.fails(full):
@@ -321,10 +493,9 @@ def bisect_trace(
         raise BisectError(f"{where}: following the trace's schedule does not reproduce {b.expected}: {got}")
     canonical = b.prefix(0)
     canonical_fails = b.fails(canonical)
-    decisive: Decision | None = None
+    decisive: Decision | TimingDecision | None = None
     if canonical_fails:
         k = 0
-        base: list[Deviation] = []
         minimal_run = canonical
     else:
         lo, hi = 0, total
@@ -335,59 +506,74 @@ def bisect_trace(
             else:
                 lo = mid
         k = hi
-        decisive_run = b.prefix(k, note_step=k - 1)
+        decisive_run = b.prefix(k, note=k - 1)
         decisive = decisive_run.noted
-        base = [Deviation(d.step, d.tid, d.rank) for d in decisive_run.deviations]
-        minimal = b.ddmin(base)
-        minimal_run = b.run(DeviationDriver(minimal))
-        if not b.fails(minimal_run):  # ddmin only keeps failing sets; this guards the driver itself
+        minimal = b.ddmin([_deviation(d) for d in decisive_run.deviations])
+        minimal_run = b.run(DeviationStrategy(minimal))
+        if not b.fails(minimal_run):  # ddmin only keeps failing sets; this guards the strategy itself
             minimal_run = decisive_run
 
-    schedule = minimal_run.schedule
-    min_trace = trace_from_schedule(schedule, test=trace.test, seed=trace.seed, config=dict(trace.config))
+    recorded = minimal_run.schedule
+    min_trace = trace_from_schedule(recorded, test=trace.test, seed=trace.seed, config=dict(trace.config))
+    decisive_key = "decisive_timing_choice" if fifo else "decisive_step"
+    decisive_at = None if decisive is None else (decisive.index if isinstance(decisive, TimingDecision) else decisive.step)
     min_trace.extra = {
         "bisect": {
             "source": display(Path(where)),
+            "source_strategy": trace.strategy,
+            "ordering": schedule.ordering,
             "canonical_fails": canonical_fails,
-            "decisive_step": None if decisive is None else decisive.step,
-            "deviations": [
-                {"step": d.step, "task": d.tid, "label": d.label, "instead_of": d.canonical_tid}
-                for d in minimal_run.deviations
-            ],
+            decisive_key: decisive_at,
+            "deviations": [_plain(d) for d in minimal_run.deviations],
         }
     }
     write_trace(output, min_trace)
 
     # The written trace must replay, with the runtime's own Replayer, to the same failure.
-    replayed = run_deterministic(b.config, make_main(), replay=schedule)
+    replayed = run_deterministic(b.config, make_main(), replay=recorded)
     replay_ok = replayed.error is not None and type(replayed.error).__name__ == b.expected
     result = BisectResult(
         test=trace.test, seed=trace.seed, failure=failure, canonical_fails=canonical_fails, prefix=k,
         decisive=decisive, trace_deviations=len(full.deviations), minimal=minimal_run.deviations,
-        min_trace=output, replay_ok=replay_ok, runs=b.runs + 1,
+        min_trace=output, replay_ok=replay_ok, runs=b.runs + 1, ordering=schedule.ordering,
     )
     if not replay_ok:
         got = "it passed" if replayed.error is None else f"{type(replayed.error).__name__}: {replayed.error}"
         result.notes.append(f"WARNING: replaying the minimal trace did not reproduce {b.expected} ({got})")
-    result.report = _report(result, where, total, display)
+    result.report = _report(result, trace, where, display)
     return result
 
 
-def _report(r: BisectResult, where: str, total: int, display: Callable[[Path], str]) -> str:
-    lines = [
-        f"bisect of {where}",
-        f"  test {r.test} (seed {r.seed}), {total} scheduling decisions, failure {r.failure}",
-    ]
-    if r.canonical_fails:
-        lines.append("  the canonical schedule (oldest ready task first) fails the same way: the failure does not")
-        lines.append("  depend on scheduling decisions (look at the test's logic, its inputs or its timing)")
+def _report(r: BisectResult, trace: Trace, where: str, display: Callable[[Path], str]) -> str:
+    s = trace.schedule
+    lines = [f"bisect of {where}"]
+    if r.ordering == "fifo":
+        lines += [
+            f"  test {r.test} (seed {r.seed}), {trace.steps} scheduling decisions, {len(s.timing)} timing choices, "
+            f"failure {r.failure}",
+            f"  recorded under strategy {trace.strategy}, ordering fifo: callbacks run in the order they became "
+            f"ready, so the schedule's only choices are timing ones (which of the timers due at once fires first, "
+            f"how late an idle loop wakes); the bisect searches those",
+        ]
+        canonical, what, unit = "the canonical timing (timers due at once in creation order, every wake-up on time)", \
+            "timing", "timing choices"
     else:
-        lines.append("  the canonical schedule (oldest ready task first) passes")
-        lines.append(f"  the failure is inevitable after the trace's first {r.prefix} decisions (the rest canonical)")
+        lines += [
+            f"  test {r.test} (seed {r.seed}), {trace.steps} scheduling decisions, failure {r.failure}",
+            f"  recorded under strategy {trace.strategy}, ordering any",
+        ]
+        canonical, what, unit = "the canonical schedule (oldest ready task first)", "order", "decisions"
+    if r.canonical_fails:
+        lines.append(f"  {canonical} fails the same way: the failure does not")
+        lines.append("  depend on scheduling choices (look at the test's logic, its inputs or its timing)")
+    else:
+        lines.append(f"  {canonical} passes")
+        lines.append(f"  the failure is inevitable after the trace's first {r.prefix} {unit} (the rest canonical)")
         if r.decisive is not None:
-            lines.append(f"  decisive decision: {r.decisive.describe()}")
+            label = "decisive timing choice" if isinstance(r.decisive, TimingDecision) else "decisive decision"
+            lines.append(f"  {label}: {r.decisive.describe()}")
         lines.append(
-            f"  minimal schedule: {len(r.minimal)} deviation(s) from the canonical order "
+            f"  minimal schedule: {len(r.minimal)} deviation(s) from the canonical {what} "
             f"(the recorded run had {r.trace_deviations}):"
         )
         for d in r.minimal:

@@ -37,6 +37,9 @@ class _Usage(Exception):
     """A problem worth one ``error:`` line and exit code 2."""
 
 
+_TIMING_SHOWN = 20  # timing choices listed in `show`'s header
+
+
 def _seconds(ns: int) -> str:
     return f"{ns / NS_PER_SECOND:.9f}"
 
@@ -51,10 +54,17 @@ def _summary(trace: Trace) -> list[str]:
     if trace.error is not None:
         outcome += f": {trace.failure()}"
     s = trace.schedule
+    held = ", ready callbacks may be held back" if s.holds_back else ""
+    timing = ""
+    if s.ordering == "fifo":
+        shown = " ".join(str(v) for v in s.timing[:_TIMING_SHOWN])
+        more = " ..." if len(s.timing) > _TIMING_SHOWN else ""
+        timing = f", {len(s.timing)} timing choices" + (f": {shown}{more}" if len(s.timing) else "")
     lines = [
         f"test:     {trace.test}",
         f"seed:     {trace.seed} ({trace.runtime})",
         f"config:   {config or '-'}",
+        f"schedule: strategy {trace.strategy}, ordering {s.ordering}{held}{timing}",
         f"outcome:  {outcome}",
         (f"run:      {trace.steps} steps in {len(s.round_steps)} rounds, {len(trace.tasks)} tasks, "
          f"{len(trace.checkpoints)} checkpoints"),
@@ -70,7 +80,7 @@ def show(trace: Trace, out: TextIO, *, start: int = 0, limit: int | None = None)
     """Write the timeline of ``trace``: one line per decision, a marker line per round."""
     out.writelines(line + "\n" for line in _summary(trace))
     out.write("\n")
-    out.write(f"{'step':>8}  {'time (s)':>16}  {'task':<32}  event\n")
+    out.write(f"{'step':>8}  {'time (s)':>16}  {'task':<32}  {'callback':>9}  event\n")
     s = trace.schedule
     checkpoints = {c["step"]: c["auditor"] for c in trace.checkpoints}
     bounds = list(s.round_steps[1:]) + [trace.steps]
@@ -87,7 +97,8 @@ def show(trace: Trace, out: TextIO, *, start: int = 0, limit: int | None = None)
                 out.write(f"{'':>8}  {_seconds(t):>16}  -- checkpoint: auditor {checkpoints[step]} --\n")
         tid = s.ids[step]
         event = "callback" if tid == 0 else "run"
-        out.write(f"{step:>8}  {_seconds(t):>16}  {_task(trace, tid):<32}  {event}\n")
+        seq = f"#{s.picks[step]}"
+        out.write(f"{step:>8}  {_seconds(t):>16}  {_task(trace, tid):<32}  {seq:>9}  {event}\n")
     if end < trace.steps:
         out.write(f"... {trace.steps - end} more steps (use --start/--limit)\n")
     else:
@@ -114,9 +125,10 @@ def diff(a: Trace, b: Trace, name_a: str, name_b: str, out: TextIO) -> bool:
 def chrome_trace(trace: Trace) -> dict[str, Any]:
     """Chrome trace-event JSON (Perfetto, chrome://tracing): one track per task.
 
-    Virtual time becomes trace time (microseconds). The decisions of one round share a
-    virtual instant; they are laid out one after another within the round's slot (up to
-    the next round) in the order they ran, each lasting most of its share.
+    Virtual time becomes trace time (microseconds). The decisions made at one virtual
+    instant (a round's, or several busy rounds' when the clock stood still) are laid out one
+    after another within the instant's slot (up to the next instant) in the order they ran,
+    each lasting most of its share; a round's marker sits at its first decision.
     """
     s = trace.schedule
     pid = 1
@@ -134,24 +146,33 @@ def chrome_trace(trace: Trace) -> dict[str, Any]:
     cycle_ns = int(cycle * NS_PER_SECOND) if isinstance(cycle, (int, float)) and cycle > 0 else 1_000_000
     checkpoints = {c["step"]: c["auditor"] for c in trace.checkpoints}
     rounds = len(s.round_steps)
-    for r in range(rounds):
-        first = s.round_steps[r]
-        last = s.round_steps[r + 1] if r + 1 < rounds else trace.steps
+    r = 0
+    while r < rounds:
         t = s.round_times[r]
-        span = (s.round_times[r + 1] - t) if r + 1 < rounds else cycle_ns
-        slot = max(span, 1) / (last - first)
-        events.append({"name": f"round {r}", "ph": "i", "s": "p", "ts": t / 1000, "pid": pid, "tid": 0,
-                       "args": {"step": first, "ready": last - first, "virtual_time_ns": t}})
-        if first in checkpoints:
-            events.append({"name": "checkpoint", "ph": "i", "s": "p", "ts": t / 1000, "pid": pid, "tid": 0,
-                           "args": {"step": first, "auditor": checkpoints[first]}})
+        end = r + 1  # the rounds at this instant: r .. end - 1
+        while end < rounds and s.round_times[end] == t:
+            end += 1
+        first = s.round_steps[r]
+        last = s.round_steps[end] if end < rounds else trace.steps
+        span = (s.round_times[end] - t) if end < rounds else cycle_ns
+        slot = span / (last - first)
+        for q in range(r, end):
+            start = s.round_steps[q]
+            ready = (s.round_steps[q + 1] if q + 1 < rounds else trace.steps) - start
+            ts = (t + (start - first) * slot) / 1000
+            events.append({"name": f"round {q}", "ph": "i", "s": "p", "ts": ts, "pid": pid, "tid": 0,
+                           "args": {"step": start, "ready": ready, "virtual_time_ns": t}})
+            if start in checkpoints:
+                events.append({"name": "checkpoint", "ph": "i", "s": "p", "ts": ts, "pid": pid, "tid": 0,
+                               "args": {"step": start, "auditor": checkpoints[start]}})
         for i, step in enumerate(range(first, last)):
             tid = s.ids[step]
             events.append({
                 "name": trace.label(tid) or f"task {tid}", "ph": "X", "ts": (t + i * slot) / 1000,
                 "dur": slot * 0.8 / 1000, "pid": pid, "tid": tid,
-                "args": {"step": step, "pick": s.picks[step], "virtual_time_ns": t},
+                "args": {"step": step, "seq": s.picks[step], "virtual_time_ns": t},
             })
+        r = end
     end_ns = (s.round_times[-1] + cycle_ns) if rounds else 0
     name = trace.outcome if trace.error is None else f"{trace.outcome}: {trace.error['type']}"
     events.append({"name": name, "ph": "i", "s": "g", "ts": end_ns / 1000, "pid": pid, "tid": 0,
@@ -162,6 +183,8 @@ def chrome_trace(trace: Trace) -> dict[str, Any]:
         "otherData": {
             "format": FORMAT, "version": VERSION, "test": trace.test, "seed": trace.seed,
             "outcome": trace.outcome, "steps": trace.steps, "auditor": trace.auditor,
+            "ordering": s.ordering, "strategy": s.strategy, "chosen": s.chosen, "holds_back": s.holds_back,
+            "timing": list(s.timing),
         },
     }
 

@@ -355,11 +355,19 @@ def deterministic_config(seed: int, marker: MarkerArgs, settings: Settings | Non
 
 
 def config_from_dict(values: Mapping[str, Any], where: str) -> deterministic.Config:
-    """A ``deterministic.Config`` from a trace's ``config`` mapping (unknown keys are an error)."""
+    """A ``deterministic.Config`` from a trace's ``config`` mapping (unknown keys are an error).
+
+    ``ordering`` and ``strategy`` are plain strings there (``Config.to_dict()``); a strategy
+    name must be known to this session (a plugin's or conftest's names are registered by then).
+    """
     known = {f.name for f in dataclasses.fields(deterministic.Config)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise pytest.UsageError(f"{where}: the trace's config has keys this version does not know: {', '.join(unknown)}")
+    for key in ("ordering", "strategy"):
+        if key in values and not isinstance(values[key], str):
+            raise pytest.UsageError(f"{where}: the trace's config is invalid: {key} must be a string, "
+                                    f"got {values[key]!r}")
     try:
         return deterministic.Config(**dict(values))
     except (TypeError, ValueError) as exc:
@@ -633,6 +641,16 @@ def first_divergence(a: deterministic.Schedule, b: deterministic.Schedule) -> st
         if a.ids[step] != b.ids[step]:
             return (f"step {step} ({_fmt_time(ta)}): run 1 ran task {a.task_label(a.ids[step])!r} (id {a.ids[step]}), "
                     f"run 2 ran task {b.task_label(b.ids[step])!r} (id {b.ids[step]})")
+        if step < len(a.picks) and step < len(b.picks) and a.picks[step] != b.picks[step]:
+            return (f"step {step} ({_fmt_time(ta)}): both runs ran task {a.task_label(a.ids[step])!r}, but run 1 "
+                    f"ran ready callback #{a.picks[step]}, run 2 #{b.picks[step]}")
+    if len(a.ids) == len(b.ids) and a.timing != b.timing:
+        i = next((i for i, (x, y) in enumerate(zip(a.timing, b.timing, strict=False)) if x != y),
+                 min(len(a.timing), len(b.timing)))
+        one = a.timing[i] if i < len(a.timing) else "none"
+        two = b.timing[i] if i < len(b.timing) else "none"
+        return (f"timing choice {i} (a tie among due timers or a late wake-up): run 1 chose {one}, run 2 {two}, "
+                f"with the same {len(a.ids)} scheduling decisions")
     for (sa, ta, ha), (sb, tb, hb) in zip(a.checkpoints, b.checkpoints, strict=False):
         if (sa, ta) != (sb, tb) or ha != hb:
             return (f"before step {sa} ({_fmt_time(ta)}): same scheduling decisions so far, but the auditor states differ "

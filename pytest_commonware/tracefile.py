@@ -15,6 +15,7 @@ import binascii
 import bisect
 import hashlib
 import itertools
+import operator
 import os
 import platform
 import re
@@ -47,8 +48,9 @@ __all__ = [
 ]
 
 FORMAT = "commonware-trace"
-VERSION = 1
-ENCODING = "le-zlib-base64"  # the only `decisions.encoding` of version 1
+VERSION = 2
+ENCODING = "le-zlib-base64"  # the only `decisions.encoding` of version 2
+ORDERINGS = ("any", "fifo")
 
 NS_PER_SECOND = 1_000_000_000
 
@@ -61,6 +63,8 @@ MAX_LABEL_CHARS = 65_536
 MAX_TEXT_CHARS = 1_000_000  # test id, error message, version strings
 MAX_PLAIN_NODES = 100_000  # values inside `config` and `extra`
 MAX_PLAIN_DEPTH = 64
+MAX_TIMING = 100_000_000  # timing choices (ordering "fifo")
+MAX_STRATEGY_CHARS = 1_000
 
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 _ARRAY_SPEC = re.compile(r"([ui])(8|16|32|64):")
@@ -69,7 +73,10 @@ _REQUIRED = (
     "steps", "tasks", "checkpoints", "decisions", "python", "commonware_runtime",
 )
 _OPTIONAL = ("error", "extra")
-_DECISION_KEYS = ("encoding", "checkpoint_every", "rounds", "picks", "ids", "round_steps", "round_times")
+_DECISION_KEYS = (
+    "encoding", "checkpoint_every", "ordering", "strategy", "chosen", "holds_back", "rounds", "timing_choices",
+    "picks", "ids", "round_steps", "round_times", "timing",
+)
 
 # array typecodes by (signed, width in bytes): found by itemsize, which varies by platform.
 _TYPECODES: dict[tuple[bool, int], str] = {}
@@ -116,6 +123,17 @@ class Trace:
     def label(self, tid: int) -> str:
         """The label of task ``tid`` (``<callback>`` for 0, a plain loop callback)."""
         return self.schedule.task_label(tid)
+
+    @property
+    def ordering(self) -> str:
+        """``"any"`` (the strategy chose every decision) or ``"fifo"`` (it chose timing only)."""
+        return self.schedule.ordering
+
+    @property
+    def strategy(self) -> str:
+        """The strategy the run was recorded under, with what it chose when that says more."""
+        s = self.schedule
+        return f"{s.strategy} (chose {s.chosen})" if s.chosen and s.chosen != s.strategy else s.strategy
 
     def failure(self, limit: int = 200) -> str:
         """``Type: message`` on one line (reports are one line per fact); empty if passed."""
@@ -167,6 +185,9 @@ def trace_from_schedule(
             f"the schedule is incomplete: the run counted {schedule.steps} steps, "
             f"{len(schedule.ids)} decisions were recorded (a run interrupted inside a round)"
         )
+    if "ordering" in config and config["ordering"] != schedule.ordering:
+        raise ValueError(f"config ordering {config['ordering']!r} is not the ordering the schedule was recorded "
+                         f"with ({schedule.ordering!r})")
     tasks = {tid: label for tid, label in enumerate(schedule.labels) if tid > 0}
     checkpoints = [{"step": s, "time": t, "auditor": a} for s, t, a in schedule.checkpoints]
     error = None if schedule.error is None else dict(schedule.error)
@@ -253,11 +274,18 @@ def _document(trace: Trace) -> dict[str, Any]:
         decisions={
             "encoding": ENCODING,
             "checkpoint_every": schedule.checkpoint_every,
+            "ordering": schedule.ordering,
+            "strategy": schedule.strategy,
+            "chosen": schedule.chosen,
+            "holds_back": schedule.holds_back,
             "rounds": len(schedule.round_steps),
-            "picks": _Block(_encode_array(schedule.picks, delta=False)),
+            "timing_choices": len(schedule.timing),
+            # Callback seqs grow with the run and a decision takes a recent one: small deltas.
+            "picks": _Block(_encode_array(schedule.picks, delta=True)),
             "ids": _Block(_encode_array(schedule.ids, delta=False)),
             "round_steps": _Block(_encode_array(schedule.round_steps, delta=True)),
             "round_times": _Block(_encode_array(schedule.round_times, delta=True)),
+            "timing": _Block(_encode_array(schedule.timing, delta=False)),
         },
         python=trace.python,
         commonware_runtime=trace.commonware_runtime,
@@ -285,9 +313,9 @@ _Dumper.add_representer(_Flow, lambda d, v: d.represent_mapping("tag:yaml.org,20
 
 def _encode_array(values: array | list[int], *, delta: bool) -> str:
     """``<u|i><bits>:`` then base64 of zlib of the little-endian fixed-width values, wrapped at 76."""
-    data = list(values)
+    data = values.tolist() if isinstance(values, array) else list(values)
     if delta and data:
-        data = [data[0]] + [b - a for a, b in itertools.pairwise(data)]
+        data = [data[0], *map(operator.sub, itertools.islice(data, 1, None), data)]
     lo = min(data, default=0)
     hi = max(data, default=0)
     signed = lo < 0
@@ -468,6 +496,15 @@ def _parse(doc: Any) -> Trace:
             f"trace format version {version} is newer than this pytest-commonware reads (version {VERSION}); "
             f"upgrade pytest-commonware"
         )
+    if version == 1:
+        # Version 1 picks were indexes into a swap-remove ready list the runtime no longer has.
+        seed = doc.get("seed")
+        rerun = (f"--cw-seed={seed}" if isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0
+                 else "--cw-seed=<its seed>")
+        raise _Problem(
+            f"trace format version 1 was recorded by an older pytest-commonware whose schedules this version "
+            f"cannot replay; rerun the seed with {rerun}"
+        )
     if version != VERSION:
         raise _Problem(f"unknown trace format version {version} (this pytest-commonware reads version {VERSION})")
     for key in _REQUIRED:
@@ -521,6 +558,9 @@ def _parse(doc: Any) -> Trace:
 
     labels = _parse_tasks(doc["tasks"])
     schedule = _parse_decisions(doc["decisions"], steps, len(labels) - 1)
+    if "ordering" in config and config["ordering"] != schedule.ordering:
+        raise _Problem(f"config.ordering is {_short(config['ordering'])} but decisions.ordering is "
+                       f"{schedule.ordering!r}: the trace is inconsistent")
     schedule.seed = seed
     schedule.labels = labels
     schedule.auditor = auditor
@@ -605,13 +645,28 @@ def _parse_decisions(value: Any, steps: int, ntasks: int) -> Schedule:
     if value["encoding"] != ENCODING:
         raise _Problem(f"decisions.encoding is {_short(value['encoding'])}, this version reads only {ENCODING!r}")
     every = _int(value, "checkpoint_every", "decisions.checkpoint_every", lo=1)
+    ordering = value["ordering"]
+    if ordering not in ORDERINGS:
+        raise _Problem(f"decisions.ordering must be one of {', '.join(map(repr, ORDERINGS))}, got {_short(ordering)}")
+    strategy = _str(value, "strategy", "decisions.strategy", limit=MAX_STRATEGY_CHARS)
+    chosen = _str(value, "chosen", "decisions.chosen", limit=MAX_STRATEGY_CHARS, empty=True)
+    holds_back = value["holds_back"]
+    if not isinstance(holds_back, bool):
+        raise _Problem(f"decisions.holds_back must be true or false, got {_type_name(holds_back)} {_short(holds_back)}")
+    if holds_back and ordering != "any":
+        raise _Problem(f"decisions.holds_back is true under ordering {ordering!r}: only ordering 'any' holds "
+                       f"ready callbacks back")
     rounds = _int(value, "rounds", "decisions.rounds", hi=steps)
     if (rounds == 0) != (steps == 0):
         raise _Problem(f"decisions: {rounds} rounds for {steps} steps: every round makes at least one decision")
-    picks = _decode_array(value["picks"], "decisions.picks", steps, delta=False, typecode="I")
+    ntiming = _int(value, "timing_choices", "decisions.timing_choices", hi=MAX_TIMING)
+    if ntiming and ordering != "fifo":
+        raise _Problem(f"decisions.timing_choices is {ntiming}, but ordering {ordering!r} makes no timing choices")
+    picks = _decode_array(value["picks"], "decisions.picks", steps, delta=True, typecode="I")
     ids = _decode_array(value["ids"], "decisions.ids", steps, delta=False, typecode="I")
     round_steps = _decode_array(value["round_steps"], "decisions.round_steps", rounds, delta=True, typecode="Q")
     round_times = _decode_array(value["round_times"], "decisions.round_times", rounds, delta=True, typecode="q")
+    timing = _decode_array(value["timing"], "decisions.timing", ntiming, delta=False, typecode="q")
 
     if rounds:
         if round_steps[0] != 0:
@@ -629,25 +684,70 @@ def _parse_decisions(value: Any, steps: int, ntasks: int) -> Schedule:
     if ids and max(ids) > ntasks:
         step = next(s for s, tid in enumerate(ids) if tid > ntasks)
         raise _Problem(f"decisions.ids: step {step} runs task {ids[step]}, which 'tasks' does not list")
-    _check_picks(picks, round_steps, steps)
+    if timing and min(timing) < 0:
+        i = next(i for i, v in enumerate(timing) if v < 0)
+        raise _Problem(f"decisions.timing: choice {i} is {timing[i]}, a timing choice is never negative")
+    _check_picks(picks, round_steps, steps, ordering=ordering, holds_back=holds_back)
     return Schedule(
         seed=0, picks=picks, ids=ids, round_steps=round_steps, round_times=round_times,
-        steps=steps, checkpoint_every=every,
+        steps=steps, checkpoint_every=every, timing=timing, ordering=ordering, strategy=strategy,
+        chosen=chosen, holds_back=holds_back,
     )
 
 
-def _check_picks(picks: array, round_steps: array, steps: int) -> None:
-    """Within a round of k decisions the i-th pick indexes a ready list of k - i entries."""
-    if not picks or max(picks) == 0:
+def _check_picks(picks: array, round_steps: array, steps: int, *, ordering: str, holds_back: bool) -> None:
+    """Picks name callbacks by seq (1, 2, ... in the order they became ready); each runs once.
+
+    Without holding back, every callback ready when a round begins runs in that round and
+    nothing else does: the round from step a to step b runs callbacks #a+1 .. #b, in some
+    order (under ordering "fifo" in exactly that order).  Holding back, a decision may take
+    any callback ready by then: the picks are only distinct.
+    """
+    if not picks:
         return
+    if min(picks) < 1:
+        step = next(s for s, p in enumerate(picks) if p < 1)
+        raise _Problem(f"decisions.picks: step {step} runs callback #{picks[step]}: callbacks are numbered from 1")
+    if holds_back:
+        if len(set(picks)) != len(picks):
+            seen: dict[int, int] = {}
+            for step, p in enumerate(picks):
+                if p in seen:
+                    raise _Problem(f"decisions.picks: step {step} runs callback #{p} again (step {seen[p]} ran it): "
+                                   f"the trace is inconsistent")
+                seen[p] = step
+        return
+    if ordering == "fifo":
+        if picks == array(picks.typecode, range(1, steps + 1)):
+            return
+    elif max(picks) == steps and len(set(picks)) == steps:
+        # A permutation of 1..steps.  It respects the rounds iff no round runs a callback
+        # past its last step's number (then the first b picks are exactly 1..b at every
+        # round boundary b).
+        bounds = list(round_steps[1:]) + [steps]
+        if len(round_steps) * 8 <= steps:  # long rounds: a slice each
+            if all(max(picks[a:b]) <= b for a, b in zip(round_steps, bounds, strict=False)):
+                return
+        else:
+            highest = list(itertools.accumulate(picks, max))
+            if all(highest[b - 1] <= b for b in bounds):
+                return
+    # Something is off: find the first offending step and say what it is.
     bounds = list(round_steps[1:]) + [steps]
-    for start, end in zip(round_steps, bounds, strict=False):
+    done = bytearray(steps + 1)
+    for r, (start, end) in enumerate(zip(round_steps, bounds, strict=False)):
         for step in range(start, end):
-            if picks[step] >= end - step:
-                raise _Problem(
-                    f"decisions.picks: step {step} picks entry {picks[step]} of a ready list of {end - step}: "
-                    f"the trace is inconsistent"
-                )
+            p = picks[step]
+            if ordering == "fifo" and p != step + 1:
+                raise _Problem(f"decisions.picks: step {step} runs callback #{p}, but under ordering 'fifo' "
+                               f"callbacks run in the order they became ready (#{step + 1}): the trace is inconsistent")
+            if not start < p <= end:
+                raise _Problem(f"decisions.picks: step {step} runs callback #{p}, which is not among the callbacks "
+                               f"ready in round {r} (#{start + 1}..#{end}): the trace is inconsistent")
+            if done[p]:
+                raise _Problem(f"decisions.picks: step {step} runs callback #{p} a second time: the trace is inconsistent")
+            done[p] = 1
+    raise _Problem("decisions.picks are inconsistent with the rounds")  # unreachable: the checks above are exhaustive
 
 
 def _decode_array(value: Any, what: str, count: int, *, delta: bool, typecode: str) -> array:
@@ -709,8 +809,8 @@ def step_times(schedule: Schedule) -> Iterator[tuple[int, int, int]]:
 class Divergence:
     """Where two traces first differ: ``step`` (and its time), what each one has there.
 
-    ``kind`` is ``"schedule"`` (a different task, time, round boundary or ready-list
-    position), ``"length"`` (one run ends first), ``"auditor"`` (same decisions, a
+    ``kind`` is ``"schedule"`` (a different task, time, round boundary, callback or
+    timing choice), ``"length"`` (one run ends first), ``"auditor"`` (same decisions, a
     checkpoint's state differs), ``"final-auditor"`` or ``"outcome"``; ``message`` says it
     all in one line.
     """
@@ -734,8 +834,8 @@ def _t(ns: int) -> str:
 def first_divergence(expected: Trace, actual: Trace) -> Divergence | None:
     """The first difference between two runs, or None when their schedules and states agree.
 
-    Scheduling decisions are compared first (task and label, time, round boundary, pick),
-    then auditor checkpoints (an event other than scheduling differed), then the end
+    Scheduling decisions are compared first (task and label, time, round boundary, the
+    callback's seq), then the timing choices, then auditor checkpoints (an event other than scheduling differed), then the end
     (length, final auditor, outcome).
     """
     a, b = expected.schedule, actual.schedule
@@ -754,11 +854,21 @@ def first_divergence(expected: Trace, actual: Trace) -> Divergence | None:
                 act = f"{task_b} at t={_t(tb)}" + (" (new round)" if new_b else "")
                 return Divergence("schedule", step, ta, exp, act, f"first divergence at step {step}: {exp} vs {act}")
             if a.picks[step] != b.picks[step]:
-                exp = f"{task_a} as ready entry {a.picks[step]}"
-                act = f"{task_b} as ready entry {b.picks[step]}"
+                exp = f"{task_a} as callback #{a.picks[step]}"
+                act = f"{task_b} as callback #{b.picks[step]}"
                 return Divergence("schedule", step, ta, exp, act,
-                                  f"first divergence at step {step} (t={_t(ta)}): the ready lists differ: {exp} vs {act}")
+                                  f"first divergence at step {step} (t={_t(ta)}): another ready callback ran: "
+                                  f"{exp} vs {act}")
             n = step + 1
+    if len(a.ids) == len(b.ids) and a.timing != b.timing:
+        # The same decisions so far, but a tie among due timers or a late wake-up went
+        # another way (which the trace does not tie to a step).
+        i = next((i for i, (x, y) in enumerate(zip(a.timing, b.timing, strict=False)) if x != y),
+                 min(len(a.timing), len(b.timing)))
+        exp = f"timing choice {i}: {a.timing[i]}" if i < len(a.timing) else f"{len(a.timing)} timing choices"
+        act = f"timing choice {i}: {b.timing[i]}" if i < len(b.timing) else f"{len(b.timing)} timing choices"
+        return Divergence("schedule", n, None, exp, act,
+                          f"the same {n} decisions, but the timing choices differ: {exp} vs {act}")
     if len(a.ids) != len(b.ids):
         def at(trace: Trace, s: Schedule) -> tuple[str, int | None]:
             if n >= len(s.ids):

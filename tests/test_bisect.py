@@ -1,4 +1,4 @@
-"""``--cw-bisect``: the driven runner, the decisive decision, the minimal schedule."""
+"""``--cw-bisect``: its strategies, the decisive choice, the minimal schedule."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from race_program import RACE
 from pytest_commonware.bisect import (
     BisectError,
     Deviation,
-    DeviationDriver,
-    NotingDriver,
-    PrefixDriver,
+    DeviationStrategy,
+    PrefixStrategy,
+    TimingDecision,
+    TimingDeviation,
     bisect_trace,
     min_trace_path,
 )
@@ -48,14 +49,15 @@ def race_main() -> Any:
     return main
 
 
-def _failing_trace(test: str = "t.py::test_race") -> Any:
+def _failing_trace(test: str = "t.py::test_race", strategy: str = "random", main: Any = race_main,
+                   ordering: str = "any") -> Any:
     for seed in range(50):
-        config = deterministic.Config(seed=seed)
-        result = run_deterministic(config, race_main())
+        config = deterministic.Config(seed=seed, strategy=strategy, ordering=ordering)
+        result = run_deterministic(config, main())
         if result.error is not None:
             assert result.schedule is not None
             return trace_from_schedule(result.schedule, test=f"{test}[seed={seed}]", seed=seed, config=config.to_dict())
-    raise AssertionError("no seed in 0..49 loses the update")
+    raise AssertionError(f"no seed in 0..49 fails under {strategy}, ordering {ordering}")
 
 
 def test_canonical_order_is_ready_order_and_replayable() -> None:
@@ -71,14 +73,16 @@ def test_canonical_order_is_ready_order_and_replayable() -> None:
         for h in handles:
             await h
 
-    driver = NotingDriver(PrefixDriver(deterministic.Schedule(seed=3), 0))
+    strategy = PrefixStrategy(deterministic.Schedule(seed=3), 0)
     recorder = deterministic.Recorder()
-    deterministic.Runner(deterministic.Config(seed=3), recorder=recorder, driver=driver).start(main)
+    deterministic.Runner(deterministic.Config(seed=3).with_strategy(strategy), recorder=recorder).start(main)
     assert log == list("abcde") * 3  # oldest ready first, every round
-    assert driver.decisions == []  # the canonical run has no deviations
+    assert strategy.decisions == []  # the canonical run has no deviations
     schedule = recorder.schedule
     assert schedule is not None
     assert schedule.steps == len(schedule.ids) == len(schedule.picks) > 0
+    assert schedule.holds_back and schedule.strategy == "bisect"
+    assert list(schedule.picks) == sorted(schedule.picks)  # the oldest ready callback, every time
     # The recording is an ordinary schedule: the runtime's own Replayer follows it.
     log.clear()
     deterministic.Runner(deterministic.Config(seed=3), replay=schedule).start(main)
@@ -98,10 +102,16 @@ def test_deviation_driver_runs_the_named_task() -> None:
             await h
 
     # Steps: 0 root; 1-3 first steps of a, b, c (ids 2, 3, 4); 4-6 their second steps.
-    driver = NotingDriver(DeviationDriver([Deviation(step=4, tid=4, rank=0)]))
-    deterministic.Runner(deterministic.Config(), driver=driver).start(main)
+    strategy = DeviationStrategy([Deviation(step=4, tid=4, rank=0)])
+    deterministic.Runner(deterministic.Config().with_strategy(strategy)).start(main)
     assert log == ["c", "a", "b"]
-    assert [(d.step, d.label, d.canonical_label) for d in driver.decisions] == [(4, "c", "a")]
+    assert [(d.step, d.label, d.canonical_label, d.rank) for d in strategy.decisions] == [(4, "c", "a", 2)]
+    # Holding back: at step 1, the root's newest callback may run before the tasks it spawned.
+    log.clear()
+    strategy = DeviationStrategy([Deviation(step=1, tid=4, rank=0), Deviation(step=2, tid=4, rank=0)])
+    deterministic.Runner(deterministic.Config().with_strategy(strategy)).start(main)
+    assert log == ["c", "a", "b"]  # c's second step ran at step 2, as soon as it was ready
+    assert [(d.step, d.label) for d in strategy.decisions] == [(1, "c"), (2, "c")]
 
 
 def test_bisect_finds_the_decisive_decision(tmp_path: Path) -> None:
@@ -122,9 +132,77 @@ def test_bisect_finds_the_decisive_decision(tmp_path: Path) -> None:
     assert (minimal.test, minimal.seed, minimal.outcome) == (trace.test, trace.seed, "failed")
     assert minimal.error is not None and minimal.error["type"] == "AssertionError"
     assert minimal.extra["bisect"]["decisive_step"] == d.step
+    assert minimal.schedule.holds_back and minimal.config == trace.config
     replay = run_deterministic(deterministic.Config(seed=trace.seed), race_main(), replay=minimal.schedule)
     assert isinstance(replay.error, AssertionError)
     assert "decisive decision: step" in result.report and "reproduce: pytest --cw-replay" in result.report
+    # Bisecting the minimal trace again finds the same decision.
+    again = bisect_trace(minimal, race_main, tmp_path / "again.min.yaml", where="race.min.yaml")
+    assert again.decisive is not None and (again.decisive.step, again.decisive.label) == (d.step, d.label)
+    assert again.trace_deviations == 1
+
+
+@pytest.mark.parametrize("strategy", ["pct:2", "swarm"])
+def test_bisect_of_a_trace_recorded_under_another_strategy(tmp_path: Path, strategy: str) -> None:
+    trace = _failing_trace(strategy=strategy)
+    assert trace.schedule.strategy == strategy
+    out = tmp_path / "race.min.yaml"
+    result = bisect_trace(trace, race_main, out, where="race.yaml")
+    assert not result.canonical_fails and result.replay_ok
+    d = result.decisive
+    assert d is not None and d.deviation and d.step == result.prefix - 1
+    assert len(result.minimal) == 1 and result.minimal[0].step == d.step
+    assert f"recorded under strategy {trace.strategy}, ordering any" in result.report
+    minimal = load_trace(out)
+    assert minimal.config["strategy"] == strategy and minimal.schedule.strategy == "bisect"
+    assert minimal.extra["bisect"]["source_strategy"] == trace.strategy
+    replay = run_deterministic(deterministic.Config(seed=trace.seed, strategy=strategy), race_main(),
+                               replay=minimal.schedule)
+    assert isinstance(replay.error, AssertionError)
+
+
+def timer_race_main() -> Any:
+    """Under ordering fifo: two sleepers due at the same instants; b must never wake before a."""
+
+    async def main(ctx: Any) -> None:
+        order: list[str] = []
+
+        async def sleeper(c: Any, name: str) -> None:
+            for _ in range(4):
+                await c.sleep(0.01)
+                order.append(name)
+
+        handles = [ctx.with_label(n).spawn(lambda c, n=n: sleeper(c, n)) for n in "ab"]
+        for h in handles:
+            await h
+        assert all(order[i] == "a" for i in range(0, 8, 2)), f"b woke first: {order}"
+
+    return main
+
+
+def test_bisect_of_a_fifo_trace_searches_the_timing_choices(tmp_path: Path) -> None:
+    trace = _failing_trace(main=timer_race_main, ordering="fifo")
+    assert trace.schedule.ordering == "fifo" and len(trace.schedule.timing) > 0
+    out = tmp_path / "timers.min.yaml"
+    result = bisect_trace(trace, timer_race_main, out, where="timers.yaml")
+    assert not result.canonical_fails and result.replay_ok and result.ordering == "fifo"
+    d = result.decisive
+    assert isinstance(d, TimingDecision) and d.deviation and d.index == result.prefix - 1
+    assert d.kind == "tie" and d.options == 2 and d.value == 1  # b's timer fired first
+    assert len(result.minimal) == 1 and result.minimal[0] == d
+    assert "decisive timing choice: timing choice" in result.report
+    assert "minimal schedule: 1 deviation(s) from the canonical timing" in result.report
+    minimal = load_trace(out)
+    assert minimal.ordering == "fifo" and not minimal.schedule.holds_back
+    assert sum(1 for v in minimal.schedule.timing if v) == 1
+    assert minimal.extra["bisect"]["decisive_timing_choice"] == d.index
+    replay = run_deterministic(deterministic.Config(seed=trace.seed, ordering="fifo"), timer_race_main(),
+                               replay=minimal.schedule)
+    assert isinstance(replay.error, AssertionError)
+    # The strategy takes a timing deviation by index.
+    strategy = DeviationStrategy([TimingDeviation(d.index, 1)])
+    run = run_deterministic(deterministic.Config(seed=0, ordering="fifo").with_strategy(strategy), timer_race_main())
+    assert isinstance(run.error, AssertionError)
 
 
 def test_bisect_of_a_schedule_independent_failure(tmp_path: Path) -> None:

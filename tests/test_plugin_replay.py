@@ -140,6 +140,38 @@ def test_malformed_trace_is_a_usage_error(pytester: pytest.Pytester, content: st
     assert "Traceback" not in result.stdout.str() + result.stderr.str()
 
 
+def test_a_version_1_trace_says_to_rerun_its_seed(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_race=RACE)
+    pytester.runpytest(*QUIET)
+    trace = _failing_traces(pytester)[0]
+    seed = load_trace(trace).seed
+    trace.write_text(trace.read_text().replace("version: 2\n", "version: 1\n", 1))
+    result = pytester.runpytest(*QUIET, "--cw-replay", str(trace.relative_to(pytester.path)))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    errors = [line for line in result.stderr.lines if line.strip()]
+    assert errors == [
+        f"ERROR: --cw-replay: traces/{trace.name}: trace format version 1 was recorded by an older pytest-commonware "
+        f"whose schedules this version cannot replay; rerun the seed with --cw-seed={seed}"
+    ]
+    # And the seed does reproduce it.
+    rerun = pytester.runpytest(*QUIET, f"--cw-seed={seed}", "test_race.py::test_race")
+    rerun.assert_outcomes(failed=1)
+
+
+def test_a_trace_names_its_schedule(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_race=RACE)
+    pytester.runpytest(*QUIET)
+    trace = load_trace(_failing_traces(pytester)[0])
+    s = trace.schedule
+    # The config the run was built with and what its strategy was (and chose).
+    assert trace.config["ordering"] == trace.ordering == s.ordering == "any"
+    assert trace.config["strategy"] == s.strategy and trace.strategy.startswith(s.strategy)
+    # Every decision names the callback that ran by its seq; each ran once.
+    assert min(s.picks) >= 1 and len(set(s.picks)) == trace.steps
+    if not s.holds_back:  # each round runs exactly what was ready when it began
+        assert sorted(s.picks) == list(range(1, trace.steps + 1))
+
+
 def test_missing_trace_file_and_vanished_test(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_race=RACE)
     result = pytester.runpytest(*QUIET, "--cw-replay", "nowhere.yaml")

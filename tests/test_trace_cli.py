@@ -46,8 +46,8 @@ async def workload(ctx: Any) -> None:
         await h
 
 
-def recorded(seed: int) -> Trace:
-    config = deterministic.Config(seed=seed)
+def recorded(seed: int, **options: Any) -> Trace:
+    config = deterministic.Config(seed=seed, **options)
     recorder = deterministic.Recorder(checkpoint_every=8)
     deterministic.Runner(config, recorder=recorder).start(workload)
     assert recorder.schedule is not None
@@ -63,21 +63,27 @@ def traces(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "p1b": write_trace(d / "one-again.yaml", recorded(1)), "dir": d}
 
 
+def step_times_at(s: Any, step: int) -> int:
+    return next(t for st, _, t in step_times(s) if st == step)
+
+
 def test_show_prints_every_decision_and_round(traces: dict[str, Any]) -> None:
     trace: Trace = traces["one"]
     result = cli("trace", "show", str(traces["p1"]))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == f"test:     {trace.test}"
+    assert "schedule: strategy random, ordering any" in lines
     assert any(line.startswith("outcome:  passed") for line in lines)
     s = trace.schedule
     decision_lines = [line for line in lines if line.split() and line.split()[0].isdigit()]
     assert len(decision_lines) == trace.steps
-    for line, (step, _, t) in zip(decision_lines, step_times(s)):
+    for line, (step, _, t) in zip(decision_lines, step_times(s), strict=True):
         tid = s.ids[step]
         fields = line.split()
         assert fields[0] == str(step) and fields[1] == f"{t / 1e9:.9f}" and fields[2] == f"#{tid}"
         assert fields[3] == trace.label(tid) and fields[-1] == ("callback" if tid == 0 else "run")
+        assert fields[4] == f"#{s.picks[step]}"  # the callback that ran, by its seq
     assert sum("-- round " in line for line in lines) == len(s.round_steps)
     assert sum("-- checkpoint: auditor " in line for line in lines) == len(trace.checkpoints)
     assert "worker_5" in result.stdout
@@ -127,16 +133,25 @@ def test_export_chrome(traces: dict[str, Any], tmp_path: Path) -> None:
     complete = [e for e in events if e["ph"] == "X"]
     assert len(complete) == trace.steps
     assert [e["args"]["step"] for e in complete] == list(range(trace.steps))
-    for e, (step, r, t) in zip(complete, step_times(s)):
+    times = sorted(set(s.round_times))
+    for e, (step, _, t) in zip(complete, step_times(s), strict=True):
         assert e["tid"] == s.ids[step] and e["name"] == trace.label(s.ids[step])
         assert e["args"]["virtual_time_ns"] == t and t / 1000 <= e["ts"] and e["dur"] > 0
-        if s.round_steps[r] == step:
-            assert e["ts"] == t / 1000  # a round's first decision sits at the round's virtual time
-        if r + 1 < len(s.round_times):
-            assert e["ts"] + e["dur"] <= s.round_times[r + 1] / 1000  # and the round stays in its slot
+        assert e["args"]["seq"] == s.picks[step]
+        if step == 0 or step_times_at(s, step - 1) != t:
+            assert e["ts"] == t / 1000  # an instant's first decision sits at its virtual time
+        later = [u for u in times if u > t]
+        if later:
+            assert e["ts"] + e["dur"] <= later[0] / 1000  # and the instant's decisions stay in its slot
+    assert [e["ts"] for e in complete] == sorted(e["ts"] for e in complete)  # in the order they ran
+    # Busy rounds at one instant (the clock stands still while tasks are ready) share its slot.
+    assert len(times) < len(s.round_times)
     rounds = [e for e in events if e["ph"] == "i" and e["name"].startswith("round ")]
-    assert [e["ts"] for e in rounds] == [t / 1000 for t in s.round_times]
+    assert [e["args"]["virtual_time_ns"] for e in rounds] == list(s.round_times)
+    first_of = {e["args"]["step"]: e["ts"] for e in complete}
+    assert [e["ts"] for e in rounds] == [first_of[step] for step in s.round_steps]  # at the round's first decision
     assert doc["otherData"]["auditor"] == trace.auditor
+    assert (doc["otherData"]["version"], doc["otherData"]["ordering"], doc["otherData"]["strategy"]) == (2, "any", "random")
 
     out = tmp_path / "sub" / "t.json"
     result = cli("trace", "export", str(traces["p1"]), "--format", "chrome", "-o", str(out))
@@ -170,3 +185,30 @@ def test_bad_files_in_process(traces: dict[str, Any], tmp_path: Path, capsys: py
     with pytest.raises(SystemExit) as info:
         main(["trace", "export", str(traces["p1"]), "--format", "svg"])
     assert info.value.code == 2
+
+
+def test_show_names_the_strategy_and_the_timing_choices(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    swarm = recorded(4, strategy="swarm")
+    assert main(["trace", "show", str(write_trace(tmp_path / "swarm.yaml", swarm))]) == 0
+    out = capsys.readouterr().out.splitlines()
+    s = swarm.schedule
+    held = ", ready callbacks may be held back" if s.holds_back else ""
+    assert f"schedule: strategy swarm (chose {s.chosen}), ordering any{held}" in out
+    fifo = recorded(4, ordering="fifo", strategy="pct:2")
+    timing = list(fifo.schedule.timing)
+    assert timing  # the workers' idle wake-ups: a quarter come late
+    assert main(["trace", "show", str(write_trace(tmp_path / "fifo.yaml", fifo))]) == 0
+    out = capsys.readouterr().out.splitlines()
+    listed = " ".join(map(str, timing[:20])) + (" ..." if len(timing) > 20 else "")
+    assert f"schedule: strategy pct:2, ordering fifo, {len(timing)} timing choices: {listed}" in out
+
+
+def test_a_version_1_trace_is_one_error_line(tmp_path: Path) -> None:
+    path = tmp_path / "old.yaml"
+    path.write_text("format: commonware-trace\nversion: 1\nseed: 17\ntest: t.py::t[seed=17]\n")
+    result = cli("trace", "show", str(path))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == (
+        f"error: {path}: trace format version 1 was recorded by an older pytest-commonware whose schedules this "
+        f"version cannot replay; rerun the seed with --cw-seed=17\n"
+    )

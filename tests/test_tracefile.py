@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import gc
 import os
+import re
 import sys
 import warnings
 import zlib
@@ -60,8 +61,11 @@ def make_main(workers: int = 300, fail: bool = False) -> Callable[[Any], Any]:
     return main
 
 
-def record(seed: int = 3, *, workers: int = 300, fail: bool = False, every: int = 64) -> tuple[deterministic.Config, Trace]:
-    config = deterministic.Config(seed=seed)
+def record(
+    seed: int = 3, *, workers: int = 300, fail: bool = False, every: int = 64, ordering: str = "any",
+    strategy: str = "random",
+) -> tuple[deterministic.Config, Trace]:
+    config = deterministic.Config(seed=seed, ordering=ordering, strategy=strategy)
     recorder = deterministic.Recorder(checkpoint_every=every)
     runner = deterministic.Runner(config, recorder=recorder)
     if fail:
@@ -101,7 +105,7 @@ def test_round_trip_replays_to_the_same_auditor(tmp_path: Path, recorded: tuple[
     assert (list(b.picks), list(b.ids), list(b.round_steps), list(b.round_times)) == (
         list(a.picks), list(a.ids), list(a.round_steps), list(a.round_times))
     assert b.checkpoints == a.checkpoints and b.labels == a.labels and b.checkpoint_every == 64
-    assert max(b.ids) > 255 and max(y - x for x, y in zip(b.round_times, b.round_times[1:])) >= 3600 * 10**9
+    assert max(b.ids) > 255 and max(y - x for x, y in zip(b.round_times, b.round_times[1:], strict=False)) >= 3600 * 10**9
 
     runner = deterministic.Runner(deterministic.Config(**loaded.config), replay=loaded.schedule)
     assert runner.start(make_main()) == sum(range(300))
@@ -113,17 +117,33 @@ def test_the_file_has_the_documented_keys(good: Path, recorded: tuple[determinis
     doc = yaml.safe_load(good.read_text())
     assert list(doc) == ["format", "version", "test", "seed", "runtime", "config", "outcome", "auditor", "steps",
                          "tasks", "checkpoints", "decisions", "python", "commonware_runtime"]
-    assert doc["format"] == FORMAT and doc["version"] == VERSION == 1 and doc["test"] == NODEID
+    assert doc["format"] == FORMAT and doc["version"] == VERSION == 2 and doc["test"] == NODEID
+    assert doc["config"]["ordering"] == "any" and doc["config"]["strategy"] == "random"
     assert doc["tasks"][1] == "root" and doc["tasks"][2] == "w0"
     assert doc["checkpoints"][0] == {"step": 0, "time": 0, "auditor": recorded[1].checkpoints[0]["auditor"]}
     decisions = doc["decisions"]
+    assert list(decisions) == ["encoding", "checkpoint_every", "ordering", "strategy", "chosen", "holds_back", "rounds",
+                               "timing_choices", "picks", "ids", "round_steps", "round_times", "timing"]
     assert decisions["encoding"] == "le-zlib-base64" and decisions["rounds"] == len(recorded[1].schedule.round_steps)
+    assert (decisions["ordering"], decisions["strategy"], decisions["chosen"], decisions["holds_back"]) == (
+        "any", "random", "", False)
+    assert decisions["timing_choices"] == 0  # ordering "any" makes no timing choices
+
+    def decode(text: str) -> list[int]:
+        kind, _, data = text.partition(":")
+        width = int(kind[1:]) // 8
+        raw = zlib.decompress(base64.b64decode("".join(data.split())))
+        return [int.from_bytes(raw[i : i + width], "little", signed=kind[0] == "i") for i in range(0, len(raw), width)]
+
     # The documented encoding, decoded by hand: ids are u16 little-endian (more than 255 tasks).
-    width, _, data = decisions["ids"].partition(":")
-    assert width == "u16"
-    raw = zlib.decompress(base64.b64decode("".join(data.split())))
-    ids = [int.from_bytes(raw[i : i + 2], "little") for i in range(0, len(raw), 2)]
-    assert ids == list(recorded[1].schedule.ids)
+    assert decisions["ids"].startswith("u16:")
+    assert decode(decisions["ids"]) == list(recorded[1].schedule.ids)
+    # Picks are callback seqs, delta-encoded: signed (a pick may be older than the one before).
+    picks = recorded[1].schedule.picks
+    assert decisions["picks"].partition(":")[0] in ("i8", "i16")
+    deltas = decode(decisions["picks"])
+    assert [sum(deltas[: i + 1]) for i in range(len(deltas))] == list(picks)
+    assert sorted(picks) == list(range(1, len(picks) + 1))  # every callback ran exactly once
 
 
 def test_failed_run_round_trips_and_replays_the_failure(tmp_path: Path) -> None:
@@ -159,6 +179,114 @@ def test_replaying_against_changed_code_diverges(good: Path) -> None:
         assert info.value.step >= 0
         del info
         gc.collect()
+
+
+@pytest.mark.parametrize("strategy", ["pct:2", "pos", "swarm", "canonical"])
+def test_traces_of_other_strategies_replay(tmp_path: Path, strategy: str) -> None:
+    config, trace = record(11, workers=40, strategy=strategy)
+    loaded = load_trace(write_trace(tmp_path / "s.yaml", trace))
+    s = loaded.schedule
+    assert (s.ordering, s.strategy) == ("any", strategy) and loaded.config["strategy"] == strategy
+    assert s.holds_back == trace.schedule.holds_back and list(s.picks) == list(trace.schedule.picks)
+    if strategy.startswith("pct"):
+        assert s.holds_back  # PCT keeps a task pending while newer callbacks run
+    if strategy == "swarm":
+        assert s.chosen and loaded.strategy == f"swarm (chose {s.chosen})"
+    runner = deterministic.Runner(engine_config(loaded), replay=s)
+    assert runner.start(make_main(40)) == sum(range(40))
+    assert runner.auditor_state == trace.auditor
+
+
+def engine_config(trace: Trace) -> deterministic.Config:
+    from pytest_commonware.engine import config_from_dict
+
+    return config_from_dict(trace.config, "t.yaml")
+
+
+def tie_main(fail_on_b_first: bool = False) -> Callable[[Any], Any]:
+    """Timers due at the same instants (ties) and idle wake-ups (late ones), as ordering fifo sees them."""
+
+    async def main(ctx: Any) -> list[str]:
+        order: list[str] = []
+
+        async def sleeper(c: Any, name: str) -> None:
+            for _ in range(3):
+                await c.sleep(0.01)
+                order.append(name)
+
+        handles = [ctx.with_label(n).spawn(lambda c, n=n: sleeper(c, n)) for n in "abcd"]
+        for h in handles:
+            await h
+        if fail_on_b_first and order.index("b") < order.index("a"):
+            raise AssertionError(f"b woke before a: {order}")
+        return order
+
+    return main
+
+
+def test_fifo_trace_with_timing_choices_replays(tmp_path: Path) -> None:
+    for seed in range(40):
+        config = deterministic.Config(seed=seed, ordering="fifo")
+        recorder = deterministic.Recorder(checkpoint_every=4)
+        order = deterministic.Runner(config, recorder=recorder).start(tie_main())
+        schedule = recorder.schedule
+        assert schedule is not None
+        if any(schedule.timing) and order[:4] != list("abcd"):  # a late wake-up and a reordered tie
+            break
+    else:
+        raise AssertionError("no seed in 0..39 makes a non-canonical timing choice")
+    trace = trace_from_schedule(schedule, test=NODEID, seed=seed, config=config.to_dict())
+    path = write_trace(tmp_path / "fifo.yaml", trace)
+    doc = yaml.safe_load(path.read_text())
+    assert doc["config"]["ordering"] == doc["decisions"]["ordering"] == "fifo"
+    assert doc["decisions"]["holds_back"] is False and doc["decisions"]["timing_choices"] == len(schedule.timing) > 0
+    loaded = load_trace(path)
+    assert list(loaded.schedule.timing) == list(schedule.timing) and loaded.ordering == "fifo"
+    assert list(loaded.schedule.picks) == list(range(1, loaded.steps + 1))  # fifo: registration order
+    runner = deterministic.Runner(engine_config(loaded), replay=loaded.schedule)
+    assert runner.start(tie_main()) == order
+    assert runner.auditor_state == trace.auditor
+
+    # A fifo trace whose picks leave registration order, or that claims to hold back, is refused.
+    def reordered(doc: dict[str, Any]) -> None:
+        doc["decisions"]["picks"] = picks([1, 3, 2] + list(range(4, doc["steps"] + 1)))
+
+    for change, problem in [
+        (reordered, "under ordering 'fifo' callbacks run in the order they became ready (#2)"),
+        (setter("decisions", "holds_back", value=True), "holds_back is true under ordering 'fifo'"),
+        (setter("decisions", "timing_choices", value=len(schedule.timing) + 1), "decisions.timing decodes to"),
+        (setter("decisions", "timing", value=tracefile._encode_array([-1] * len(schedule.timing), delta=False)),
+         "a timing choice is never negative"),
+    ]:
+        bad = tmp_path / "bad.yaml"
+        bad.write_bytes(path.read_bytes())
+        edit(bad, change)
+        with pytest.raises(TraceError, match="^" + re.escape(f"{bad}: ") + ".*" + re.escape(problem)):
+            load_trace(bad)
+
+
+def test_a_fifo_timing_difference_is_a_divergence(tmp_path: Path) -> None:
+    traces = []
+    for seed in range(40):
+        config = deterministic.Config(seed=seed, ordering="fifo")
+        recorder = deterministic.Recorder()
+        deterministic.Runner(config, recorder=recorder).start(tie_main())
+        assert recorder.schedule is not None
+        traces.append(trace_from_schedule(recorder.schedule, test=NODEID, seed=seed, config=config.to_dict()))
+    differing = [(a, b) for a, b in zip(traces, traces[1:], strict=False) if list(a.schedule.timing) != list(b.schedule.timing)]
+    assert differing
+    d = first_divergence(*differing[0])
+    assert d is not None and d.kind == "schedule"
+
+
+def test_a_version_1_trace_says_to_rerun_the_seed(good: Path) -> None:
+    edit(good, setter("version", value=1))
+    with pytest.raises(TraceError) as info:
+        load_trace(good)
+    assert str(info.value) == (
+        f"{good}: trace format version 1 was recorded by an older pytest-commonware whose schedules this version "
+        f"cannot replay; rerun the seed with --cw-seed=3"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,6 +337,8 @@ def test_trace_from_schedule_checks_its_input(recorded: tuple[deterministic.Conf
         trace_from_schedule(schedule, test=NODEID, seed=3, config={}, runtime="production")
     with pytest.raises(ValueError, match="test"):
         trace_from_schedule(schedule, test="", seed=3, config={})
+    with pytest.raises(ValueError, match="config ordering 'fifo' is not the ordering the schedule was recorded with"):
+        trace_from_schedule(schedule, test=NODEID, seed=3, config={"ordering": "fifo"})
     with pytest.raises(TypeError):
         trace_from_schedule(object(), test=NODEID, seed=3, config={})  # type: ignore[arg-type]
 
@@ -260,17 +390,43 @@ def unknown_task(doc: dict[str, Any]) -> None:
 
 
 def shifted_checkpoint(doc: dict[str, Any]) -> None:
-    doc["checkpoints"][1]["step"] += 1
+    # Onto a step in the middle of a round (after the previous checkpoint).
+    rounds = doc["decisions"]["rounds"]
+    starts = set(tracefile._decode_array(doc["decisions"]["round_steps"], "", rounds, delta=True, typecode="Q"))
+    doc["checkpoints"][1]["step"] = next(s for s in range(doc["checkpoints"][0]["step"] + 1, doc["steps"])
+                                         if s not in starts)
 
 
 def checkpoint_time(doc: dict[str, Any]) -> None:
     doc["checkpoints"][1]["time"] += 1
 
 
-def pick_out_of_range(doc: dict[str, Any]) -> None:
-    # The last decision of a round has one ready entry left: pick 5 cannot be.
+def picks(values: list[int]) -> str:
+    return tracefile._encode_array(values, delta=True)
+
+
+def pick_zero(doc: dict[str, Any]) -> None:
+    doc["decisions"]["picks"] = picks([0] + list(range(2, doc["steps"] + 1)))
+
+
+def pick_outside_its_round(doc: dict[str, Any]) -> None:
+    # Round 0 is the root's first step alone: callback #1. #2 became ready only after it.
     steps = doc["steps"]
-    doc["decisions"]["picks"] = blob(bytes([0] * (steps - 1) + [5]))
+    doc["decisions"]["picks"] = picks([2, 1] + list(range(3, steps + 1)))
+
+
+def pick_twice(doc: dict[str, Any]) -> None:
+    steps = doc["steps"]
+    doc["decisions"]["picks"] = picks(list(range(1, steps)) + [steps - 1])
+
+
+def pick_twice_holding_back(doc: dict[str, Any]) -> None:
+    pick_twice(doc)
+    doc["decisions"]["holds_back"] = True
+
+
+def negative_pick_delta(doc: dict[str, Any]) -> None:
+    doc["decisions"]["picks"] = picks([-5] + list(range(2, doc["steps"] + 1)))
 
 
 def rounds_not_from_zero(doc: dict[str, Any]) -> None:
@@ -293,9 +449,9 @@ def passed_with_error(doc: dict[str, Any]) -> None:
 MALFORMED: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("wrong format", setter("format", value="something-else"), "format is 'something-else'"),
     ("no format", deleter("format"), "not a trace"),
-    ("future version", setter("version", value=2), "version 2 is newer"),
+    ("future version", setter("version", value=3), "version 3 is newer"),
     ("version zero", setter("version", value=0), "unknown trace format version 0"),
-    ("version as text", setter("version", value="1"), "version must be an integer"),
+    ("version as text", setter("version", value="2"), "version must be an integer"),
     ("seed text", setter("seed", value="x"), "'seed' must be an integer"),
     ("seed negative", setter("seed", value=-1), "'seed' must be at least 0"),
     ("seed bool", setter("seed", value=True), "'seed' must be an integer"),
@@ -326,7 +482,20 @@ MALFORMED: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("not zlib", setter("decisions", "picks", value="u8:" + base64.b64encode(b"hello").decode()), "not valid zlib"),
     ("no width", setter("decisions", "picks", value="eJxjYA"), "must start with a width"),
     ("decompression bomb", bomb, "decodes to more than"),
-    ("pick out of range", pick_out_of_range, "ready list of 1"),
+    ("pick zero", pick_zero, "step 0 runs callback #0: callbacks are numbered from 1"),
+    ("negative pick", negative_pick_delta, "decisions.picks holds a value out of range"),
+    ("pick outside its round", pick_outside_its_round,
+     "step 0 runs callback #2, which is not among the callbacks ready in round 0 (#1..#1)"),
+    ("pick twice", pick_twice, "runs callback #"),
+    ("pick twice holding back", pick_twice_holding_back, "again (step"),
+    ("ordering", setter("decisions", "ordering", value="lifo"), "decisions.ordering must be one of"),
+    ("ordering vs config", setter("config", "ordering", value="fifo"), "config.ordering is 'fifo' but decisions"),
+    ("strategy type", setter("decisions", "strategy", value=3), "decisions.strategy must be a string"),
+    ("strategy empty", setter("decisions", "strategy", value=""), "decisions.strategy must not be empty"),
+    ("chosen type", setter("decisions", "chosen", value=None), "decisions.chosen must be a string"),
+    ("holds_back type", setter("decisions", "holds_back", value="yes"), "decisions.holds_back must be true or false"),
+    ("timing under any", setter("decisions", "timing_choices", value=2), "ordering 'any' makes no timing choices"),
+    ("missing timing", deleter("decisions", "timing"), "decisions: missing key 'timing'"),
     ("rounds not from 0", rounds_not_from_zero, "first round starts at step 1"),
     ("rounds vs steps", setter("decisions", "rounds", value=0), "0 rounds for"),
     ("extra type", setter("extra", value=[1]), "'extra' must be a mapping"),
