@@ -183,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         seconds = sum(res["seconds"] for bug in bugs for res in results[(bug.name, s)])
         print(f"- {s}: {median_hits}/{len(applicable)} bugs found within budget (median range); "
               f"{any_hits}/{len(applicable)} in at least one range; {seconds:.1f}s of work")
+    errors = sorted({(s, res["harness_error"]) for (_, s), rs in results.items() for res in rs if "harness_error" in res})
+    for s, message in errors:
+        print(f"- error in {s}: {message}")
     print(f"\n{len(jobs)} jobs in {elapsed:.0f}s on {args.workers} worker(s); python {platform.python_version()}")
 
     if args.json:
