@@ -357,8 +357,10 @@ def deterministic_config(seed: int, marker: MarkerArgs, settings: Settings | Non
 def config_from_dict(values: Mapping[str, Any], where: str) -> deterministic.Config:
     """A ``deterministic.Config`` from a trace's ``config`` mapping (unknown keys are an error).
 
-    ``ordering`` and ``strategy`` are plain strings there (``Config.to_dict()``); a strategy
-    name must be known to this session (a plugin's or conftest's names are registered by then).
+    ``ordering`` and ``strategy`` are plain strings there (``Config.to_dict()``).  A replay
+    or a bisect never asks the recorded strategy anything (the trace names every choice), so
+    a strategy this session does not know (a user object's name, one a conftest elsewhere
+    registered) is replaced by the canonical one rather than refused.
     """
     known = {f.name for f in dataclasses.fields(deterministic.Config)}
     unknown = sorted(set(values) - known)
@@ -368,8 +370,12 @@ def config_from_dict(values: Mapping[str, Any], where: str) -> deterministic.Con
         if key in values and not isinstance(values[key], str):
             raise pytest.UsageError(f"{where}: the trace's config is invalid: {key} must be a string, "
                                     f"got {values[key]!r}")
+    values = dict(values)
+    strategy = values.get("strategy")
+    if isinstance(strategy, str) and strategy.split(":")[0] not in strategies.strategy_names():
+        values["strategy"] = "canonical"
     try:
-        return deterministic.Config(**dict(values))
+        return deterministic.Config(**values)
     except (TypeError, ValueError) as exc:
         raise pytest.UsageError(f"{where}: the trace's config is invalid: {exc}") from None
 

@@ -200,7 +200,9 @@ def test_show_names_the_strategy_and_the_timing_choices(tmp_path: Path, capsys: 
     assert main(["trace", "show", str(write_trace(tmp_path / "fifo.yaml", fifo))]) == 0
     out = capsys.readouterr().out.splitlines()
     listed = " ".join(map(str, timing[:20])) + (" ..." if len(timing) > 20 else "")
-    assert f"schedule: strategy pct:2, ordering fifo, {len(timing)} timing choices: {listed}" in out
+    chose = fifo.schedule.chosen
+    assert chose.startswith("pct:2:")  # the horizon this run drew
+    assert f"schedule: strategy pct:2 (chose {chose}), ordering fifo, {len(timing)} timing choices: {listed}" in out
 
 
 def test_a_version_1_trace_is_one_error_line(tmp_path: Path) -> None:

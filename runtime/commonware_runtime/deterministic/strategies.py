@@ -215,11 +215,13 @@ class PCT(_Priorities):
         self._prio: dict[int, float] = {}
         self._changes: dict[int, int] = {}
         self.run_horizon = horizon or 0
+        self.chosen = self.name
 
     def begin(self, rng: random.Random, loop: EventLoop) -> None:
         super().begin(rng, loop)
         horizon = self.horizon or int(16 * 2 ** (rng.random() * 10))
         self.run_horizon = horizon
+        self.chosen = f"pct:{self.depth}:{horizon}"
         self.fair_after = max(8 * horizon, 2000)
         self._prio = {}
         self._changes = {}
@@ -379,7 +381,9 @@ class Swarm(BaseStrategy):
         inner.begin(rng, loop)
         self.inner = inner
         self.holds_back = inner.holds_back
-        self.chosen = inner.name if inner.late_probability == 0.25 else f"{inner.name} late={inner.late_probability}"
+        self.chosen = getattr(inner, "chosen", inner.name)
+        if loop.ordering == "fifo":  # only there do timers fire late
+            self.chosen += f" late={inner.late_probability}"
 
     def arrive(self, seq: int, handle: asyncio.Handle) -> None:
         self.inner.arrive(seq, handle)
