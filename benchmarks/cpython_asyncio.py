@@ -293,6 +293,7 @@ class _Result(unittest.TestResult):
     def stopTest(self, test: unittest.TestCase) -> None:
         signal.setitimer(signal.ITIMER_REAL, 0)
         super().stopTest(test)
+        self.last_id = test.id()
         record = {
             "id": test.id(),
             "status": self._status,
@@ -340,7 +341,33 @@ def _child(module: str, loop_kind: str, seed: int, ordering: str, out_path: str,
     suite = unittest.defaultTestLoader.loadTestsFromModule(mod)
     with open(out_path, "w", buffering=1) as out:
         result = _Result(out, timeout)
-        suite.run(result)
+
+        def late(test_id: str, exc: BaseException) -> None:
+            err = (type(exc), exc, exc.__traceback__)
+            out.write(json.dumps({"late": test_id, "error": _error_line(err), "traceback": _error_text(err)}) + "\n")
+
+        # IsolatedAsyncioTestCase closes its Runner after stopTest and outside unittest's
+        # error handling: a failure there (a task that will not finish when cancelled stalls
+        # our loop) would end the whole run.  It is charged to the test instead.
+        teardown = unittest.IsolatedAsyncioTestCase._tearDownAsyncioRunner
+
+        def teardown_guarded(self: Any) -> None:
+            signal.setitimer(signal.ITIMER_REAL, timeout, 1.0)
+            try:
+                teardown(self)
+            except Exception as exc:  # noqa: BLE001 - recorded against the test
+                late(self.id(), exc)
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+
+        unittest.IsolatedAsyncioTestCase._tearDownAsyncioRunner = teardown_guarded  # type: ignore[method-assign]
+        # One class at a time, so that whatever still escapes loses one class, not the module.
+        for part in suite:
+            try:
+                part.run(result)
+            except Exception as exc:  # noqa: BLE001
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                late(getattr(result, "last_id", "") or repr(part), exc)
         # setUpModule / tearDownModule / setUpClass failures arrive as _ErrorHolder "tests".
         for holder, text in result.errors:
             if not isinstance(holder, unittest.TestCase):
@@ -408,6 +435,16 @@ def run_module(module: str, loop_kind: str, seed: int = 0, ordering: str = "fifo
                     continue
                 if "start" in rec:
                     started = rec["start"]
+                    continue
+                if "late" in rec:  # an error after the test reported (its Runner's close)
+                    name = _short(rec["late"], module)
+                    prev = results.get(name)
+                    if prev is None:
+                        results[name] = Outcome("error", "after the test: " + rec["error"], rec["traceback"])
+                    else:
+                        if prev.passed:
+                            prev.status, prev.error = "error", "after the test: " + rec["error"]
+                        prev.traceback += "\n--- after the test ---\n" + rec["traceback"]
                     continue
                 started = None
                 name = _short(rec["id"], module)
