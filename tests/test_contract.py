@@ -822,6 +822,13 @@ def test_metrics_bad_registrations(runner_factory: Any) -> None:
             ctx.register(3, "x", Counter)
         with pytest.raises(ValueError):
             ctx.register("runtime_tasks", "reserved", Counter)
+        # A kind that is not a prometheus_client metric class is refused at the call,
+        # naming what was given (not "int() takes at most 2 arguments").
+        instance = Counter("loose", "an instance, not a class", registry=None)
+        for kind, named in ((int, "got int"), (dict, "got dict"), ("Counter", "got str 'Counter'"), (instance, "got Counter")):
+            with pytest.raises(TypeError, match="prometheus_client metric class") as info:
+                ctx.register("z", "h", kind)
+            assert named in str(info.value)
 
     runner_factory.run(main)
 

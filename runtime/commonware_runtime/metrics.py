@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .arguments import join_label
@@ -95,8 +96,12 @@ class Metrics:
             raise ValueError(f"metric name {name!r} is invalid: names match [A-Za-z_][A-Za-z0-9_]*")
         if not isinstance(help, str):
             raise TypeError(f"metric help must be a str, got {type(help).__name__} {help!r}")
-        if not isinstance(kind, type):
-            raise TypeError(f"metric kind must be a prometheus_client metric class, got {kind!r}")
+        if not isinstance(kind, type) or not issubclass(kind, MetricWrapperBase) or kind is MetricWrapperBase:
+            what = kind.__name__ if isinstance(kind, type) else f"{type(kind).__name__} {kind!r}"
+            raise TypeError(
+                f"metric kind must be a prometheus_client metric class (Counter, Gauge, Histogram, Summary, "
+                f"Info, Enum or a subclass), got {what}"
+            )
         full = join_label(prefix, name)
         if full == "runtime" or full.startswith("runtime_"):
             raise ValueError(f"metric name {full!r} is reserved: the runtime_ prefix belongs to the runtime")
