@@ -114,7 +114,7 @@ class Decision:
 
 @dataclass(frozen=True)
 class TimingDecision:
-    """One timing choice (``ordering="fifo"``): a tie among due timers or a late wake-up."""
+    """One timing choice: a tie among due timers (``ordering="fifo"``) or a late wake-up (both orderings)."""
 
     index: int  # the choice's position among the run's timing choices
     step: int  # the decisions made before it
@@ -312,7 +312,10 @@ class PrefixStrategy(BisectStrategy):
 
     def timing_target(self, index: int, kind: str, options: int) -> int | None:
         timing = self.schedule.timing
-        if index >= self.k:
+        if self.schedule.ordering == "fifo":
+            if index >= self.k:  # under fifo, k counts timing choices
+                return None
+        elif self.loop.steps >= self.k:  # under any, the late wake-ups made before step k
             return None
         if index >= len(timing):
             raise BisectError(

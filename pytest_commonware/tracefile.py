@@ -63,7 +63,7 @@ MAX_LABEL_CHARS = 65_536
 MAX_TEXT_CHARS = 1_000_000  # test id, error message, version strings
 MAX_PLAIN_NODES = 100_000  # values inside `config` and `extra`
 MAX_PLAIN_DEPTH = 64
-MAX_TIMING = 100_000_000  # timing choices (ordering "fifo")
+MAX_TIMING = 100_000_000  # timing choices (late wake-ups in both orderings, timer ties in "fifo")
 MAX_STRATEGY_CHARS = 1_000
 
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
@@ -660,8 +660,6 @@ def _parse_decisions(value: Any, steps: int, ntasks: int) -> Schedule:
     if (rounds == 0) != (steps == 0):
         raise _Problem(f"decisions: {rounds} rounds for {steps} steps: every round makes at least one decision")
     ntiming = _int(value, "timing_choices", "decisions.timing_choices", hi=MAX_TIMING)
-    if ntiming and ordering != "fifo":
-        raise _Problem(f"decisions.timing_choices is {ntiming}, but ordering {ordering!r} makes no timing choices")
     picks = _decode_array(value["picks"], "decisions.picks", steps, delta=True, typecode="I")
     ids = _decode_array(value["ids"], "decisions.ids", steps, delta=False, typecode="I")
     round_steps = _decode_array(value["round_steps"], "decisions.round_steps", rounds, delta=True, typecode="Q")

@@ -5,7 +5,7 @@ from .explore import Exploration, explore
 from .loop import EventLoop, UnsupportedOperation
 from .runner import Checkpoint, Config, Runner
 from .storage import StorageFaults
-from .strategies import PCT, POS, Canonical, Choices, Deviations, Random, Strategy, Swarm, register_strategy
+from .strategies import PCT, POS, Canonical, Choices, Deviations, Random, Strategy, Swarm, Walk, register_strategy
 from .trace import Recorder, ReplayDivergence, Replayer, Schedule
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "Random",
     "Strategy",
     "Swarm",
+    "Walk",
     "register_strategy",
     "Checkpoint",
     "Config",

@@ -93,6 +93,7 @@ class EventLoop(asyncio.BaseEventLoop):
         now_ns: int = 0,
         ordering: str = "fifo",
         strategy: str | Strategy = "random",
+        horizon: int | None = None,
     ) -> None:
         super().__init__()
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -120,6 +121,9 @@ class EventLoop(asyncio.BaseEventLoop):
             raise ValueError(f"ordering must be one of {', '.join(map(repr, ORDERINGS))}, got {ordering!r}")
         self.ordering = ordering
         self._fifo = ordering == "fifo"
+        if horizon is not None and (isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1):
+            raise ValueError(f"horizon must be a positive int (scheduling decisions) or None, got {horizon!r}")
+        self.horizon = horizon  # how many decisions a run is expected to take (pct places change points in it)
         self.strategy: Strategy = make_strategy(strategy)
         self._chooser: Strategy = self.strategy
         self.observer: Any = None  # a trace.Recorder or trace.Replayer watching every choice
@@ -291,14 +295,12 @@ class EventLoop(asyncio.BaseEventLoop):
                 self._timer_cancelled_count = max(0, self._timer_cancelled_count - 1)
             if timers:
                 if timers[0][0] > now:
-                    now = timers[0][0]
-                    if self._fifo:
-                        # An idle loop's wake-up may come late (bounded by one cycle): the
-                        # operating system's timers do; everything due by then fires together.
-                        late = self._chooser.late(self._cycle_ns)
-                        if self.observer is not None:
-                            self.observer.timing(late)
-                        now += late
+                    # An idle loop's wake-up may come late (bounded by one cycle), as the
+                    # operating system's timers do; everything due by then fires together.
+                    late = self._chooser.late(self._cycle_ns)
+                    if self.observer is not None:
+                        self.observer.timing(late)
+                    now = timers[0][0] + late
             elif self._stopping:  # type: ignore[attr-defined]
                 return
             else:
@@ -330,8 +332,9 @@ class EventLoop(asyncio.BaseEventLoop):
         self._run_batch(batch)
 
     def _fire_due_timers(self, now: int) -> None:
-        """``ordering="any"``: due timers fire at the round's start, in (deadline, creation)
-        order; what they wake joins this round's ready callbacks."""
+        """``ordering="any"``: due sleeps resolve at the round's start (the tasks they wake
+        join this round's ready callbacks); due timer callbacks join them too, so the
+        strategy orders them like everything else."""
         timers = self._timers
         future_type = _Future
         while timers and timers[0][0] <= now:
@@ -352,7 +355,7 @@ class EventLoop(asyncio.BaseEventLoop):
             if timer._cancelled:
                 self._timer_cancelled_count = max(0, self._timer_cancelled_count - 1)
             else:
-                timer._run()
+                self._ready.append(timer)
 
     def _queue_due_timers(self, now: int) -> None:
         """``ordering="fifo"``: as asyncio does, due timers are appended to the ready queue

@@ -34,6 +34,7 @@ class Config:
     start_time: float = 0.0
     ordering: str = "any"
     strategy: str | Strategy = "random"
+    horizon: int | None = None  # expected scheduling decisions of the run (pct/swarm place change points in it)
 
     def __post_init__(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
@@ -50,6 +51,11 @@ class Config:
         if self.ordering not in ORDERINGS:
             raise ValueError(f"ordering must be one of {', '.join(map(repr, ORDERINGS))}, got {self.ordering!r}")
         make_strategy(self.strategy)  # a bad name or object fails here, at the call
+        if self.horizon is not None and (isinstance(self.horizon, bool) or not isinstance(self.horizon, int) or self.horizon < 1):
+            raise ValueError(f"horizon must be a positive int (scheduling decisions) or None, got {self.horizon!r}")
+
+    def with_horizon(self, horizon: int | None) -> Config:
+        return dataclasses.replace(self, horizon=horizon)
 
     def with_ordering(self, ordering: str) -> Config:
         return dataclasses.replace(self, ordering=ordering)
@@ -85,6 +91,7 @@ class Config:
             "start_time": self.start_time,
             "ordering": self.ordering,
             "strategy": strategy_spec(self.strategy),
+            "horizon": self.horizon,
         }
 
 
@@ -183,7 +190,7 @@ class Runner:
             auditor = Auditor()
             loop = EventLoop(
                 config.seed, cycle=config.cycle, timeout=config.timeout, auditor=auditor,
-                ordering=config.ordering, strategy=config.strategy,
+                ordering=config.ordering, strategy=config.strategy, horizon=config.horizon,
             )
             auditor.event("start", config.seed)
             return DeterministicCore(
@@ -192,7 +199,7 @@ class Runner:
         auditor = cp.auditor.fork()
         loop = EventLoop(
             config.seed, cycle=config.cycle, timeout=config.timeout, auditor=auditor, now_ns=cp.now_ns,
-            ordering=config.ordering, strategy=config.strategy,
+            ordering=config.ordering, strategy=config.strategy, horizon=config.horizon,
         )
         loop._scheduler.setstate(cp.scheduler_state)
         auditor.event("restart", cp.restarts + 1, cp.now_ns)

@@ -51,6 +51,7 @@ __all__ = [
     "RankStrategy",
     "Strategy",
     "Swarm",
+    "Walk",
     "make_strategy",
     "register_strategy",
     "strategy_names",
@@ -118,7 +119,9 @@ class BaseStrategy:
 
 
 class Random(BaseStrategy):
-    """Each round's ready callbacks in a uniformly random order.
+    """Each round's ready callbacks in a uniformly random order.  Timers fire on time under
+    ``ordering="any"`` (the scheduler of earlier versions, exact sleeps); under ``"fifo"``,
+    where timing is the only thing that varies, a quarter of idle wake-ups are late.
 
     The loop runs this strategy through an inlined copy of ``arrive``/``choose`` when
     nothing observes the run (the benchmarks' baseline); both draw exactly the same numbers
@@ -134,6 +137,7 @@ class Random(BaseStrategy):
     def begin(self, rng: random.Random, loop: EventLoop) -> None:
         super().begin(rng, loop)
         self._pending = []
+        self.late_probability = 0.25 if loop.ordering == "fifo" else 0.0
 
     def arrive(self, seq: int, handle: asyncio.Handle) -> None:
         self._pending.append(seq)
@@ -149,6 +153,20 @@ class Random(BaseStrategy):
         if last != seq:
             pending[i] = last
         return seq
+
+
+class Walk(Random):
+    """A uniformly random walk: at every decision any ready callback, including one made
+    ready a moment ago, with equal probability (callbacks are held back across rounds).
+    A task is delayed k steps with probability falling geometrically in k; timers are late
+    a quarter of the time in both orderings."""
+
+    name = "walk"
+    holds_back = True
+
+    def begin(self, rng: random.Random, loop: EventLoop) -> None:
+        super().begin(rng, loop)
+        self.late_probability = 0.25
 
 
 class _Priorities(BaseStrategy):
@@ -199,8 +217,10 @@ class PCT(_Priorities):
     priority ready callback runs (loop callbacks, which are not task steps, first).  At D-1
     random steps within the horizon, the task that runs gets priority i (i = 1..D-1), below
     every initial priority: that is how a task that was running ahead gets held back.
-    Without an explicit horizon each run draws one log-uniformly from 16..16384 steps, so a
-    sweep covers short and long programs alike.  Fair after 8x the horizon (at least 2000).
+    The horizon is, in order: the one in the name (``pct:3:200``), the run's expected
+    length (``Config(horizon=...)``, which the plugin measures with one canonical run of the
+    test), or one drawn per run log-uniformly from 16..16384 steps, so a sweep covers short
+    and long programs alike.  Fair after 8x the horizon (at least 2000).
     """
 
     def __init__(self, depth: int = 3, horizon: int | None = None) -> None:
@@ -219,7 +239,7 @@ class PCT(_Priorities):
 
     def begin(self, rng: random.Random, loop: EventLoop) -> None:
         super().begin(rng, loop)
-        horizon = self.horizon or int(16 * 2 ** (rng.random() * 10))
+        horizon = self.horizon or getattr(loop, "horizon", None) or int(16 * 2 ** (rng.random() * 10))
         self.run_horizon = horizon
         self.chosen = f"pct:{self.depth}:{horizon}"
         self.fair_after = max(8 * horizon, 2000)
@@ -354,7 +374,8 @@ class Choices(RankStrategy):
 
 class Swarm(BaseStrategy):
     """Swarm testing (Groce et al., ISSTA 2012): the seed picks the strategy and its
-    parameters (random, PCT of depth 1-5 with a horizon of 16..16384, POS), and how often
+    parameters (random 10%, walk 20%, PCT of depth 1-4 45% with a horizon within a factor
+    of two of the run's expected length, or 16..16384 when unknown, POS 25%), and how often
     timers fire late, so a sweep of many seeds mixes them.  ``chosen`` names what this run
     uses (traces and reports show it)."""
 
@@ -371,19 +392,25 @@ class Swarm(BaseStrategy):
         # strategy draws is the same stream it would get on its own.
         pick = random.Random(rng.getrandbits(64))
         roll = pick.random()
-        if roll < 0.2:
+        known = getattr(loop, "horizon", None)
+        if known:  # the run's expected length, give or take a factor of two
+            horizon = max(1, int(known * 2 ** (pick.random() * 2 - 1)))
+        else:
+            horizon = int(16 * 2 ** (pick.random() * 10))
+        if roll < 0.1:
             inner: BaseStrategy = Random()
+        elif roll < 0.3:
+            inner = Walk()
         elif roll < 0.75:
-            inner = PCT(depth=1 + int(pick.random() * 5), horizon=int(16 * 2 ** (pick.random() * 10)))
+            inner = PCT(depth=1 + int(pick.random() * 4), horizon=horizon)
         else:
             inner = POS()
-        inner.late_probability = (0.0, 0.1, 0.25, 0.5)[int(pick.random() * 4)]
+        late = (0.0, 0.1, 0.25, 0.5)[int(pick.random() * 4)]
         inner.begin(rng, loop)
+        inner.late_probability = late
         self.inner = inner
         self.holds_back = inner.holds_back
-        self.chosen = getattr(inner, "chosen", inner.name)
-        if loop.ordering == "fifo":  # only there do timers fire late
-            self.chosen += f" late={inner.late_probability}"
+        self.chosen = f"{getattr(inner, 'chosen', inner.name)} late={late}"
 
     def arrive(self, seq: int, handle: asyncio.Handle) -> None:
         self.inner.arrive(seq, handle)
@@ -427,6 +454,7 @@ def _plain(factory: Callable[[], Strategy]) -> Callable[[str, list[str]], Strate
 
 _REGISTRY: dict[str, Callable[[str, list[str]], Strategy]] = {
     "random": _plain(Random),
+    "walk": _plain(Walk),
     "pct": _pct,
     "pos": _plain(POS),
     "swarm": _plain(Swarm),
