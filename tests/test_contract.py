@@ -8,6 +8,8 @@ deterministic simulation and on real asyncio/TCP/files.
 from __future__ import annotations
 
 import asyncio
+import gc
+import os
 import socket
 from datetime import timedelta
 from typing import Any
@@ -1921,5 +1923,91 @@ def test_network_sequential_clients_on_one_listener(runner_factory: Any) -> None
             await sink.send(b"client_send_data")
             assert await stream.recv(16) == b"server_send_data"
         await server_handle
+
+    runner_factory.run(main)
+
+
+# -- recv: memory follows what arrived (issue 9) -----------------------------------------
+
+
+def resident_bytes() -> int:
+    """This process's resident set size (``/proc/self/statm``, Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc/self/statm")
+def test_network_recv_of_a_hostile_length_costs_what_arrived(runner_factory: Any) -> None:
+    # A peer announces 16 GiB and sends 1 KB: waiting for the 16 GiB must cost about the
+    # 1 KB that arrived, during the wait and after the timeout, and lose nothing.
+    announced = 16 << 30
+    payload = bytes(range(256)) * 4
+    limit = 8 << 20  # "a few MB": interpreter noise, never gigabytes
+
+    async def main(ctx: Any) -> None:
+        listener = await ctx.bind((LOCALHOST, 0))
+
+        async def peer(c: Any) -> None:
+            _, sink, stream = await listener.accept()
+            await sink.send(b"warm")
+            await sink.send(announced.to_bytes(8, "big") + payload)
+            await stream.recv(4)  # hold the connection open until told
+
+        ctx.spawn(peer)
+        sink, stream = await ctx.dial(listener.local_addr())
+        assert await stream.recv(4) == b"warm"
+        gc.collect()
+        before = resident_bytes()
+        length = int.from_bytes(await stream.recv(8), "big")
+        assert length == announced
+        during: list[int] = []
+
+        async def sample(c: Any) -> None:
+            for _ in range(5):
+                await c.sleep(0.05)
+                during.append(resident_bytes())
+
+        sampler = ctx.spawn(sample)
+        with pytest.raises(Timeout):
+            await ctx.timeout(0.5, stream.recv(length))
+        await sampler
+        gc.collect()
+        after = resident_bytes()
+        assert max(during) - before < limit, f"resident memory grew by {max(during) - before} bytes while waiting"
+        assert after - before < limit, f"resident memory grew by {after - before} bytes after the timeout"
+        # A cancelled recv consumed nothing: the bytes that did arrive are still there.
+        assert stream.peek(2048) == payload
+        assert await stream.recv(len(payload)) == payload
+        await sink.send(b"done")
+
+    runner_factory.run(main)
+
+
+def test_network_recv_rejects_impossible_lengths_at_the_call(runner_factory: Any) -> None:
+    from commonware_runtime import MAX_RECV
+
+    assert MAX_RECV == 1 << 36
+
+    async def main(ctx: Any) -> None:
+        listener = await ctx.bind((LOCALHOST, 0))
+
+        async def peer(c: Any) -> None:
+            _, sink, stream = await listener.accept()
+            await sink.send(b"xy")
+            await stream.recv(1)
+
+        ctx.spawn(peer)
+        sink, stream = await ctx.dial(listener.local_addr())
+        for bad in (-1, MAX_RECV + 1, 1 << 40, 1 << 63, 1 << 64):
+            with pytest.raises(ValueError, match=str(bad)):
+                await stream.recv(bad)
+        with pytest.raises(ValueError, match="MAX_RECV"):
+            await stream.recv(1 << 40)
+        for wrong in (1.0, "2", None, True):
+            with pytest.raises(TypeError):
+                await stream.recv(wrong)
+        # Refused before any effect: the stream is not poisoned and its bytes are intact.
+        assert await stream.recv(2) == b"xy"
+        await sink.send(b"!")
 
     runner_factory.run(main)

@@ -352,6 +352,60 @@ def test_read_timeout_poisons(run: Run) -> None:
     run(main)
 
 
+def test_recv_buffer_grows_with_arrival_not_with_n(run: Run) -> None:
+    # Issue 9: recv(n) allocates nothing for n; the buffer follows the bytes that arrive
+    # (at most about twice them), is kept for the stream's data after a cancellation, and
+    # is dropped when the stream is poisoned by read_timeout or closed.
+    async def main() -> None:
+        listener, (_, cstream), (ssink, _) = await pair(NetworkConfig(read_timeout=0.5))
+        conn = cstream._conn
+        initial = len(conn._buf)
+        waiting = asyncio.ensure_future(cstream.recv(16 << 30))
+        await asyncio.sleep(0.02)
+        assert len(conn._buf) == initial  # waiting for 16 GiB allocated nothing
+        sent = 3 << 20
+        await ssink.send(bytes(sent))
+        for _ in range(200):
+            if conn._end - conn._start >= sent:
+                break
+            await asyncio.sleep(0.005)
+        assert conn._end - conn._start == sent
+        assert sent <= len(conn._buf) <= 2 * sent + 64 * 1024
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert cstream.peek(10) == bytes(10)  # a cancellation keeps the stream's bytes
+        # Waiting again past read_timeout poisons the stream and drops its buffer.
+        with pytest.raises(Timeout):
+            await cstream.recv(16 << 30)
+        assert len(conn._buf) <= 64 * 1024
+        with pytest.raises(Closed):
+            await cstream.recv(1)
+        listener.close()
+
+    run(main)
+
+
+def test_recv_buffer_released_on_close(run: Run) -> None:
+    async def main() -> None:
+        listener, (_, cstream), (ssink, _) = await pair()
+        conn = cstream._conn
+        waiting = asyncio.ensure_future(cstream.recv(1 << 30))
+        await ssink.send(bytes(2 << 20))
+        for _ in range(200):
+            if conn._end - conn._start >= 2 << 20:
+                break
+            await asyncio.sleep(0.005)
+        assert len(conn._buf) >= 2 << 20
+        cstream.close()
+        with pytest.raises(Closed):
+            await waiting
+        assert len(conn._buf) <= 64 * 1024
+        listener.close()
+
+    run(main)
+
+
 def test_cancelled_recv_does_not_poison(run: Run) -> None:
     async def main() -> None:
         listener, (_, cstream), (ssink, _) = await pair()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version as _version
 
+from .arguments import MAX_RECV
 from .errors import (
     BindFailed,
     BlobCorrupt,
@@ -42,7 +43,7 @@ except PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0"
 
 __all__ = [
-    "BindFailed", "BlobCorrupt", "BlobInsufficientLength", "BlobMissing", "BlobOpenFailed", "BlobResizeFailed",
+    "MAX_RECV", "BindFailed", "BlobCorrupt", "BlobInsufficientLength", "BlobMissing", "BlobOpenFailed", "BlobResizeFailed",
     "BlobSyncFailed", "Closed", "ConnectionFailed", "Error", "Exited", "Handle", "OffsetOverflow",
     "PartitionCorrupt", "PartitionCreationFailed", "PartitionMissing", "PartitionNameInvalid", "ReadFailed",
     "RecvFailed", "RuntimeStalled", "RuntimeTimeout", "SendFailed", "Signal", "Signaler", "Timeout",

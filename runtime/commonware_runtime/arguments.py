@@ -131,6 +131,25 @@ def check_count(n: object, what: str = "n") -> int:
     return n
 
 
+#: Largest length one ``Stream.recv(n)`` may ask for, on every runtime: 64 GiB.  A length
+#: beyond it (like a negative one) is a ``ValueError`` at the call: no receive of that size
+#: can complete, so such a length is a bug or a hostile length prefix.  Below it a receive
+#: waits for its bytes, and the memory it uses grows with the bytes that arrive, never with
+#: ``n``: check a peer's length prefix against your protocol's own limit all the same.
+MAX_RECV = 1 << 36
+
+
+def check_recv_length(n: object) -> int:
+    """A valid ``recv`` length (see ``MAX_RECV``), else ``TypeError``/``ValueError`` naming it."""
+    n = check_count(n, "recv length")
+    if n > MAX_RECV:
+        raise ValueError(
+            f"recv length {n} is larger than MAX_RECV ({MAX_RECV} bytes, 64 GiB): no receive can be "
+            "that large (check a peer's length prefix against your protocol's limit before receiving)"
+        )
+    return n
+
+
 def parse_address(addr: object) -> tuple[str, int]:
     """Accept ``(host, port)`` or ``"host:port"`` (``"[v6]:port"`` too)."""
     if isinstance(addr, str):

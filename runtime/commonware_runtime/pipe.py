@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 
-from .arguments import check_count
+from .arguments import MAX_RECV, check_count, check_recv_length
 from .completed import COMPLETED, Completed
 from .errors import Closed, RecvFailed, SendFailed
 
@@ -365,8 +365,12 @@ class PipeStream:
             self._on_done()
 
     async def recv(self, n: int) -> bytes:
-        """Exactly ``n`` bytes; bytes buffered before the peer went away are read first."""
-        check_count(n, "n")
+        """Exactly ``n`` bytes; bytes buffered before the peer went away are read first.
+
+        ``n`` is at most ``MAX_RECV``; waiting for it allocates nothing: the buffer holds
+        only bytes that arrived."""
+        if n.__class__ is not int or not 0 <= n <= MAX_RECV:
+            check_recv_length(n)
         self._check_usable()
         if n == 0:
             return b""

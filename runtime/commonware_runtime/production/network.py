@@ -31,6 +31,11 @@ Semantics (SPEC section 2, Network):
   buffered); once both halves are closed or poisoned the transport is closed.  ``close()``
   is synchronous and returns an awaitable that has already finished, so ``await
   sink.close()`` works too.
+* ``recv(n)`` takes ``0 <= n <= MAX_RECV`` (64 GiB; anything else is a ``ValueError`` at the
+  call, as on the deterministic runtime).  Memory follows the bytes that arrived, never
+  ``n``: the receive buffer grows (doubling, see ``get_buffer``) only as bytes come in, so a
+  peer announcing 16 GiB and sending 1 KB costs 1 KB; a stream that is closed or poisoned
+  (e.g. by ``read_timeout``) drops its buffer at once.
 * Only one ``recv`` may wait at a time on a stream (a second concurrent one raises
   ``RuntimeError``); any number of concurrent ``send`` calls are fine (each one's bytes are
   written contiguously).
@@ -44,7 +49,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from ..arguments import Address, check_count, check_data, duration_seconds, format_address, parse_address
+from ..arguments import MAX_RECV, Address, check_count, check_data, check_recv_length, duration_seconds, format_address, parse_address
 from ..completed import COMPLETED, Completed
 from ..errors import BindFailed, Closed, ConnectionFailed, RecvFailed, SendFailed, Timeout
 from ..metrics import RuntimeCounters
@@ -54,9 +59,10 @@ __all__ = ["NetworkConfig", "Listener", "Sink", "Stream", "bind", "dial"]
 _current_task = asyncio.current_task
 
 # Receive buffer sizing.  A connection starts with _INITIAL_BUFFER bytes; the transport is
-# always offered at least _MIN_READ free bytes (compacting or doubling as needed), and a
-# buffer that grew past _SHRINK_ABOVE (for one large recv) is replaced by a fresh small one
-# as soon as it is empty, so thousands of idle connections stay cheap.
+# always offered at least _MIN_READ free bytes (compacting or doubling as needed), so the
+# buffer grows with the bytes that arrived (at most about twice them), never with the length
+# a recv asks for.  A buffer that grew past _SHRINK_ABOVE (for one large recv) is replaced by
+# a fresh small one as soon as it is empty, so thousands of idle connections stay cheap.
 _INITIAL_BUFFER = 16 * 1024
 _MIN_READ = 8 * 1024
 _SHRINK_ABOVE = 4 * 1024 * 1024
@@ -352,6 +358,13 @@ class _Connection(asyncio.BufferedProtocol):
         self._start = 0
         self._end = buffered
 
+    def _gave_up(self) -> None:
+        """A waiting recv was cancelled: what arrived stays buffered (it is the stream's
+        data), but past the read limit the peer must stop filling it, as when nobody waits."""
+        if self._end - self._start > self._limit and not self._reading_paused and self._transport is not None and not self._eof:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
     def _consumed(self) -> None:
         """Bookkeeping after a recv emptied or drained the buffer."""
         if self._start == self._end:
@@ -391,6 +404,12 @@ class _Connection(asyncio.BufferedProtocol):
         if self._stream_done:
             # Reading is over: release the memory and stop the peer from filling it.
             self._start = self._end = 0
+            if len(self._buf) > _INITIAL_BUFFER:
+                # The transport may still hold a slice of the old buffer: that slice keeps
+                # it alive until the transport lets go; nothing else refers to it.
+                self._view.release()
+                self._buf = bytearray(_MIN_READ)
+                self._view = memoryview(self._buf)
             self._wake_reader(_EOF)
             if not self._reading_paused and not self._eof:
                 self._reading_paused = True
@@ -461,9 +480,10 @@ class Stream(_Half):
         self._read_timeout = conn._config.read_timeout
 
     async def recv(self, n: int) -> bytes:
-        """Return exactly ``n`` bytes, waiting until they have arrived."""
-        if n.__class__ is not int or n < 0:
-            check_count(n)
+        """Return exactly ``n`` bytes (``0 <= n <= MAX_RECV``), waiting until they have
+        arrived.  Waiting allocates nothing: the buffer grows only with arriving bytes."""
+        if n.__class__ is not int or not 0 <= n <= MAX_RECV:
+            check_recv_length(n)
         if self._closed or self._poisoned:
             raise self._unusable()
         conn = self._conn
@@ -473,8 +493,7 @@ class Stream(_Half):
                 raise self._poison(self._peer_gone(n))
             if conn._waiter is not None:
                 raise RuntimeError(f"another recv is already waiting on the stream from {conn.name}")
-            if len(conn._buf) - start < n:
-                conn._make_room(n - (conn._end - conn._start))
+            # No room is made for n here: get_buffer grows the buffer as bytes arrive.
             waiter = _Waiter(conn._loop)
             conn._waiter = waiter
             conn._want = n
@@ -492,6 +511,7 @@ class Stream(_Half):
                 if conn._waiter is waiter:
                     # Cancelled: nothing consumed, the stream stays usable.
                     conn._waiter = None
+                    conn._gave_up()
                 if timer is not None:
                     timer.cancel()
             if self._closed or self._poisoned:
