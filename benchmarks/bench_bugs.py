@@ -52,8 +52,18 @@ def ours_first_failure(bug_name: str, strategy: str, r: int, budget: int) -> dic
 
     bug = by_name(bug_name)
     base = r * RANGE_STRIDE
+    horizon = None
+    if strategy.endswith("@cal"):
+        # As the plugin does: the horizon is the length of the program's canonical run.
+        strategy = strategy[: -len("@cal")]
+        probe = deterministic.Canonical()
+        try:
+            bug.execute(deterministic.Config(seed=0, strategy=probe, ordering="any"))
+        except Exception:  # noqa: BLE001 - only its length matters
+            pass
+        horizon = max(1, sum(1 for kind, n in probe.counts if kind == "pick" and n > 1))
     for i in range(budget):
-        config = deterministic.Config(seed=base + i, strategy=strategy, ordering="any")
+        config = deterministic.Config(seed=base + i, strategy=strategy, ordering="any", horizon=horizon)
         try:
             bug.execute(config)
         except (KeyboardInterrupt, SystemExit):

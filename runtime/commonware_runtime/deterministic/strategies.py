@@ -85,11 +85,13 @@ class Strategy(Protocol):
 
 
 class BaseStrategy:
-    """Timing choices at random (a quarter of idle wake-ups late), nothing else."""
+    """Timing choices at random (half of idle wake-ups late: half of those by the whole
+    bound, which makes every timer due within it fire together, the others by a uniform
+    amount), nothing else."""
 
     name = "base"
     holds_back = False
-    late_probability = 0.25
+    late_probability = 0.5
 
     def __init__(self) -> None:
         self.rng: random.Random = random.Random(0)
@@ -112,6 +114,8 @@ class BaseStrategy:
         rng = self.rng
         if self.late_probability <= 0 or rng.random() >= self.late_probability:
             return 0
+        if rng.random() < 0.5:
+            return limit_ns
         return 1 + int(rng.random() * limit_ns)
 
     def __repr__(self) -> str:
@@ -121,7 +125,7 @@ class BaseStrategy:
 class Random(BaseStrategy):
     """Each round's ready callbacks in a uniformly random order.  Timers fire on time under
     ``ordering="any"`` (the scheduler of earlier versions, exact sleeps); under ``"fifo"``,
-    where timing is the only thing that varies, a quarter of idle wake-ups are late.
+    where timing is the only thing that varies, half of idle wake-ups are late.
 
     The loop runs this strategy through an inlined copy of ``arrive``/``choose`` when
     nothing observes the run (the benchmarks' baseline); both draw exactly the same numbers
@@ -137,7 +141,7 @@ class Random(BaseStrategy):
     def begin(self, rng: random.Random, loop: EventLoop) -> None:
         super().begin(rng, loop)
         self._pending = []
-        self.late_probability = 0.25 if loop.ordering == "fifo" else 0.0
+        self.late_probability = 0.5 if loop.ordering == "fifo" else 0.0
 
     def arrive(self, seq: int, handle: asyncio.Handle) -> None:
         self._pending.append(seq)
@@ -159,14 +163,14 @@ class Walk(Random):
     """A uniformly random walk: at every decision any ready callback, including one made
     ready a moment ago, with equal probability (callbacks are held back across rounds).
     A task is delayed k steps with probability falling geometrically in k; timers are late
-    a quarter of the time in both orderings."""
+    as ``BaseStrategy`` makes them, in both orderings."""
 
     name = "walk"
     holds_back = True
 
     def begin(self, rng: random.Random, loop: EventLoop) -> None:
         super().begin(rng, loop)
-        self.late_probability = 0.25
+        self.late_probability = BaseStrategy.late_probability
 
 
 class _Priorities(BaseStrategy):
@@ -217,7 +221,8 @@ class PCT(_Priorities):
     priority ready callback runs (loop callbacks, which are not task steps, first).  At D-1
     random steps within the horizon, the task that runs gets priority i (i = 1..D-1), below
     every initial priority: that is how a task that was running ahead gets held back.
-    The horizon is, in order: the one in the name (``pct:3:200``), the run's expected
+    Steps count *contested* decisions only (two or more callbacks ready), where a priority
+    can matter.  The horizon is, in order: the one in the name (``pct:3:200``), the run's expected
     length (``Config(horizon=...)``, which the plugin measures with one canonical run of the
     test), or one drawn per run log-uniformly from 16..16384 steps, so a sweep covers short
     and long programs alike.  Fair after 8x the horizon (at least 2000).
@@ -234,6 +239,7 @@ class PCT(_Priorities):
         self.name = f"pct:{depth}" if horizon is None else f"pct:{depth}:{horizon}"
         self._prio: dict[int, float] = {}
         self._changes: dict[int, int] = {}
+        self._contested = 0
         self.run_horizon = horizon or 0
         self.chosen = self.name
 
@@ -245,8 +251,9 @@ class PCT(_Priorities):
         self.fair_after = max(8 * horizon, 2000)
         self._prio = {}
         self._changes = {}
+        self._contested = 0
         for i in range(1, self.depth):
-            self._changes.setdefault(int(rng.random() * horizon), i)
+            self._changes.setdefault(1 + int(rng.random() * horizon), i)
 
     def priority(self, tid: int) -> float:
         if tid == LOOP_CALLBACK:
@@ -269,11 +276,16 @@ class PCT(_Priorities):
             super().arrive(seq, handle)
 
     def choose(self, step: int) -> int:
-        if step >= self.fair_after and not self._fair:
+        heap = self._heap
+        if self._fair or step >= self.fair_after:
             return super().choose(step)
-        _, seq, tid = heapq.heappop(self._heap)
-        if step in self._changes and tid != LOOP_CALLBACK:
-            self._prio[tid] = float(self._changes[step])
+        change = None
+        if len(heap) > 1:  # only a contested decision is a step of the PCT bound
+            self._contested += 1
+            change = self._changes.get(self._contested)
+        _, seq, tid = heapq.heappop(heap)
+        if change is not None and tid != LOOP_CALLBACK:
+            self._prio[tid] = float(change)
         return seq
 
 
@@ -405,7 +417,7 @@ class Swarm(BaseStrategy):
             inner = PCT(depth=1 + int(pick.random() * 4), horizon=horizon)
         else:
             inner = POS()
-        late = (0.0, 0.1, 0.25, 0.5)[int(pick.random() * 4)]
+        late = (0.0, 0.25, 0.5, 0.75)[int(pick.random() * 4)]
         inner.begin(rng, loop)
         inner.late_probability = late
         self.inner = inner
