@@ -192,6 +192,8 @@ class Settings:
     explore: int | None = None  # --cw-explore=K: explore within K deviations instead of running seeds
     explore_limit: int = DEFAULT_EXPLORE_LIMIT
     fifo_check: int = DEFAULT_FIFO_CHECK  # fifo schedules tried when a seed fails under ordering "any"
+    horizon: str | int = "auto"  # --cw-horizon: "auto" (measured), "none" or a number of contested decisions
+    horizons: dict[str, int] = field(default_factory=dict)  # "auto": test -> its canonical run's length
 
     def seeds_for(self, marker: MarkerArgs) -> list[int]:
         return seed_list(self, marker)
@@ -352,6 +354,40 @@ def deterministic_config(seed: int, marker: MarkerArgs, settings: Settings | Non
     if marker.catch_panics is not None:
         config = config.with_catch_panics(marker.catch_panics)
     return config
+
+
+def uses_horizon(config: deterministic.Config) -> bool:
+    """Whether the config's strategy places events within the run's expected length and was
+    given none (``pct``, ``pct:D``, ``swarm``)."""
+    spec = config.strategy
+    if not isinstance(spec, str) or config.horizon is not None:
+        return False
+    name, *params = spec.split(":")
+    return name == "swarm" or (name == "pct" and len(params) < 2)
+
+
+def with_horizon(config: deterministic.Config, test: str, main: Callable[[Any], Awaitable[Any]],
+                 settings: Settings) -> deterministic.Config:
+    """``config`` with the horizon of ``--cw-horizon``: a number, nothing, or (``auto``, the
+    default) the number of contested decisions of the test's canonical run, measured once
+    per test and ordering in a session.
+
+    PCT finds a depth-d bug with probability about 1/(n k^(d-1)) when its change points are
+    spread over the k contested decisions the run really makes; drawn blindly they mostly
+    land past its end (the bug corpus: swarm needs 2-10x fewer runs on the deep bugs).  The
+    canonical run is deterministic, so the seed alone still reproduces a run.
+    """
+    if not uses_horizon(config) or settings.horizon == "none":
+        return config
+    if isinstance(settings.horizon, int):
+        return config.with_horizon(settings.horizon)
+    key = f"{test}|{config.ordering}"
+    horizon = settings.horizons.get(key)
+    if horizon is None:
+        probe = deterministic.Canonical()
+        run_deterministic(config.with_strategy(probe), main, record=False)
+        horizon = settings.horizons[key] = max(1, sum(1 for kind, n in probe.counts if kind == "pick" and n > 1))
+    return config.with_horizon(horizon)
 
 
 def config_from_dict(values: Mapping[str, Any], where: str) -> deterministic.Config:

@@ -114,6 +114,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "(one item per deterministic test, id [explore=K])", metavar="K")
     add("--cw-explore-limit", "cw_explore_limit", f"stop an exploration after N schedules (default "
         f"{engine.DEFAULT_EXPLORE_LIMIT})", metavar="N")
+    add("--cw-horizon", "cw_horizon", "how many contested decisions pct and swarm spread their priority changes over: "
+        "auto (default: measured by one canonical run of each test), none (drawn per run), or a number", metavar="H")
     add("--cw-fifo-check", "cw_fifo_check", f"when a seed fails under ordering any, rerun the test on K fifo schedules "
         f"to say whether stock asyncio can fail the same way (default {engine.DEFAULT_FIFO_CHECK}; 0: off)", metavar="K")
     group.addoption("--cw-check-determinism", dest="cw_check_determinism", action="store_true", default=None,
@@ -170,6 +172,10 @@ def _settings(config: pytest.Config, sources: dict[str, str] | None = None) -> S
     value, where, _ = given("cw_explore_limit")
     if value is not None:
         s.explore_limit = engine.parse_int(where, value, 1)
+    value, where, _ = given("cw_horizon")
+    if value is not None:
+        text = str(value).strip()
+        s.horizon = text if text in ("auto", "none") else engine.parse_int(where, text, 1)
     value, where, _ = given("cw_fifo_check")
     if value is not None:
         s.fifo_check = engine.parse_int(where, value, 0)
@@ -502,6 +508,8 @@ def _classify(item: pytest.Item, state: State, config: deterministic.Config, mai
 def _run_seed(item: pytest.Function, state: State, seed: int, marker: MarkerArgs, make_main: Any, note: ItemRun) -> None:
     settings = state.settings
     config = engine.deterministic_config(seed, marker, settings)
+    # Keyed by the test function, not the seed: every seed of a test shares its measured length.
+    config = engine.with_horizon(config, item.nodeid.split("[", 1)[0], make_main(), settings)
     record = settings.record_for(marker)
     check = settings.check_determinism
     every = engine.CHECK_CHECKPOINT_EVERY if check else 1024

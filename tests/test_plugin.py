@@ -108,7 +108,33 @@ def test_async_fixtures_run_inside_the_run(pytester: pytest.Pytester) -> None:
             assert events == [("open", 5.0), ("close", 6.0)] * 2
         """
     )
-    pytester.runpytest(*QUIET).assert_outcomes(passed=3)
+    # --cw-horizon=none: no canonical run measures the test first (it would run the fixtures too)
+    pytester.runpytest(*QUIET, "--cw-horizon=none").assert_outcomes(passed=3)
+
+
+def test_the_horizon_is_measured_once_per_test_by_a_canonical_run(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import asyncio, pytest
+        runs = []
+
+        @pytest.mark.commonware(seeds=3)
+        async def test_counted(deterministic_context):
+            runs.append("run")
+            await asyncio.gather(*(asyncio.sleep(0) for _ in range(3)))
+
+        @pytest.mark.commonware(seeds=3, strategy="random")
+        async def test_random_needs_none(deterministic_context):
+            runs.append("random")
+
+        def test_count():
+            assert runs.count("run") == 3 + 1  # three seeds and the one measuring run
+            assert runs.count("random") == 3
+        """
+    )
+    pytester.runpytest(*QUIET, "-p", "no:randomly").assert_outcomes(passed=7)
+    result = pytester.runpytest(*QUIET, "--cw-horizon=abc")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
 
 
 def test_sync_test_asking_for_a_context_fails_clearly(pytester: pytest.Pytester) -> None:

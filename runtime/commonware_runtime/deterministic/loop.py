@@ -296,11 +296,15 @@ class EventLoop(asyncio.BaseEventLoop):
             if timers:
                 if timers[0][0] > now:
                     # An idle loop's wake-up may come late (bounded by one cycle), as the
-                    # operating system's timers do; everything due by then fires together.
+                    # operating system's timers do: everything due by then fires together,
+                    # and the clock reads the last deadline among them (a lone timer is
+                    # never late: only timers close together are merged into one round).
                     late = self._chooser.late(self._cycle_ns)
                     if self.observer is not None:
                         self.observer.timing(late)
-                    now = timers[0][0] + late
+                    now = timers[0][0]
+                    if late:
+                        now = _latest_due(timers, now + late)
             elif self._stopping:  # type: ignore[attr-defined]
                 return
             else:
@@ -654,6 +658,25 @@ class _Wakeup:
             self._cancelled = True
             if self._scheduled:  # still in the heap: let the loop compact dead entries
                 self._loop._timer_handle_cancelled(self)  # type: ignore[arg-type]
+
+
+def _latest_due(timers: list[tuple[int, int, Any]], limit: int) -> int:
+    """The latest deadline at or before ``limit`` among live heap entries (the heap's top is
+    one of them): only the part of the heap above ``limit`` is visited."""
+    latest = timers[0][0]
+    stack = [0]
+    n = len(timers)
+    while stack:
+        i = stack.pop()
+        when = timers[i][0]
+        if when > limit:
+            continue
+        if when > latest and not _dead(timers[i][2]):
+            latest = when
+        for child in (2 * i + 1, 2 * i + 2):
+            if child < n:
+                stack.append(child)
+    return latest
 
 
 def _dead(entry: Any) -> bool:

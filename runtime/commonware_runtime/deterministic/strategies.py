@@ -18,7 +18,9 @@ Two kinds of choice exist, one per ``ordering`` (SPEC 5a):
 - ``ordering="fifo"``: callbacks run in registration order, as asyncio documents.  The
   strategy chooses only timing: ``tie(n)``, which of ``n`` timers due at the same instant
   fires next (a rank among them in creation order), and ``late(limit_ns)``, how late the
-  next timer wake-up of an idle loop is (0 .. ``limit_ns``).
+  next timer wake-up of an idle loop may be (0 .. ``limit_ns``): every timer due within
+  that much of the first fires in the same round, the clock reading the last one's
+  deadline (so a lone timer is never late).  Late wake-ups happen in both orderings.
 
 Every strategy's choices are drawn from the scheduler stream handed to ``begin``, so the
 seed alone reproduces a run, and no other stream (``context.rng``, faults) moves.
