@@ -398,3 +398,44 @@ def test_hypothesis_schedule_of_zeros_is_the_canonical_run() -> None:
     assert repr(DrawnSchedule((0, 2, 0, 0))) == "DrawnSchedule(choices=(0, 2), ordering='any')"
     with pytest.raises(ValueError, match="-1"):
         DrawnSchedule((1, -1))
+
+
+# -- many ready at once: a window keeps waking n waiters O(n) ------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["random", "walk", "pct", "pos", "swarm"])
+def test_a_large_round_overtakes_at_most_a_window_and_replays(strategy: str) -> None:
+    from commonware_runtime.deterministic.strategies import WINDOW
+
+    n = 4 * WINDOW
+
+    async def main(ctx: Any) -> tuple[list[int], list[int]]:
+        event = asyncio.Event()
+        waiting: list[int] = []
+        woke: list[int] = []
+
+        async def waiter(i: int) -> None:
+            waiting.append(i)
+            await event.wait()
+            woke.append(i)
+
+        tasks = [asyncio.create_task(waiter(i)) for i in range(n)]
+        while len(waiting) < n:
+            await asyncio.sleep(0)
+        event.set()
+        await asyncio.gather(*tasks)
+        return waiting, woke
+
+    config = deterministic.Config(seed=3, strategy=strategy)
+    waiting, woke = deterministic.Runner(config).start(main)
+    assert sorted(woke) == list(range(n))
+    if strategy != "pct":  # (pct: fixed task priorities wake them in the order they waited)
+        assert woke != waiting  # still shuffled
+    # the k-th to wait cannot wake before WINDOW-1 of those that waited before it
+    rank = {i: k for k, i in enumerate(waiting)}
+    assert all(position >= rank[i] - (WINDOW - 1) for position, i in enumerate(woke))
+    woke = (waiting, woke)  # type: ignore[assignment]
+    recorder = deterministic.Recorder()
+    assert deterministic.Runner(config, recorder=recorder).start(main) == woke  # inlined == general path
+    assert recorder.schedule is not None
+    assert deterministic.Runner(config, replay=recorder.schedule).start(main) == woke

@@ -32,7 +32,7 @@ from typing import Any
 from ..arguments import NS_PER_SECOND, Duration, seconds_to_ns
 from ..auditor import Auditor
 from ..errors import RuntimeStalled, RuntimeTimeout
-from .strategies import ORDERINGS, LOOP_CALLBACK, Strategy, make_strategy
+from .strategies import LOOP_CALLBACK, ORDERINGS, WINDOW, Strategy, make_strategy
 from .strategies import Random as _RANDOM
 from .trace import Replayer as _Replay
 
@@ -425,6 +425,9 @@ class EventLoop(asyncio.BaseEventLoop):
 
     def _run_batch_random(self, batch: list[asyncio.Handle]) -> None:
         # strategies.Random.arrive/choose inlined on the batch itself (the same draws).
+        if len(batch) > WINDOW:
+            self._run_batch_windowed(batch)
+            return
         rand = self._scheduler.random
         record = self._decisions.append
         task_type = _Task
@@ -454,6 +457,32 @@ class EventLoop(asyncio.BaseEventLoop):
                 raise
             except BaseException as exc:
                 self._callback_failed(handle, exc)
+
+    def _run_batch_windowed(self, batch: list[asyncio.Handle]) -> None:
+        """A round larger than the strategies' window: strategies.Random's choice among the
+        ``WINDOW`` oldest remaining callbacks, inlined (rare, so kept plain)."""
+        rand = self._scheduler.random
+        window = batch[:WINDOW]
+        rest = batch[WINDOW:]
+        rest.reverse()  # popped from the end: oldest first
+        self._seq += len(batch)
+        self.steps += len(batch)
+        while window:
+            n = len(window)
+            if n == 1:
+                handle = window.pop()
+            else:
+                i = int(rand() * n)
+                handle = window[i]
+                last = window.pop()
+                if last is not handle:
+                    window[i] = last
+            if rest:
+                window.append(rest.pop())
+            tid = self.owner_id(handle)
+            self._decisions.append(tid)
+            if not handle._cancelled:
+                handle._run()
 
     def _callback_failed(self, handle: asyncio.Handle, exc: BaseException) -> None:
         """What Handle._run does with a callback's exception: hand it to the loop's handler."""

@@ -31,6 +31,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -60,6 +61,11 @@ __all__ = [
 ]
 
 ORDERINGS = ("any", "fifo")
+# A strategy chooses among at most this many of the oldest ready callbacks; older ones
+# than those never wait behind newer ones beyond it.  Small programs never have more ready
+# at once; a round that wakes 100,000 waiters of one Event then costs O(n), not O(n^2)
+# (each waiter's Event.wait removes its future from a deque scanned from the oldest end).
+WINDOW = 128
 LOOP_CALLBACK = 0  # the task id of a callback that is not a task step
 
 
@@ -138,26 +144,34 @@ class Random(BaseStrategy):
 
     def __init__(self) -> None:
         super().__init__()
-        self._pending: list[int] = []
+        self._window: list[int] = []
+        self._queue: deque[int] = deque()
 
     def begin(self, rng: random.Random, loop: EventLoop) -> None:
         super().begin(rng, loop)
-        self._pending = []
+        self._window = []
+        self._queue = deque()
         self.late_probability = 0.5 if loop.ordering == "fifo" else 0.0
 
     def arrive(self, seq: int, handle: asyncio.Handle) -> None:
-        self._pending.append(seq)
+        if len(self._window) < WINDOW and not self._queue:
+            self._window.append(seq)
+        else:
+            self._queue.append(seq)
 
     def choose(self, step: int) -> int:
-        pending = self._pending
-        n = len(pending)
+        window = self._window
+        n = len(window)
         if n == 1:
-            return pending.pop()
-        i = int(self.rng.random() * n)
-        seq = pending[i]
-        last = pending.pop()
-        if last != seq:
-            pending[i] = last
+            seq = window.pop()
+        else:
+            i = int(self.rng.random() * n)
+            seq = window[i]
+            last = window.pop()
+            if last != seq:
+                window[i] = last
+        if self._queue:  # the next oldest enters the window
+            window.append(self._queue.popleft())
         return seq
 
 
@@ -186,22 +200,30 @@ class _Priorities(BaseStrategy):
     def __init__(self, fair_after: int) -> None:
         super().__init__()
         self.fair_after = fair_after
-        self._heap: list[tuple[float, int, int]] = []
+        self._heap: list[tuple[float, int, int]] = []  # the window: (-priority, seq, task id)
+        self._queue: deque[tuple[int, int]] = deque()  # (seq, task id) beyond the window
         self._fair = False
 
     def begin(self, rng: random.Random, loop: EventLoop) -> None:
         super().begin(rng, loop)
         self._heap = []
+        self._queue = deque()
         self._fair = False
 
     def priority(self, tid: int) -> float:
         raise NotImplementedError
 
+    def _push(self, seq: int, tid: int) -> None:
+        key = 0.0 if self._fair else -self.priority(tid)
+        heapq.heappush(self._heap, (key, seq, tid))
+
     def arrive(self, seq: int, handle: asyncio.Handle) -> None:
         owner = getattr(handle._callback, "__self__", None)  # type: ignore[attr-defined]
         tid = getattr(owner, "_cw_id", LOOP_CALLBACK) if isinstance(owner, _TASK) else LOOP_CALLBACK
-        key = 0.0 if self._fair else -self.priority(tid)
-        heapq.heappush(self._heap, (key, seq, tid))
+        if len(self._heap) < WINDOW and not self._queue:
+            self._push(seq, tid)
+        else:
+            self._queue.append((seq, tid))
 
     def choose(self, step: int) -> int:
         if step >= self.fair_after and not self._fair:
@@ -209,6 +231,8 @@ class _Priorities(BaseStrategy):
             self._heap = [(0.0, seq, tid) for _, seq, tid in self._heap]
             heapq.heapify(self._heap)
         _, seq, tid = heapq.heappop(self._heap)
+        if self._queue:
+            self._push(*self._queue.popleft())
         self.ran(step, tid)
         return seq
 
@@ -268,7 +292,7 @@ class PCT(_Priorities):
     def arrive(self, seq: int, handle: asyncio.Handle) -> None:
         # _Priorities.arrive with priority() inlined: this runs once per decision.
         owner = getattr(handle._callback, "__self__", None)  # type: ignore[attr-defined]
-        if isinstance(owner, _TASK) and not self._fair:
+        if isinstance(owner, _TASK) and not self._fair and len(self._heap) < WINDOW and not self._queue:
             tid = getattr(owner, "_cw_id", LOOP_CALLBACK)
             prio = self._prio.get(tid)
             if prio is None:
@@ -288,6 +312,8 @@ class PCT(_Priorities):
         _, seq, tid = heapq.heappop(heap)
         if change is not None and tid != LOOP_CALLBACK:
             self._prio[tid] = float(change)
+        if self._queue:
+            self._push(*self._queue.popleft())
         return seq
 
 
