@@ -19,6 +19,7 @@ from commonware_runtime import (
     BindFailed,
     BlobInsufficientLength,
     BlobMissing,
+    BlobSyncFailed,
     Closed,
     ConnectionFailed,
     Error,
@@ -2009,5 +2010,78 @@ def test_network_recv_rejects_impossible_lengths_at_the_call(runner_factory: Any
         # Refused before any effect: the stream is not poisoned and its bytes are intact.
         assert await stream.recv(2) == b"xy"
         await sink.send(b"!")
+
+    runner_factory.run(main)
+
+
+# -- a failed sync poisons the blob (issue 9) ---------------------------------------------
+
+
+def failing_syncs(runner_factory: Any, monkeypatch: pytest.MonkeyPatch, ctx: Any) -> Any:
+    """A context manager under which every sync fails: an injected fault in the simulation,
+    a failing ``fdatasync`` (EIO) in production."""
+    import contextlib
+    import errno
+
+    @contextlib.contextmanager
+    def failing() -> Any:
+        if runner_factory.deterministic:
+            ctx.storage_faults.sync_rate = 1.0
+            try:
+                yield
+            finally:
+                ctx.storage_faults.sync_rate = 0.0
+        else:
+            def fail(fd: int) -> None:
+                raise OSError(errno.EIO, "injected fdatasync error")
+
+            with monkeypatch.context() as m:
+                m.setattr(os, "fdatasync", fail)
+                yield
+
+    return failing()
+
+
+def test_storage_failed_sync_poisons_until_reopened(runner_factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def main(ctx: Any) -> None:
+        blob, _ = await ctx.open("poison", b"log")
+        await blob.write_at(b"synced", 0)
+        await blob.sync()
+        other, _ = await ctx.open("poison", b"log")
+        await blob.write_at(b"+unsynced", 6)
+        with failing_syncs(runner_factory, monkeypatch, ctx):
+            with pytest.raises(BlobSyncFailed, match=r"blob b'log' in partition 'poison'") as first:
+                await blob.sync()
+        assert "poisoned" in str(first.value)
+        # Syncing works again, but a retry must not report success for writes the failed
+        # sync may have dropped: the blob refuses everything until it is reopened, through
+        # every handle, on both runtimes alike.
+        for handle in (blob, other):
+            with pytest.raises(BlobSyncFailed, match=r"sync on blob b'log' in partition 'poison': an earlier sync failed"):
+                await handle.sync()
+            with pytest.raises(BlobSyncFailed, match="earlier sync failed"):
+                await handle.read_at(6, 0)
+            with pytest.raises(BlobSyncFailed, match="earlier sync failed"):
+                await handle.write_at(b"x", 0)
+            with pytest.raises(BlobSyncFailed, match="earlier sync failed"):
+                await handle.resize(3)
+        # A handle opened while the blob is poisoned is poisoned too.
+        third, _ = await ctx.open("poison", b"log")
+        with pytest.raises(BlobSyncFailed, match="earlier sync failed"):
+            await third.sync()
+        # Closing reports the failure again, and closes.
+        for handle in (blob, other, third):
+            with pytest.raises(BlobSyncFailed, match="closed, but a sync failed"):
+                await handle.close()
+            with pytest.raises(Closed):
+                await handle.read_at(1, 0)
+        # Reopened: usable again.  The synced bytes are there; whether the unsynced ones
+        # are is up to the file system (the simulation drops them).
+        fresh, size = await ctx.open("poison", b"log")
+        assert size in (6, 15)
+        assert await fresh.read_at(6, 0) == b"synced"
+        await fresh.write_at(b"!", size)
+        await fresh.sync()
+        await fresh.close()
 
     runner_factory.run(main)

@@ -710,6 +710,15 @@ def test_injected_faults_raise_the_operations_error(field: str, error: type[Erro
         if op not in ("scan",):
             assert "blob" in str(info.value)
         setattr(storage.faults, field, 0.0)
+        if op == "sync":
+            # A failed sync poisons the blob until it is reopened; the unsynced bytes are gone.
+            with pytest.raises(BlobSyncFailed, match="earlier sync failed"):
+                await blob.read_at(4, 0)
+            with pytest.raises(BlobSyncFailed):
+                await blob.close()
+            blob, size = await storage.open("part", b"blob")
+            assert size == 0
+            return
         # the failed operation had no effect
         assert blob.size == 4 and await blob.read_at(4, 0) == b"abcd"
         assert await storage.scan("part") == [b"blob"]
@@ -734,6 +743,11 @@ def _fault_trace(seed: int) -> tuple[list[str], str, bytes]:
                     outcomes.append(name)
                 except (WriteFailed, ReadFailed, BlobSyncFailed, BlobInsufficientLength) as exc:
                     outcomes.append(type(exc).__name__)
+                    if isinstance(exc, BlobSyncFailed):
+                        # Poisoned until reopened (the close reports the failure again).
+                        with pytest.raises(BlobSyncFailed):
+                            await blob.close()
+                        blob, _ = await storage.open("p", b"a")
         storage.faults.read_rate = 0.0
         return outcomes, auditor.state(), await blob.read_at(blob.size, 0)
 
@@ -801,3 +815,202 @@ def test_constructor_checks_types() -> None:
     with pytest.raises(PartitionNameInvalid):
         Storage(auditor=None, counters=RuntimeCounters(), rng=random.Random(), image={"a b": {}})
     assert isinstance(make(), Storage) and Blob.__name__ == "Blob"
+
+
+# -- a failed sync poisons (issue 9) -------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["lose", "prefix", "subset"])
+def test_failed_sync_loses_unsynced_writes_in_a_crash_whatever_the_mode(mode: str) -> None:
+    # The simulation must be no kinder than production: after a failed sync nothing can
+    # make the writes since the last successful sync durable, and a crash drops them even
+    # where the crash mode would otherwise let some of them survive.
+    async def body(seed: int) -> None:
+        storage = make(seed, StorageFaults(crash_unsynced=mode))
+        blob, _ = await storage.open("p", b"a")
+        await blob.write_at(b"durable", 0)
+        await blob.sync()
+        for i in range(8):
+            await blob.write_at(b"unsynced%d" % i, 7 + 9 * i)
+        storage.faults.sync_rate = 1.0
+        with pytest.raises(BlobSyncFailed, match="injected fault"):
+            await blob.sync()
+        storage.faults.sync_rate = 0.0
+        with pytest.raises(BlobSyncFailed, match="earlier sync failed"):
+            await blob.sync()  # the retry cannot succeed
+        assert storage.durable_image() == {"p": {b"a": b"durable"}}
+        recovered = storage.crash()
+        assert recovered.durable_image() == {"p": {b"a": b"durable"}}
+        again, size = await recovered.open("p", b"a")
+        assert size == 7 and await again.read_at(7, 0) == b"durable"
+
+    for seed in range(10):
+        run(body(seed))
+
+
+def test_reopening_a_poisoned_blob_finds_its_durable_contents() -> None:
+    async def body() -> None:
+        storage = make()
+        blob, _ = await storage.open("p", b"a")
+        await blob.write_at(b"abc", 0)
+        await blob.sync()
+        await blob.write_at(b"defgh", 3)
+        await blob.resize(100)
+        storage.faults.sync_rate = 1.0
+        with pytest.raises(BlobSyncFailed):
+            await blob.sync()
+        storage.faults.sync_rate = 0.0
+        assert blob.size == 100  # size still answers, as in production
+        with pytest.raises(BlobSyncFailed, match="closed, but a sync failed"):
+            await blob.close()
+        fresh, size = await storage.open("p", b"a")
+        assert size == 3 and await fresh.read_at(3, 0) == b"abc"
+        await fresh.write_at(b"XY", 3)
+        await fresh.sync()  # no longer poisoned
+        assert storage.durable_image() == {"p": {b"a": b"abcXY"}}
+        await fresh.close()
+
+    run(body())
+
+
+def test_poisoning_is_audited_and_reproducible() -> None:
+    async def body() -> str:
+        auditor = Auditor()
+        storage = make(5, StorageFaults(sync_rate=0.5), auditor=auditor)
+        blob, _ = await storage.open("p", b"a")
+        for i in range(30):
+            try:
+                await blob.write_at(bytes([i]), i)
+                await blob.sync()
+            except BlobSyncFailed:
+                with pytest.raises(BlobSyncFailed):
+                    await blob.close()
+                blob, _ = await storage.open("p", b"a")
+        return auditor.state() + storage.audit()
+
+    assert run(body()) == run(body())
+
+
+# -- sparse blobs (issue 9) ----------------------------------------------------------------
+
+
+@storage_test
+async def test_huge_offsets_are_sparse(storage: Storage) -> None:
+    blob, _ = await storage.open("p", b"sparse")
+    await blob.write_at(b"x", 1 << 40)  # no MemoryError: a hole, as on a file system
+    assert blob.size == (1 << 40) + 1
+    assert await blob.read_at(1, 1 << 40) == b"x"
+    assert await blob.read_at(4, (1 << 40) - 3) == b"\0\0\0x"
+    assert await blob.read_at(16, 12345) == bytes(16)
+    buf = bytearray(b"\xff" * 8)
+    await blob.read_at(buf, (1 << 40) - 7)
+    assert buf == b"\0" * 7 + b"x"
+    with pytest.raises(BlobInsufficientLength):
+        await blob.read_at(2, 1 << 40)
+    await blob.write_at(b"head", 0)
+    await blob.write_at(b"yz", (1 << 40) + 1)
+    assert await blob.read_at(3, 1 << 40) == b"xyz"
+    await blob.sync()
+    digest = storage.audit()  # costs what is stored, not a terabyte
+    assert len(digest) == 64
+    await blob.resize(1 << 50)  # extending stores nothing either
+    assert blob.size == 1 << 50 and await blob.read_at(2, (1 << 50) - 2) == b"\0\0"
+    await blob.resize((1 << 40) + 1)
+    assert await blob.read_at(2, (1 << 40) - 1) == b"\0x"
+    await blob.resize(2)
+    assert blob.size == 2 and await blob.read_at(2, 0) == b"he"
+    await blob.resize(1 << 40)
+    assert await blob.read_at(3, (1 << 40) - 3) == bytes(3)
+    await blob.close()
+
+
+def test_sparse_blob_survives_crash_and_checkpoint() -> None:
+    from commonware_runtime import deterministic
+
+    async def main(ctx: Any) -> int:
+        blob, _ = await ctx.open("p", b"s")
+        await blob.write_at(b"far", 1 << 42)
+        await blob.sync()
+        await blob.write_at(b"lost", 1 << 43)  # unsynced: the crash loses it
+        return 0
+
+    runner = deterministic.Runner(deterministic.Config(seed=1))
+    _, checkpoint = runner.start_and_recover(main)
+
+    async def after(ctx: Any) -> bytes:
+        blob, size = await ctx.open("p", b"s")
+        assert size == (1 << 42) + 3
+        return bytes(await blob.read_at(4, (1 << 42) - 1))
+
+    assert deterministic.Runner.from_checkpoint(checkpoint).start(after) == b"\0far"
+
+
+def test_audit_depends_on_contents_not_on_holes() -> None:
+    async def body(explicit_zeros: bool, via_resize: bool) -> str:
+        storage = make()
+        blob, _ = await storage.open("p", b"a")
+        if explicit_zeros:
+            await blob.write_at(bytes(3 << 20), 0)
+        elif via_resize:
+            await blob.resize(3 << 20)
+        await blob.write_at(b"tail", 3 << 20)
+        await blob.write_at(b"head", 0)
+        await blob.sync()
+        return storage.audit()
+
+    digests = {run(body(z, r)) for z, r in ((True, False), (False, True), (False, False))}
+    assert len(digests) == 1
+
+
+def test_sparse_image_matches_a_dense_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Random writes, resizes and reads on the sparse image (with a tiny hole threshold, so
+    # extents are made, merged and cut all the time) read back like a plain bytearray.
+    from commonware_runtime.deterministic import storage as module
+
+    monkeypatch.setattr(module, "HOLE", 8)
+    monkeypatch.setattr(module, "_AUDIT_BLOCK", 4)
+    monkeypatch.setattr(module, "_ZERO_BLOCK", bytes(4))
+    import hashlib
+
+    def digest(image: Any) -> str:
+        h = hashlib.sha256()
+        image.digest_into(h)
+        return h.hexdigest()
+
+    for seed in range(300):
+        rng = random.Random(seed)
+        image = module._Image()
+        model = bytearray()
+        for _ in range(40):
+            op = rng.random()
+            if op < 0.6:
+                offset = rng.randrange(0, 120)
+                payload = rng.randbytes(rng.randrange(0, 12))
+                image.write(offset, payload)
+                if payload:
+                    if offset > len(model):
+                        model.extend(bytes(offset - len(model)))
+                    model[offset : offset + len(payload)] = payload
+            elif op < 0.8:
+                length = rng.randrange(0, 130)
+                image.resize(length)
+                del model[length:]
+                model.extend(bytes(length - len(model)))
+            else:
+                copy = image.copy()
+                assert copy.dense() == bytes(model)
+            assert image.size == len(model)
+            starts = image.starts
+            assert starts[0] == 0 and starts == sorted(starts)
+            for k in range(1, len(starts)):
+                assert starts[k - 1] + len(image.bufs[k - 1]) < starts[k], "extents overlap or touch"
+            assert starts[-1] + len(image.bufs[-1]) <= max(image.size, len(image.bufs[0]))
+            if model:
+                offset = rng.randrange(len(model))
+                n = rng.randrange(len(model) - offset + 1)
+                assert bytes(image.read(offset, n)) == bytes(model[offset : offset + n])
+                target = bytearray(b"\xee" * n)
+                image.read_into(memoryview(target), offset)
+                assert target == model[offset : offset + n]
+        assert image.dense() == bytes(model)
+        assert digest(image) == digest(module._Image(model))

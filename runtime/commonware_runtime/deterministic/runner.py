@@ -109,7 +109,7 @@ class Checkpoint:
     user_rng_state: Any
     fault_rng_state: Any
     auditor: Auditor
-    storage: Any  # the durable image: {partition: {name: bytes}}
+    storage: Any  # the durable contents, sparse: Storage.snapshot() of the crashed storage
     restarts: int
 
     @property
@@ -253,7 +253,7 @@ class Runner:
             user_rng_state=core.rng.getstate(),
             fault_rng_state=core.fault_rng.getstate(),
             auditor=(core.final_auditor or core.auditor).fork(),
-            storage=core.storage.crash().durable_image(),
+            storage=core.storage.crash().snapshot(),
             restarts=0 if self._checkpoint is None else self._checkpoint.restarts + 1,
         )
 

@@ -18,6 +18,24 @@ Creating and removing partitions and blobs is durable at once (as if the directo
 were fsynced after every metadata change): a blob created but never synced survives a
 crash with its durable size, usually 0.
 
+A failed ``sync`` (``StorageFaults.sync_rate``) poisons the blob, as production does after
+a failed ``fdatasync``: a failed fsync may have dropped the dirty pages, so a retry that
+succeeds would report lost writes as durable.  Until every handle of the blob is closed,
+every ``read_at``, ``write_at``, ``resize`` and ``sync`` through any of them (and through
+handles opened meanwhile) raises ``BlobSyncFailed``, ``close`` closes and raises it too,
+and a crash keeps only the durable image, whatever ``crash_unsynced`` says.  When the last
+handle closes, the unsynced writes are dropped: reopening finds the durable contents.
+
+Sparse contents
+---------------
+Images are sparse (:class:`_Image`): extents of stored bytes, holes reading as zeros, so
+``write_at(b"x", 2**40)`` or ``resize(2**50)`` stores a byte or nothing, as a file system
+would.  A write landing less than ``HOLE`` (1 MiB) past the stored bytes fills the gap
+with zeros instead, so a blob written densely is one ``bytearray`` and takes the fast
+paths.  ``audit()`` hashes the contents canonically (zero blocks skipped, holes or not) and
+costs what is stored; ``snapshot()`` copies the sparse images (checkpoints use it), while
+``durable_image()`` returns plain bytes and so allocates each blob's full size.
+
 Handles and removal
 -------------------
 Every ``open`` returns a new handle; the handles of one blob share its contents.
@@ -41,8 +59,10 @@ import asyncio
 import hashlib
 import math
 import random
+from bisect import bisect_left, bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from ..arguments import U64_MAX, check_blob_name, check_count, check_data, check_offset, check_partition, format_blob
 from ..auditor import Auditor
@@ -127,47 +147,196 @@ class StorageFaults:
         object.__setattr__(self, field, value)
 
 
-def _apply_write(buf: bytearray, offset: int, payload: bytes) -> None:
-    if not payload:
-        # Like pwrite(2): writing nothing does not extend the blob, even past its end.
-        return
-    size = len(buf)
-    if offset >= size:
-        if offset > size:
-            buf.extend(bytes(offset - size))
-        buf.extend(payload)
-    else:
-        buf[offset : offset + len(payload)] = payload
+#: A write that would leave a gap of at least this many zero bytes after the stored data
+#: starts a new extent (a hole, as a file system leaves one) instead of filling the gap.
+HOLE = 1 << 20
+#: Grid of the audit hash: blocks of zeros hash the same whether stored or a hole.
+_AUDIT_BLOCK = 1 << 16
+_ZERO_BLOCK = bytes(_AUDIT_BLOCK)
 
 
-def _apply_resize(buf: bytearray, length: int) -> None:
-    size = len(buf)
-    if length < size:
-        del buf[length:]
-    elif length > size:
-        buf.extend(bytes(length - size))
+class _Image:
+    """The contents of a blob, sparse: sorted, disjoint extents of stored bytes and a size.
+
+    Bytes in ``[0, size)`` that no extent covers are zeros (holes), so ``write_at(b"x",
+    2**40)`` stores one byte, and ``resize`` up stores nothing, as on a real file system.
+    There is always an extent at offset 0 (``data``, possibly empty): a blob written
+    densely is just that one ``bytearray`` and every operation on it takes the fast path.
+    """
+
+    __slots__ = ("starts", "bufs", "size")
+
+    def __init__(self, contents: BytesLike = b"") -> None:
+        data = bytearray(contents)
+        self.starts = [0]
+        self.bufs = [data]
+        self.size = len(data)
+
+    def copy(self) -> _Image:
+        image = _Image.__new__(_Image)
+        image.starts = list(self.starts)
+        image.bufs = [bytearray(buf) for buf in self.bufs]
+        image.size = self.size
+        return image
+
+    def stored(self) -> int:
+        """Bytes actually held (what copying this image costs)."""
+        bufs = self.bufs
+        return len(bufs[0]) if len(bufs) == 1 else sum(map(len, bufs))
+
+    def dense(self) -> bytes:
+        """Every byte of ``[0, size)``, holes as zeros (allocates ``size`` bytes)."""
+        if len(self.bufs) == 1 and len(self.bufs[0]) == self.size:
+            return bytes(self.bufs[0])
+        return bytes(self.read(0, self.size))
+
+    def read(self, offset: int, n: int) -> bytearray:
+        """``n`` bytes at ``offset`` (the caller checked ``offset + n <= size``)."""
+        out = bytearray(n)
+        with memoryview(out) as view:
+            self.read_into(view, offset, zeroed=True)
+        return out
+
+    def read_into(self, target: memoryview, offset: int, zeroed: bool = False) -> None:
+        """Fill the flat byte view ``target`` from ``offset``; holes read as zeros (written
+        into ``target`` unless ``zeroed`` says it holds zeros already)."""
+        end = offset + target.nbytes
+        starts, bufs = self.starts, self.bufs
+        pos = offset  # everything before pos is filled
+        i = bisect_right(starts, offset) - 1
+        count = len(starts)
+        while i < count and starts[i] < end:
+            start, buf = starts[i], bufs[i]
+            lo = offset if offset > start else start
+            hi = start + len(buf)
+            if hi > end:
+                hi = end
+            if lo < hi:
+                if lo > pos and not zeroed:
+                    target[pos - offset : lo - offset] = bytes(lo - pos)
+                with memoryview(buf) as source:
+                    target[lo - offset : hi - offset] = source[lo - start : hi - start]
+                pos = hi
+            i += 1
+        if pos < end and not zeroed:
+            target[pos - offset :] = bytes(end - pos)
+
+    def write(self, offset: int, payload: bytes) -> None:
+        """Store ``payload`` at ``offset``; a write of nothing changes nothing (pwrite(2))."""
+        n = len(payload)
+        if not n:
+            return
+        end = offset + n
+        starts, bufs = self.starts, self.bufs
+        data = bufs[0]
+        size = len(data)
+        if offset <= size + HOLE and (len(starts) == 1 or end <= size):
+            # The dense case: inside or just past the extent at 0, no other extent in reach.
+            if offset >= size:
+                if offset > size:
+                    data.extend(bytes(offset - size))
+                data.extend(payload)
+            else:
+                data[offset:end] = payload
+        else:
+            # Merge every extent within HOLE of [offset, end) with the payload.
+            lo = bisect_right(starts, offset)
+            while lo > 0 and starts[lo - 1] + len(bufs[lo - 1]) + HOLE >= offset:
+                lo -= 1
+            hi = bisect_right(starts, end + HOLE)  # extents [lo, hi) merge
+            if lo >= hi:
+                starts.insert(lo, offset)
+                bufs.insert(lo, bytearray(payload))
+            elif hi - lo == 1 and starts[lo] <= offset:
+                buf = bufs[lo]
+                rel = offset - starts[lo]
+                if rel > len(buf):
+                    buf.extend(bytes(rel - len(buf)))
+                buf[rel : rel + n] = payload
+            else:
+                first = offset if offset < starts[lo] else starts[lo]
+                last = starts[hi - 1] + len(bufs[hi - 1])
+                if last < end:
+                    last = end
+                merged = bytearray(last - first)
+                for k in range(lo, hi):
+                    at = starts[k] - first
+                    merged[at : at + len(bufs[k])] = bufs[k]
+                merged[offset - first : end - first] = payload
+                starts[lo:hi] = [first]
+                bufs[lo:hi] = [merged]
+        if end > self.size:
+            self.size = end
+
+    def resize(self, length: int) -> None:
+        """Truncate, or extend with a hole (nothing is stored for the new bytes)."""
+        if length < self.size:
+            starts, bufs = self.starts, self.bufs
+            keep = bisect_left(starts, length)
+            if keep < 1:
+                keep = 1  # the extent at 0 always stays
+            del starts[keep:], bufs[keep:]
+            last = bufs[-1]
+            if starts[-1] + len(last) > length:
+                del last[length - starts[-1] :]
+        self.size = length
+
+    def digest_into(self, digest: Any) -> None:
+        """Feed a hash the contents in a canonical form: the size, then every block of
+        ``_AUDIT_BLOCK`` bytes (on a fixed grid) that is not all zeros, with its index.  A
+        hole and stored zeros hash alike, so the digest depends on the contents only, and
+        costs what is stored, never the size."""
+        size = self.size
+        digest.update(size.to_bytes(8, "little"))
+        block = _AUDIT_BLOCK
+        done = 0  # blocks below this index are hashed (or known to be zeros)
+        for start, buf in zip(self.starts, self.bufs, strict=True):
+            stop = start + len(buf)
+            if stop > size:
+                stop = size
+            index = max(start // block, done)
+            with memoryview(buf) as view:
+                while index * block < stop:
+                    at = index * block
+                    length = block if at + block <= size else size - at
+                    if start <= at and at + length <= start + len(buf):
+                        part = view[at - start : at - start + length].tobytes()
+                    else:  # the block straddles an extent's edge
+                        part = bytes(self.read(at, length))
+                    if part != (_ZERO_BLOCK if length == block else _ZERO_BLOCK[:length]):
+                        digest.update(b"D" + index.to_bytes(8, "little"))
+                        digest.update(part)
+                    index += 1
+            done = index
 
 
-def _replay(buf: bytearray, entries: list[_LogEntry]) -> None:
+def _replay(image: _Image, entries: list[_LogEntry]) -> None:
     for kind, position, payload in entries:
         if kind == _WRITE:
-            _apply_write(buf, position, payload)
+            image.write(position, payload)
         else:
-            _apply_resize(buf, position)
+            image.resize(position)
 
 
 class _BlobState:
     """The contents of one blob, shared by every handle opened on it."""
 
-    __slots__ = ("partition", "name", "current", "durable", "log", "log_bytes", "handles", "detached")
+    __slots__ = ("partition", "name", "current", "durable", "log", "log_bytes", "handles", "detached", "poisoned")
 
-    def __init__(self, partition: str, name: bytes, contents: BytesLike = b"") -> None:
+    def __init__(self, partition: str, name: bytes, contents: BytesLike | _Image = b"") -> None:
         self.partition = partition
         self.name = name
-        self.current = bytearray(contents)
-        self.durable = bytearray(contents)
+        if isinstance(contents, _Image):
+            self.current = contents.copy()
+            self.durable = contents.copy()
+        else:
+            self.current = _Image(contents)
+            self.durable = _Image(contents)
         self.log: list[_LogEntry] = []
         self.log_bytes = 0
+        # Why a sync failed, until the last handle closes (see Blob.sync): while set, every
+        # operation on the blob raises BlobSyncFailed and a crash keeps only the durable image.
+        self.poisoned: str | None = None
         # Open handles by serial number (insertion ordered, never keyed by id()).
         self.handles: dict[int, Blob] = {}
         # None while the blob has a name; once removed, its detach number (unique per
@@ -183,9 +352,9 @@ class _BlobState:
     def make_durable(self) -> None:
         if not self.log:
             return
-        if self.log_bytes >= len(self.current):
+        if self.log_bytes >= self.current.stored():
             # Copying the whole image is cheaper than replaying a log that outweighs it.
-            self.durable = bytearray(self.current)
+            self.durable = self.current.copy()
         else:
             _replay(self.durable, self.log)
         self.log.clear()
@@ -204,7 +373,7 @@ class Storage:
 
     ``rng`` is the run's *fault* stream (separate from the scheduler's).  ``image`` (a
     mapping partition -> blob name -> bytes) seeds the contents, all durable, e.g. from
-    :meth:`durable_image` of a crashed run.
+    :meth:`durable_image` or :meth:`snapshot` of a crashed run.
     """
 
     def __init__(
@@ -214,7 +383,7 @@ class Storage:
         counters: RuntimeCounters,
         rng: random.Random,
         faults: StorageFaults | None = None,
-        image: Mapping[str, Mapping[bytes, BytesLike]] | None = None,
+        image: Mapping[str, Mapping[bytes, BytesLike | _Image]] | None = None,
     ) -> None:
         if auditor is not None and not isinstance(auditor, Auditor):
             raise TypeError(f"auditor must be an Auditor or None, got {type(auditor).__name__}")
@@ -234,7 +403,10 @@ class Storage:
                 source = image[partition]
                 for raw_name in sorted(source):
                     name = check_blob_name(raw_name)
-                    blobs[name] = _BlobState(partition, name, check_data(source[raw_name], f"image[{partition!r}][{name!r}]"))
+                    contents = source[raw_name]
+                    if not isinstance(contents, _Image):
+                        contents = check_data(contents, f"image[{partition!r}][{name!r}]")
+                    blobs[name] = _BlobState(partition, name, contents)
                 partitions[partition] = blobs
         self._auditor = auditor
         self._counters = counters
@@ -296,7 +468,7 @@ class Storage:
             state.detached = self._next_detached
             self._next_detached += 1
             # Its durable image and unsynced log can never be seen again: free them.
-            state.durable = bytearray()
+            state.durable = _Image()
             state.log.clear()
             state.log_bytes = 0
 
@@ -323,7 +495,7 @@ class Storage:
         state.handles[handle._serial] = handle
         self._open[handle._serial] = handle
         self._counters.storage["open_blobs"] += 1
-        size = len(state.current)
+        size = state.current.size
         if self._auditor is not None:
             self._auditor.event("storage.open", partition, name, size, int(created))
         return handle, size
@@ -388,22 +560,33 @@ class Storage:
             digest.update(b"P" + len(encoded).to_bytes(8, "little") + encoded)
             blobs = self._partitions[partition]
             for name in sorted(blobs):
-                durable = blobs[name].durable
-                digest.update(b"B" + len(name).to_bytes(8, "little") + name + len(durable).to_bytes(8, "little"))
-                digest.update(durable)
+                digest.update(b"B" + len(name).to_bytes(8, "little") + name)
+                blobs[name].durable.digest_into(digest)
         return digest.hexdigest()
 
     def durable_image(self) -> dict[str, dict[bytes, bytes]]:
-        """A copy of the durable contents: partition -> blob name -> bytes, sorted."""
+        """A copy of the durable contents: partition -> blob name -> bytes, sorted.
+
+        Holes become zeros here: a sparse blob costs its full size (see :meth:`snapshot`)."""
         return {
-            partition: {name: bytes(blobs[name].durable) for name in sorted(blobs)}
+            partition: {name: blobs[name].durable.dense() for name in sorted(blobs)}
             for partition, blobs in sorted(self._partitions.items())
         }
 
-    def _survivor(self, state: _BlobState, mode: str) -> bytearray:
-        image = bytearray(state.durable)
+    def snapshot(self) -> dict[str, dict[bytes, _Image]]:
+        """The durable contents as sparse images (what a checkpoint keeps): costs what is
+        stored, not the blobs' sizes.  ``Storage(image=...)`` takes it like ``durable_image``."""
+        return {
+            partition: {name: blobs[name].durable.copy() for name in sorted(blobs)}
+            for partition, blobs in sorted(self._partitions.items())
+        }
+
+    def _survivor(self, state: _BlobState, mode: str) -> _Image:
+        image = state.durable.copy()
         log = state.log
-        if mode == "lose" or not log:
+        if mode == "lose" or not log or state.poisoned is not None:
+            # A poisoned blob's unsynced writes are lost whatever the mode: the failed sync
+            # may have dropped them, and nothing later can have made them durable.
             return image
         rng = self._rng
         if mode == "prefix":
@@ -414,7 +597,7 @@ class Storage:
                 kind, offset, payload = log[kept]
                 if kind == _WRITE and len(payload) >= 2:
                     torn = rng.randrange(len(payload))
-                    _apply_write(image, offset, payload[:torn])
+                    image.write(offset, payload[:torn])
             if self._auditor is not None:
                 self._auditor.event("storage.crash.prefix", state.partition, state.name, len(log), kept, torn)
         else:
@@ -442,7 +625,7 @@ class Storage:
         mode = self._faults.crash_unsynced
         if self._auditor is not None:
             self._auditor.event("storage.crash", mode)
-        image: dict[str, dict[bytes, bytearray]] = {}
+        image: dict[str, dict[bytes, _Image]] = {}
         for partition in sorted(self._partitions):
             blobs = self._partitions[partition]
             image[partition] = {name: self._survivor(blobs[name], mode) for name in sorted(blobs)}
@@ -474,7 +657,7 @@ class Blob:
 
     def __repr__(self) -> str:
         state = self._state
-        status = f"size={len(state.current)}" if self._closed is None else self._closed
+        status = f"size={state.current.size}" if self._closed is None else self._closed
         if state.detached is not None:
             status += " removed"
         return f"<Blob {state.partition}/{state.name!r} {status}>"
@@ -493,8 +676,11 @@ class Blob:
 
     @property
     def size(self) -> int:
-        """Current logical size, including unsynced writes and resizes."""
-        return len(self._live("size").current)
+        """Current logical size, including unsynced writes and resizes (also while the
+        blob is poisoned, as in production)."""
+        if self._closed is not None:
+            self._live("size")
+        return self._state.current.size
 
     def _live(self, op: str) -> _BlobState:
         reason = self._closed
@@ -503,7 +689,13 @@ class Blob:
             if reason == "crashed":
                 raise Closed(f"{op} on {where}: the storage crashed")
             raise Closed(f"{op} on {where}: the handle is closed")
-        return self._state
+        state = self._state
+        if state.poisoned is not None:
+            raise BlobSyncFailed(
+                f"{op} on {format_blob(state.partition, state.name)}: an earlier sync failed ({state.poisoned}), "
+                "so writes since the last successful sync may have been lost; close every handle of it and reopen it"
+            )
+        return state
 
     def _release(self, reason: str) -> None:
         if self._closed is not None:
@@ -516,6 +708,14 @@ class Blob:
         storage._counters.storage["open_blobs"] -= 1
         if reason == "closed" and storage._auditor is not None:
             storage._event("storage.close", state)
+        if state.poisoned is not None and not state.handles and reason == "closed":
+            # The last handle of a poisoned blob closed: reopening finds the durable
+            # contents (the failed sync may have dropped the dirty pages), unpoisoned.
+            state.poisoned = None
+            if state.log:
+                state.current = state.durable.copy()
+                state.log.clear()
+                state.log_bytes = 0
 
     async def read_at(self, n_or_buffer: int | bytearray | memoryview, offset: int) -> bytes | bytearray | memoryview:
         """Read exactly n bytes at ``offset`` (or fill the given writable buffer and return it)."""
@@ -545,25 +745,34 @@ class Blob:
         await asyncio.sleep(0)
         state = self._live("read")
         end = offset + n
-        size = len(state.current)
+        current = state.current
+        size = current.size
         if end > size:
             raise BlobInsufficientLength(
                 f"read of {format_blob(state.partition, state.name)} at offset {offset} length {n} "
                 f"passes its end (size {size})"
             )
         auditor = storage._auditor
+        data = current.bufs[0]  # dense blobs: all of it; holes and far extents take read()
         result: bytes | bytearray | memoryview
-        with memoryview(state.current) as source, source[offset:end] as part:
-            if buffer is None:
-                result = part.tobytes()
-                if auditor is not None:
-                    storage._event("storage.read", state, offset, result)
+        if buffer is None:
+            if end <= len(data):
+                with memoryview(data) as source, source[offset:end] as part:
+                    result = part.tobytes()
             else:
-                with memoryview(buffer) as target, target.cast("B") as flat:
-                    flat[:] = part
-                    if auditor is not None:
-                        storage._event("storage.read", state, offset, flat)
-                result = buffer
+                result = bytes(current.read(offset, n))
+            if auditor is not None:
+                storage._event("storage.read", state, offset, result)
+        else:
+            with memoryview(buffer) as target, target.cast("B") as flat:
+                if end <= len(data):
+                    with memoryview(data) as source:
+                        flat[:] = source[offset:end]
+                else:
+                    current.read_into(flat, offset)
+                if auditor is not None:
+                    storage._event("storage.read", state, offset, flat)
+            result = buffer
         counters = storage._counters.storage
         counters["reads"] += 1
         counters["bytes_read"] += n
@@ -589,7 +798,7 @@ class Blob:
                     storage._event("storage.partial_write", state, offset, applied)
                 if applied:
                     prefix = payload[:applied]
-                    _apply_write(state.current, offset, prefix)
+                    state.current.write(offset, prefix)
                     state.record((_WRITE, offset, prefix))
                     detail = f" after applying {applied} of {len(payload)} bytes"
             raise WriteFailed(
@@ -598,7 +807,7 @@ class Blob:
             )
         await asyncio.sleep(0)
         state = self._live("write")
-        _apply_write(state.current, offset, payload)
+        state.current.write(offset, payload)
         state.record((_WRITE, offset, payload))
         counters = storage._counters.storage
         counters["writes"] += 1
@@ -607,7 +816,8 @@ class Blob:
             storage._event("storage.write", state, offset, payload)
 
     async def resize(self, length: int) -> None:
-        """Truncate or zero-extend to ``length`` bytes (not durable until :meth:`sync`)."""
+        """Truncate or zero-extend to ``length`` bytes (not durable until :meth:`sync`);
+        extending stores nothing (a hole)."""
         length = check_offset(length, "length")
         if length > U64_MAX:
             raise OffsetOverflow(f"resize to {length} bytes overflows u64 in {format_blob(self.partition, self.name)}")
@@ -617,17 +827,27 @@ class Blob:
             raise BlobResizeFailed(f"injected fault: resize of {format_blob(state.partition, state.name)} to {length} failed")
         await asyncio.sleep(0)
         state = self._live("resize")
-        _apply_resize(state.current, length)
+        state.current.resize(length)
         state.record((_RESIZE, length, b""))
         if storage._auditor is not None:
             storage._event("storage.resize", state, length)
 
     async def sync(self) -> None:
-        """Make every earlier write and resize of this blob (through any handle) durable."""
+        """Make every earlier write and resize of this blob (through any handle) durable.
+
+        A failed sync poisons the blob, as in production (a failed ``fsync`` may have
+        dropped dirty pages, so a retry that succeeded would be a lie): until every handle
+        of it is closed, every operation on it raises ``BlobSyncFailed``, and a crash keeps
+        only what the last successful sync made durable.  Reopening it afterwards finds
+        those durable contents."""
         state = self._live("sync")
         storage = self._storage
         if storage._fault(storage._faults.sync_rate, "sync", state.partition, state.name, state.detached):
-            raise BlobSyncFailed(f"injected fault: sync of {format_blob(state.partition, state.name)} failed")
+            state.poisoned = "injected fault"
+            raise BlobSyncFailed(
+                f"injected fault: sync of {format_blob(state.partition, state.name)} failed; the blob is "
+                "poisoned until every handle of it is closed and it is reopened"
+            )
         await asyncio.sleep(0)
         state = self._live("sync")
         state.make_durable()
@@ -640,11 +860,19 @@ class Blob:
 
         Idempotent: closing a handle that is already closed (or whose storage crashed)
         does nothing.  A handle of a removed blob syncs (to no effect) and closes
-        normally.  If the sync fails the handle is closed anyway (as Python files do) and
-        the sync error propagates.
+        normally.  If the sync fails, or failed earlier (the blob is poisoned), the
+        handle is closed anyway (as Python files do) and ``BlobSyncFailed`` propagates.
         """
         if self._closed is not None:
             return
+        state = self._state
+        if state.poisoned is not None:
+            reason = state.poisoned
+            self._release("closed")
+            raise BlobSyncFailed(
+                f"{format_blob(state.partition, state.name)}: closed, but a sync failed ({reason}), so writes "
+                "since the last successful sync may be lost"
+            )
         try:
             await self.sync()
         except Closed:

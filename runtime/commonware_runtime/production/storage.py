@@ -623,15 +623,16 @@ class Blob:
             raise Closed(f"{format_blob(self.partition, self.name)} is closed")
         return self._shared.size
 
-    def _check_open(self) -> int:
+    def _check_open(self, op: str) -> int:
         closed = self._closed
         if closed is not None:
             raise Closed(f"{format_blob(self.partition, self.name)} is closed")
         poisoned = self._shared.poisoned
         if poisoned is not None:
+            # Worded as the deterministic runtime words it: a retry fails the same way on both.
             raise BlobSyncFailed(
-                f"{format_blob(self.partition, self.name)}: an earlier sync failed, so writes may have been lost; "
-                "close every handle of it and reopen it"
+                f"{op} on {format_blob(self.partition, self.name)}: an earlier sync failed ({poisoned}), so writes "
+                "since the last successful sync may have been lost; close every handle of it and reopen it"
             ) from poisoned
         return self._fd
 
@@ -707,7 +708,7 @@ class Blob:
             raise OffsetOverflow(f"{format_blob(self.partition, self.name)}: offset {offset} + length {n} overflows u64")
         shared = self._shared
         if self._closed is not None or shared.poisoned is not None:
-            self._check_open()
+            self._check_open("read")
         if end > shared.size:
             raise BlobInsufficientLength(
                 f"{format_blob(self.partition, self.name)}: read of {n} bytes at offset {offset} "
@@ -786,7 +787,7 @@ class Blob:
         if end > U64_MAX:
             raise OffsetOverflow(f"{format_blob(self.partition, self.name)}: offset {offset} + length {n} overflows u64")
         if self._closed is not None or self._shared.poisoned is not None:
-            self._check_open()
+            self._check_open("write")
         if n == 0:
             return
         fd = self._fd
@@ -833,7 +834,7 @@ class Blob:
         length = check_count(length, "length")
         if length > U64_MAX:
             raise OffsetOverflow(f"{format_blob(self.partition, self.name)}: length {length} overflows u64")
-        fd = self._check_open()
+        fd = self._check_open("resize")
         try:
             await self._offload(os.ftruncate, fd, length)
         except OSError as exc:
@@ -843,12 +844,15 @@ class Blob:
 
     async def sync(self) -> None:
         """Make every earlier write and resize durable (``fdatasync``)."""
-        fd = self._check_open()
+        fd = self._check_open("sync")
         try:
             await self._offload(_datasync, fd)
         except OSError as exc:
             self._shared.poisoned = exc
-            raise BlobSyncFailed(f"{format_blob(self.partition, self.name)}: sync failed: {exc}") from exc
+            raise BlobSyncFailed(
+                f"sync of {format_blob(self.partition, self.name)} failed ({exc}); the blob is poisoned until "
+                "every handle of it is closed and it is reopened"
+            ) from exc
         self._storage.counters.storage["syncs"] += 1
 
     async def close(self) -> None:
@@ -877,7 +881,8 @@ class Blob:
             self._release()
         if failure is not None:
             raise BlobSyncFailed(
-                f"{format_blob(self.partition, self.name)}: closed, but a sync failed so writes may be lost: {failure}"
+                f"{format_blob(self.partition, self.name)}: closed, but a sync failed ({failure}), so writes since "
+                "the last successful sync may be lost"
             ) from failure
 
     def __del__(self) -> None:
