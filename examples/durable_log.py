@@ -5,13 +5,13 @@ lost), restarts, and checks every acknowledged record is still there.
 
 from __future__ import annotations
 
-from typing import Any
+from commonware_runtime.interfaces import Blob, Context
 
 PARTITION = "log"
 BLOB = b"segment-0"
 
 
-async def append_records(context: Any, count: int) -> list[bytes]:
+async def append_records(context: Context, count: int) -> list[bytes]:
     blob, size = await context.open(PARTITION, BLOB)
     acknowledged = []
     offset = size
@@ -26,7 +26,7 @@ async def append_records(context: Any, count: int) -> list[bytes]:
     return acknowledged
 
 
-async def replay(blob: Any, size: int) -> list[bytes]:
+async def replay(blob: Blob, size: int) -> list[bytes]:
     records, offset = [], 0
     while offset + 2 <= size:
         length = int.from_bytes(await blob.read_at(2, offset), "big")
@@ -37,17 +37,17 @@ async def replay(blob: Any, size: int) -> list[bytes]:
     return records
 
 
-async def recover(context: Any) -> list[bytes]:
+async def recover(context: Context) -> list[bytes]:
     blob, size = await context.open(PARTITION, BLOB)
     return await replay(blob, size)
 
 
-async def main(context: Any) -> list[bytes]:
+async def main(context: Context) -> list[bytes]:
     """Append records, syncing some; the run then ends in a crash."""
     return await append_records(context, 40)
 
 
-async def after_crash(context: Any) -> list[bytes]:
+async def after_crash(context: Context) -> list[bytes]:
     """After the restart: read back whatever survived."""
     return await recover(context)
 

@@ -6,14 +6,16 @@ a different interleaving of the clients.
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+
+from commonware_runtime.interfaces import Context, Listener, Sink, Stream
 
 PORT = 0  # any free port: the example also runs on real TCP
 CLIENTS = 4
 MESSAGES = 20
 
 
-async def serve_one(context: Any, sink: Any, stream: Any) -> None:
+async def serve_one(context: Context, sink: Sink, stream: Stream) -> None:
     while True:
         header = await stream.recv(4)
         size = int.from_bytes(header, "big")
@@ -24,13 +26,13 @@ async def serve_one(context: Any, sink: Any, stream: Any) -> None:
         await sink.send(header + payload)
 
 
-async def server(context: Any, listener: Any) -> None:
+async def server(context: Context, listener: Listener) -> None:
     while True:
         _addr, sink, stream = await listener.accept()
         context.with_label("conn").spawn_child(lambda ctx: serve_one(ctx, sink, stream))
 
 
-async def client(context: Any, index: int, addr: tuple[str, int]) -> int:
+async def client(context: Context, index: int, addr: tuple[str, int]) -> int:
     sink, stream = await context.dial(addr)
     checked = 0
     for _ in range(MESSAGES):
@@ -44,11 +46,13 @@ async def client(context: Any, index: int, addr: tuple[str, int]) -> int:
     return checked
 
 
-async def main(context: Any) -> int:
+async def main(context: Context) -> int:
     listener = await context.bind(("127.0.0.1", PORT))
     context.with_label("server").spawn(lambda ctx: server(ctx, listener))
     addr = listener.local_addr()
-    handles = [context.with_label(f"client{i}").spawn(lambda ctx, i=i: client(ctx, i, addr)) for i in range(CLIENTS)]
+    handles = [
+        context.with_label(f"client{i}").spawn(functools.partial(client, index=i, addr=addr)) for i in range(CLIENTS)
+    ]
     total = 0
     for handle in handles:
         total += await handle

@@ -7,7 +7,7 @@ every worker has released it, so no accepted job is lost.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from commonware_runtime.interfaces import Context
 
 from commonware_runtime import Timeout
 
@@ -15,7 +15,7 @@ WORKERS = 3
 JOBS = 60
 
 
-async def worker(context: Any, jobs: "asyncio.Queue[int]", done: list[int]) -> None:
+async def worker(context: Context, jobs: "asyncio.Queue[int]", done: list[int]) -> None:
     async with context.stopped() as stopped:
         while True:
             if stopped.done() and jobs.empty():
@@ -28,7 +28,7 @@ async def worker(context: Any, jobs: "asyncio.Queue[int]", done: list[int]) -> N
             done.append(job)
 
 
-async def main(context: Any) -> int:
+async def main(context: Context) -> int:
     jobs: asyncio.Queue[int] = asyncio.Queue(maxsize=8)
     done: list[int] = []
     for i in range(WORKERS):

@@ -7,7 +7,10 @@ every follower, in order. Deterministic runtime only (it uses the fault controls
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+
+from commonware_runtime import deterministic
+from commonware_runtime.interfaces import Context, Listener
 
 LEADER = "10.0.0.10"
 FOLLOWERS = ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
@@ -15,7 +18,7 @@ PORT = 9000
 ENTRIES = 25
 
 
-async def follower(context: Any, listener: Any) -> None:
+async def follower(context: Context, listener: Listener) -> None:
     _peer, sink, stream = await listener.accept()
     log: list[bytes] = []
     while True:
@@ -26,7 +29,7 @@ async def follower(context: Any, listener: Any) -> None:
         await sink.send(len(log).to_bytes(4, "big"))
 
 
-async def replicate(context: Any, host: str, entries: list[bytes]) -> int:
+async def replicate(context: Context, host: str, entries: list[bytes]) -> int:
     sink, stream = await context.dial((host, PORT))
     for index, entry in enumerate(entries, start=1):
         await sink.send(len(entry).to_bytes(2, "big") + entry)
@@ -36,17 +39,18 @@ async def replicate(context: Any, host: str, entries: list[bytes]) -> int:
     return len(entries)
 
 
-async def main(context: Any) -> int:
+async def main(context: deterministic.Context) -> int:
+    # Deterministic-only: the simulated network's controls and hosts (not in the Context contract).
     network = context.network
     for host in FOLLOWERS:
         network.set_link(LEADER, host, latency=context.rng.uniform(0.001, 0.02), jitter=0.005)
         follower_ctx = context.with_host(host).with_label("follower")
         listener = await follower_ctx.bind((host, PORT))
-        follower_ctx.spawn(lambda ctx, listener=listener: follower(ctx, listener))
+        follower_ctx.spawn(functools.partial(follower, listener=listener))
 
     entries = [context.rng.randbytes(context.rng.randint(1, 48)) for _ in range(ENTRIES)]
     leader = context.with_host(LEADER).with_label("leader")
-    handles = [leader.spawn(lambda ctx, host=host: replicate(ctx, host, entries)) for host in FOLLOWERS]
+    handles = [leader.spawn(functools.partial(replicate, host=host, entries=entries)) for host in FOLLOWERS]
 
     # Cut the last follower off mid-stream, then heal: its connection stalls, nothing is lost.
     await context.sleep(context.rng.uniform(0.01, 0.1))

@@ -17,6 +17,7 @@ from .errors import (
     BlobOpenFailed,
     BlobResizeFailed,
     BlobSyncFailed,
+    BlockingStalled,
     Closed,
     ConnectionFailed,
     Error,
@@ -44,16 +45,16 @@ except PackageNotFoundError:  # running from a source tree
 
 __all__ = [
     "MAX_RECV", "BindFailed", "BlobCorrupt", "BlobInsufficientLength", "BlobMissing", "BlobOpenFailed", "BlobResizeFailed",
-    "BlobSyncFailed", "Closed", "ConnectionFailed", "Error", "Exited", "Handle", "OffsetOverflow",
+    "BlobSyncFailed", "BlockingStalled", "Closed", "ConnectionFailed", "Error", "Exited", "Handle", "OffsetOverflow",
     "PartitionCorrupt", "PartitionCreationFailed", "PartitionMissing", "PartitionNameInvalid", "ReadFailed",
     "RecvFailed", "RuntimeStalled", "RuntimeTimeout", "SendFailed", "Signal", "Signaler", "Timeout",
-    "WriteFailed", "deterministic", "production", "mocks", "buffer", "reschedule",
+    "WriteFailed", "deterministic", "production", "mocks", "buffer", "interfaces", "reschedule",
 ]
 
 
 def __getattr__(name: str) -> object:
     # Submodules load on first use so importing the package stays cheap.
-    if name in ("deterministic", "production", "mocks", "buffer"):
+    if name in ("deterministic", "production", "mocks", "buffer", "interfaces"):
         import importlib
 
         return importlib.import_module(f".{name}", __name__)
