@@ -481,6 +481,8 @@ def _exclusion(out: Outcome, out_name: str = "") -> str | None:
     if out.on_testloop_only:
         if out.probe.get("testloop_gen"):
             return "runs on CPython's test_utils.TestLoop with a generator-driven clock (self.new_test_loop(gen)), not on our loop"
+        if out.probe.get("ours_created"):
+            return "runs on CPython's test_utils.TestLoop (self.new_test_loop()); one of our loops is built but never run"
         return "runs on CPython's test_utils.TestLoop (self.new_test_loop()), never on our loop"
     if out.passed:
         return None
@@ -642,10 +644,34 @@ def _grouped(excluded: dict[str, str]) -> list[tuple[str, str]]:
 
 
 def markdown_exclusions(cmp: Comparison) -> str:
-    lines = [f"Excluded CPython {cmp.python} asyncio tests (deterministic.EventLoop, ordering={cmp.ordering!r}):", ""]
+    """The excluded tests as a markdown list: one item per module and reason; classes that
+    share the same excluded methods (the Task/Future variants of one base) share a line."""
+    mode = {"ours": ", --testloop ours", "all": ", --testloop all"}.get(cmp.testloop, "")
+    lines = [f"Excluded CPython {cmp.python} asyncio tests (deterministic.EventLoop, ordering={cmp.ordering!r}{mode}):", ""]
     for m in cmp.modules:
-        for name, reason in _grouped(m.excluded):
-            lines.append(f"- `{m.module}.{name}`: {reason}")
+        sizes: dict[str, int] = {}
+        for name in m.stock:
+            cls = name.rsplit(".", 1)[0]
+            sizes[cls] = sizes.get(cls, 0) + 1
+        by_reason: dict[str, dict[str, list[str]]] = {}
+        for name, reason in sorted(m.excluded.items()):
+            cls, _, method = name.rpartition(".")
+            by_reason.setdefault(reason, {}).setdefault(cls, []).append(method)
+        for reason, classes in by_reason.items():
+            total = sum(len(v) for v in classes.values())
+            lines.append(f"- `{m.module}` ({total} tests): {reason}")
+            whole = [c for c, methods in classes.items() if len(methods) == sizes.get(c)]
+            if whole:
+                lines.append(f"  - all tests of {', '.join(f'`{c}`' for c in whole)}")
+            partial = {c: methods for c, methods in classes.items() if c not in whole}
+            if partial:
+                counts: dict[str, int] = {}
+                for methods in partial.values():
+                    for method in methods:
+                        counts[method] = counts.get(method, 0) + 1
+                names = [f"`{t}`" + (f" ({k} of {len(partial)})" if k != len(partial) else "")
+                         for t, k in sorted(counts.items())]
+                lines.append(f"  - in {', '.join(f'`{c}`' for c in partial)}: {', '.join(names)}")
     return "\n".join(lines)
 
 
