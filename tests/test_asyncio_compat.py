@@ -467,7 +467,7 @@ def test_shield() -> None:
     assert run(main) == ["inner", False]
 
 
-def test_run_in_executor_runs_inline() -> None:
+def test_run_in_executor_runs_at_the_call() -> None:
     async def main() -> list[Any]:
         loop = asyncio.get_running_loop()
         main_thread = threading.get_ident()
@@ -478,7 +478,7 @@ def test_run_in_executor_runs_inline() -> None:
             return x * 2, threading.get_ident() == main_thread
 
         future = loop.run_in_executor(None, work, 21)
-        assert calls == [21]  # inline, at the call: ordered deterministically
+        assert calls == [21]  # at the call, the loop waiting: ordered deterministically
         value = await future
         to_thread = await asyncio.to_thread(work, 5)
 
@@ -487,9 +487,13 @@ def test_run_in_executor_runs_inline() -> None:
 
         with pytest.raises(KeyError):
             await loop.run_in_executor(None, fails)
-        return [value, to_thread, now()]
+        # In a helper thread (bounded by blocking_timeout), unless the bound is off: then
+        # on the loop's own thread.
+        loop.blocking_timeout = None
+        inline = await loop.run_in_executor(None, work, 1)
+        return [value, to_thread, inline, now()]
 
-    assert run(main) == [(42, True), (10, True), 0.0]
+    assert run(main) == [(42, False), (10, False), (2, True), 0.0]
 
 
 def test_async_generators_and_contextvars() -> None:

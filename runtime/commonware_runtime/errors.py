@@ -31,6 +31,7 @@ __all__ = [
     "OffsetOverflow",
     "RuntimeStalled",
     "RuntimeTimeout",
+    "BlockingStalled",
 ]
 
 
@@ -124,3 +125,9 @@ class RuntimeStalled(Error):
 
 class RuntimeTimeout(Error):
     """Deterministic runtime: virtual time passed the configured deadline."""
+
+
+class BlockingStalled(RuntimeStalled):
+    """Deterministic runtime: a blocking function (``spawn_blocking``, ``run_in_executor``,
+    ``asyncio.to_thread``) did not return within ``blocking_timeout`` of wall-clock time; it
+    appears to wait on the event loop, which cannot run while the function runs."""

@@ -11,6 +11,7 @@ from ..arguments import NS_PER_SECOND, Address, Duration, duration_ns, timestamp
 from ..auditor import Auditor
 from ..core import BaseContext, RuntimeCore
 from ..tasks import Handle, drive
+from .blocking import run_blocking
 from .loop import EventLoop, derive_seed
 from .rng import AuditedRandom
 
@@ -132,8 +133,9 @@ class Context(BaseContext):
     # -- spawner --------------------------------------------------------------------------
 
     async def _run_blocking(self, fn: Callable[[Any], T], ctx: BaseContext, dedicated: bool) -> T:
-        # Inline, in the task's first step: blocking work is ordered by the scheduler like any other.
-        return fn(ctx)
+        # At the task's first step, the loop waiting (bounded, see blocking.py): blocking work
+        # is ordered by the scheduler like any other.
+        return run_blocking(self._core.loop, fn, (ctx,))  # type: ignore[no-any-return]
 
     # -- clock ----------------------------------------------------------------------------
 

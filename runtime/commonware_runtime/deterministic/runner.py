@@ -14,6 +14,7 @@ from ..arguments import NS_PER_SECOND, duration_ns, timestamp_ns
 from ..auditor import Auditor
 from ..errors import RuntimeStalled, RuntimeTimeout
 from ..tasks import Handle, discard_unstarted
+from .blocking import DEFAULT_BLOCKING_TIMEOUT, check_blocking_timeout
 from .context import Context, DeterministicCore
 from .loop import EventLoop
 from .strategies import ORDERINGS, Strategy, make_strategy, strategy_spec
@@ -35,6 +36,9 @@ class Config:
     ordering: str = "any"
     strategy: str | Strategy = "random"
     horizon: int | None = None  # expected scheduling decisions of the run (pct/swarm place change points in it)
+    # Wall-clock seconds a blocking function (spawn_blocking, run_in_executor, to_thread) may
+    # take before it fails with BlockingStalled; None: inline, unbounded (see blocking.py).
+    blocking_timeout: float | timedelta | None = DEFAULT_BLOCKING_TIMEOUT
 
     def __post_init__(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
@@ -53,9 +57,13 @@ class Config:
         make_strategy(self.strategy)  # a bad name or object fails here, at the call
         if self.horizon is not None and (isinstance(self.horizon, bool) or not isinstance(self.horizon, int) or self.horizon < 1):
             raise ValueError(f"horizon must be a positive int (scheduling decisions) or None, got {self.horizon!r}")
+        check_blocking_timeout(self.blocking_timeout)
 
     def with_horizon(self, horizon: int | None) -> Config:
         return dataclasses.replace(self, horizon=horizon)
+
+    def with_blocking_timeout(self, blocking_timeout: float | timedelta | None) -> Config:
+        return dataclasses.replace(self, blocking_timeout=blocking_timeout)
 
     def with_ordering(self, ordering: str) -> Config:
         return dataclasses.replace(self, ordering=ordering)
@@ -192,6 +200,7 @@ class Runner:
                 config.seed, cycle=config.cycle, timeout=config.timeout, auditor=auditor,
                 ordering=config.ordering, strategy=config.strategy, horizon=config.horizon,
             )
+            loop.blocking_timeout = check_blocking_timeout(config.blocking_timeout)
             auditor.event("start", config.seed)
             return DeterministicCore(
                 loop=loop, seed=config.seed, catch_panics=config.catch_panics, start_ns=timestamp_ns(config.start_time)
@@ -202,6 +211,7 @@ class Runner:
             ordering=config.ordering, strategy=config.strategy, horizon=config.horizon,
         )
         loop._scheduler.setstate(cp.scheduler_state)
+        loop.blocking_timeout = check_blocking_timeout(config.blocking_timeout)
         auditor.event("restart", cp.restarts + 1, cp.now_ns)
         return DeterministicCore(
             loop=loop,
