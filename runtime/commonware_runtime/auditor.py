@@ -34,7 +34,7 @@ class Auditor:
 
     # Exposed so the event loop can bind ``auditor.decision = arr.append`` style fast paths.
     @property
-    def decisions(self) -> array:
+    def decisions(self) -> array[int]:
         return self._decisions
 
     def _fold_decisions(self) -> None:

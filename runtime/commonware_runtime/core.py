@@ -14,7 +14,7 @@ import inspect
 import logging
 import types
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .arguments import Duration, check_label, duration_seconds, join_label, optional_duration_ns
 from .errors import Closed, Timeout
@@ -27,8 +27,23 @@ _CoroutineType = types.CoroutineType
 logger = logging.getLogger("commonware_runtime")
 
 
+class Storage(Protocol):
+    """What each runtime's storage offers its contexts (the blobs themselves: interfaces.Blob)."""
+
+    async def open(self, partition: str, name: bytes) -> Any: ...
+
+    async def remove(self, partition: str, name: bytes | None = None) -> None: ...
+
+    async def scan(self, partition: str) -> list[bytes]: ...
+
+
 class RuntimeCore:
     """State shared by every context of one runner."""
+
+    @property
+    def storage(self) -> Storage:
+        """Each runtime's core provides its own (the simulation builds it on first use)."""
+        raise NotImplementedError
 
     def __init__(self, *, catch_panics: bool, deterministic: bool) -> None:
         self.catch_panics = catch_panics
@@ -89,7 +104,8 @@ class RuntimeCore:
         if handle._state == _ABORTED:
             raise Closed("the root task was cancelled")
         assert handle._state == _OK
-        return handle._value
+        value: T = handle._value
+        return value
 
     # -- shutdown -------------------------------------------------------------------------
 
@@ -283,15 +299,15 @@ class BaseContext:
 
     async def open(self, partition: str, name: bytes) -> Any:
         """Open (or create) blob ``name`` of ``partition``; returns ``(blob, size)``."""
-        return await self._core.storage.open(partition, name)  # type: ignore[attr-defined]
+        return await self._core.storage.open(partition, name)
 
     async def remove(self, partition: str, name: bytes | None = None) -> None:
         """Remove one blob, or the whole partition when ``name`` is None."""
-        await self._core.storage.remove(partition, name)  # type: ignore[attr-defined]
+        await self._core.storage.remove(partition, name)
 
     async def scan(self, partition: str) -> list[bytes]:
         """The sorted names of the blobs of ``partition``."""
-        return await self._core.storage.scan(partition)  # type: ignore[attr-defined]
+        return await self._core.storage.scan(partition)
 
     # -- metrics --------------------------------------------------------------------------
 

@@ -92,7 +92,8 @@ class Handle(Generic[T]):
     def _outcome(self) -> T:
         state = self._state
         if state == _OK:
-            return self._value
+            value: T = self._value
+            return value
         if state == _ABORTED:
             raise Closed(f"task {self.name or '<unlabeled>'!r} was aborted")
         exc = self._value

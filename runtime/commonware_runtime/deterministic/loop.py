@@ -57,7 +57,7 @@ class UnsupportedOperation(NotImplementedError):
     """Real I/O was requested on the deterministic event loop."""
 
 
-class _Task(asyncio.Task):
+class _Task(asyncio.Task[Any]):
     """An asyncio Task that carries its stable id and label (C Tasks have no __dict__)."""
 
     __slots__ = ("_cw_id", "_cw_label")
@@ -237,7 +237,8 @@ class EventLoop(asyncio.BaseEventLoop):
         if self._task_factory is not None:  # type: ignore[attr-defined]
             task = self._task_factory(self, coro) if context is None else self._task_factory(self, coro, context=context)  # type: ignore[attr-defined]
             if not isinstance(task, _Task):
-                return task
+                foreign: asyncio.Task[Any] = task
+                return foreign
         else:
             task = _Task(coro, loop=self, name=name, context=context)
             if task._source_traceback:  # type: ignore[attr-defined]
@@ -259,15 +260,11 @@ class EventLoop(asyncio.BaseEventLoop):
         return task
 
     def run_in_executor(self, executor: Any, func: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:  # type: ignore[override]
-        """Executors run at the call, the loop waiting for them, so their effects are ordered
-        deterministically; past ``blocking_timeout`` (an attribute, default 10 s) of wall-clock
-        time the future fails with ``BlockingStalled`` (see ``blocking.py``)."""
-        from .blocking import run_blocking
-
+        """Executors run inline, at the call, so their effects are ordered deterministically."""
         self._check_closed()  # type: ignore[attr-defined]
         future = self.create_future()
         try:
-            future.set_result(run_blocking(self, func, args))
+            future.set_result(func(*args))
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:  # noqa: BLE001 - delivered through the future
@@ -372,7 +369,8 @@ class EventLoop(asyncio.BaseEventLoop):
         timers = self._timers
         due: list[Any] = []
         while timers and timers[0][0] <= now:
-            when, _, timer = heapq.heappop(timers)
+            when, _, entry = heapq.heappop(timers)
+            timer: Any = entry  # the exact type() checks below tell the three entry kinds apart
             kind = type(timer)
             if kind is _Future:
                 if timer.done():
@@ -532,10 +530,11 @@ class EventLoop(asyncio.BaseEventLoop):
                 seq = self._seq = self._seq + 1
             else:
                 seq = choose(step)
-                handle = pending.pop(seq, None)  # type: ignore[assignment]
-                if handle is None:
+                chosen = pending.pop(seq, None)
+                if chosen is None:
                     self.steps = step
                     raise self._not_ready(chooser, step, seq)
+                handle = chosen
             if handle._cancelled:
                 tid = LOOP_CALLBACK
             else:
@@ -544,7 +543,7 @@ class EventLoop(asyncio.BaseEventLoop):
             record(tid)
             if picks is not None:
                 picks(seq)
-                ids(tid)  # type: ignore[misc]
+                ids(tid)
             if check is not None:
                 check(step, seq, tid, self)
             step += 1
@@ -716,10 +715,10 @@ def _dead(entry: Any) -> bool:
     """A heap entry that will never fire: a cancelled timer or a finished sleep future."""
     kind = type(entry)
     if kind is _Future:
-        return entry.done()
+        return bool(entry.done())
     if kind is _Wakeup:
-        return entry._cancelled or entry._fut.done()
-    return entry._cancelled
+        return bool(entry._cancelled or entry._fut.done())
+    return bool(entry._cancelled)
 
 
 def await_site(task: asyncio.Task[Any]) -> str:

@@ -72,7 +72,8 @@ def _call_at_ns(loop: asyncio.AbstractEventLoop, when_ns: int, callback: Any) ->
     # The deterministic loop schedules on exact integer nanoseconds; others take float seconds.
     exact = getattr(loop, "call_at_ns", None)
     if exact is not None:
-        return exact(when_ns, callback)
+        timer: asyncio.TimerHandle = exact(when_ns, callback)
+        return timer
     return loop.call_at(when_ns / 1_000_000_000, callback)
 
 

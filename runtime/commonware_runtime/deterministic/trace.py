@@ -43,10 +43,10 @@ class Schedule:
     """Everything a recorded run's scheduler did (see module docstring)."""
 
     seed: int
-    picks: array = field(default_factory=lambda: array("I"))
-    ids: array = field(default_factory=lambda: array("I"))
-    round_steps: array = field(default_factory=lambda: array("Q"))
-    round_times: array = field(default_factory=lambda: array("q"))
+    picks: array[int] = field(default_factory=lambda: array("I"))
+    ids: array[int] = field(default_factory=lambda: array("I"))
+    round_steps: array[int] = field(default_factory=lambda: array("Q"))
+    round_times: array[int] = field(default_factory=lambda: array("q"))
     checkpoints: list[tuple[int, int, str]] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
     steps: int = 0
@@ -54,7 +54,7 @@ class Schedule:
     outcome: str = "passed"
     error: dict[str, str] | None = None
     checkpoint_every: int = 1024
-    timing: array = field(default_factory=lambda: array("q"))
+    timing: array[int] = field(default_factory=lambda: array("q"))
     ordering: str = "any"
     strategy: str = "random"  # the strategy as configured (e.g. "swarm")
     chosen: str = ""  # what it chose for this run, when that says more (swarm: "pct:3")

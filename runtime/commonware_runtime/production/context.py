@@ -72,13 +72,17 @@ class ProductionCore(RuntimeCore):
         self.executor = executor
         self.network_config = network
         self.storage_directory = storage_directory
-        self.storage = Storage(storage_directory, counters=self.counters, executor=executor)
+        self._storage = Storage(storage_directory, counters=self.counters, executor=executor)
         self.rng: random.Random = random.SystemRandom()
         # Resources that live as long as the run (e.g. the telemetry server): the runner
         # calls each after the tasks are cancelled, newest first; a returned awaitable is
         # awaited on the loop.
         self.closers: list[Callable[[], Awaitable[None] | None]] = []
         self.metrics.registry.register(ProcessCollector())
+
+    @property
+    def storage(self) -> Storage:
+        return self._storage
 
     def on_panic(self) -> None:
         self.loop.stop()

@@ -126,7 +126,7 @@ class TextFormatter(logging.Formatter):
             del record.task_part  # type: ignore[attr-defined]  # set just above, as a LogRecord extra
 
 
-class _StderrHandler(logging.StreamHandler):
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]  # generic only in typeshed
     """Writes to whatever ``sys.stderr`` is at emit time (pytest and others swap it)."""
 
     def __init__(self) -> None:
