@@ -260,11 +260,15 @@ class EventLoop(asyncio.BaseEventLoop):
         return task
 
     def run_in_executor(self, executor: Any, func: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:  # type: ignore[override]
-        """Executors run inline, at the call, so their effects are ordered deterministically."""
+        """Executors run at the call, the loop waiting for them, so their effects are ordered
+        deterministically; past ``blocking_timeout`` (an attribute, default 10 s) of wall-clock
+        time the future fails with ``BlockingStalled`` (see ``blocking.py``)."""
+        from .blocking import run_blocking
+
         self._check_closed()  # type: ignore[attr-defined]
         future = self.create_future()
         try:
-            future.set_result(func(*args))
+            future.set_result(run_blocking(self, func, args))
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:  # noqa: BLE001 - delivered through the future
