@@ -1,6 +1,6 @@
 """Storage benchmark: the production Blob against run_in_executor(os.pread/pwrite) and aiofiles.
 
-Run: ``python benchmarks/bench_storage.py [--rounds 5] [--quick] [--dir PATH] [--loop uvloop]``.
+Run: ``python benchmarks/bench_storage.py [--rounds 5] [--quick] [--dir PATH] [--loop uvloop] [--ab RUNTIME_DIR]``.
 
 Workloads (one outstanding operation at a time unless ``cN`` says N concurrent tasks):
   warm_read      random 4-KiB reads over a 256 MiB file that is entirely in the page cache
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import concurrent.futures
 import os
 import random
@@ -35,7 +36,8 @@ import time
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "runtime"))
+# COMMONWARE_BENCH_RUNTIME=/path/to/runtime measures another copy of the package (--ab).
+sys.path.insert(0, os.environ.get("COMMONWARE_BENCH_RUNTIME") or os.path.join(ROOT, "runtime"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import Case, machine_info, main_or_worker, markdown_table, run_cases, summarize  # noqa: E402
@@ -258,6 +260,7 @@ def parent(argv: list[str]) -> None:
     parser.add_argument("--dir", help="directory for the data files (default: a fresh temp dir, removed after)")
     parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     parser.add_argument("--workloads", default=",".join(TARGETS), help="comma-separated subset of " + ",".join(TARGETS))
+    parser.add_argument("--ab", metavar="RUNTIME_DIR", help="also run the blob variant on the package in RUNTIME_DIR ('blob [B]')")
     args = parser.parse_args(argv)
     scale = 10 if args.quick else 1
     sizes = {
@@ -290,6 +293,10 @@ def parent(argv: list[str]) -> None:
             for variant in VARIANTS
             for workload in workloads
         ]
+        if args.ab:
+            env = {"COMMONWARE_BENCH_RUNTIME": os.path.abspath(args.ab)}
+            cases += [dataclasses.replace(c, label=c.label.replace("/blob", "/blob [B]"), env=env)
+                      for c in cases if c.params["variant"] == "blob"]
         results = run_cases(os.path.abspath(__file__), cases, args.rounds)
     finally:
         if own_dir:
@@ -302,7 +309,7 @@ def parent(argv: list[str]) -> None:
     for workload in workloads:
         group = [r for r in results if r.case.group == workload]
         for r in group:
-            r.case = Case(r.case.label.split("/", 1)[1], r.case.worker, r.case.params, r.case.group)
+            r.case = Case(r.case.label.split("/", 1)[1], r.case.worker, r.case.params, r.case.group, r.case.env)
         unit = "MB/s" if workload == "seq_write" else "ops/s"
 
         def per(res: Any, workload: str = workload) -> float:

@@ -1,6 +1,6 @@
 """TCP echo benchmark: the production network layer against asyncio streams and protocols.
 
-Run: ``python benchmarks/bench_tcp.py [--rounds 5] [--quick]``.
+Run: ``python benchmarks/bench_tcp.py [--rounds 5] [--quick] [--variants a,b] [--ab RUNTIME_DIR]``.
 
 Every measurement runs in its own subprocess (a fresh interpreter and event loop), and the
 variants are interleaved round by round so that drift of the machine (thermal, other load)
@@ -55,7 +55,8 @@ import time
 from typing import Any, Awaitable, Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "runtime"))
+# COMMONWARE_BENCH_RUNTIME=/path/to/runtime measures another copy of the package (--ab).
+sys.path.insert(0, os.environ.get("COMMONWARE_BENCH_RUNTIME") or os.path.join(ROOT, "runtime"))
 
 VARIANTS = [
     "streams/asyncio",
@@ -413,6 +414,7 @@ BENCHES: dict[str, Callable[[int, int, int, int, bool], Awaitable[float]]] = {
 
 def worker(variant: str, size: int, conns: int, rounds: int, window: int, external: bool) -> None:
     kind, loop_name = variant.split("/")
+    kind = kind.removesuffix("[B]")  # --ab: the same layer, from the other copy of the package
     coro = BENCHES[kind](size, conns, rounds, window, external)
     if loop_name == "uvloop":
         import uvloop
@@ -426,14 +428,20 @@ def worker(variant: str, size: int, conns: int, rounds: int, window: int, extern
 # --- driver -------------------------------------------------------------------------------
 
 
+AB_RUNTIME: list[str] = []  # --ab: the other copy of the package
+
+
 def measure(variant: str, size: int, conns: int, rounds: int, window: int, external: bool) -> float:
     args = [variant, str(size), str(conns), str(rounds), str(window), "1" if external else "0"]
+    env = {**os.environ, **ENVIRON.get(variant, DEFAULT_MALLOC)}
+    if "[B]/" in variant:
+        env["COMMONWARE_BENCH_RUNTIME"] = AB_RUNTIME[0]
     out = subprocess.run(
         [sys.executable, os.path.abspath(__file__), "--worker", *args],
         check=True,
         capture_output=True,
         text=True,
-        env={**os.environ, **ENVIRON.get(variant, DEFAULT_MALLOC)},
+        env=env,
     )
     return float(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
 
@@ -443,6 +451,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="repetitions of every measurement (default 5)")
     parser.add_argument("--quick", action="store_true", help="fewer round trips (smoke run)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of variants")
+    parser.add_argument(
+        "--ab", metavar="RUNTIME_DIR",
+        help="also run runtime/asyncio and runtime/uvloop on the package in RUNTIME_DIR (as runtime[B]/...)",
+    )
     parser.add_argument("--worker", nargs=6, metavar=("VARIANT", "SIZE", "CONNS", "ROUNDS", "WINDOW", "EXTERNAL"), help=argparse.SUPPRESS)
     parser.add_argument("--load", nargs=5, type=int, metavar=("PORT", "SIZE", "CONNS", "ROUNDS", "WINDOW"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -470,6 +482,9 @@ def main() -> None:
         ("server: 64 B x16 window 32, load in another process", 64, 16, 16_000 // scale, 32, True),
     ]
     variants = args.variants.split(",")
+    if args.ab:
+        AB_RUNTIME.append(os.path.abspath(args.ab))
+        variants += [v.replace("runtime/", "runtime[B]/") for v in variants if v.startswith("runtime/")]
     results: dict[tuple[str, str], list[float]] = {}
     for r in range(args.rounds):
         for label, size, conns, rounds, window, external in scenarios:
