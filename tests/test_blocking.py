@@ -5,6 +5,7 @@ call, the loop waiting for them at most ``blocking_timeout`` seconds of wall-clo
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
 import threading
 import time
@@ -248,3 +249,21 @@ def test_describe_names_the_function() -> None:
     assert describe(wrapped).startswith("test_blocking.test_describe_names_the_function.<locals>.work()")
     assert describe(queue.Queue().get).startswith("queue.Queue.get() at queue.py:")
     assert describe(len) == "len()"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fork() with threads (3.12+)
+def test_a_forked_child_starts_its_own_helper_threads() -> None:
+    async def main(ctx: Any) -> int:
+        return await asyncio.to_thread(lambda: 7)
+
+    assert run(main) == 7  # the parent now has an idle helper thread
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit status
+        try:
+            code = 0 if run(main, blocking_timeout=5.0) == 7 else 1
+        except BaseException:
+            code = 2
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -100,6 +100,17 @@ _idle: list[_Worker] = []
 _idle_lock = threading.Lock()
 
 
+def _forget_workers() -> None:
+    # A forked child has none of its parent's threads: it starts its own when it needs them.
+    global _idle_lock
+    _idle.clear()
+    _idle_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_workers)
+
+
 def _take() -> _Worker:
     with _idle_lock:
         if _idle:
