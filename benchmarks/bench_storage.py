@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import concurrent.futures
+import dataclasses
 import os
 import random
 import shutil

@@ -153,7 +153,7 @@ def test_a_sync_async_queue() -> None:
             await q.async_put(3)
 
         ctx.spawn(producer)
-        with pytest.raises(BlockingStalled) as info:
+        with pytest.raises(BlockingStalled):
             await asyncio.to_thread(q.sync_get)
         return got, ctx.auditor().state()
 

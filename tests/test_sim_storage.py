@@ -733,13 +733,14 @@ def _fault_trace(seed: int) -> tuple[list[str], str, bytes]:
         blob, _ = await storage.open("p", b"a")
         outcomes: list[str] = []
         for i in range(40):
-            for name, call in (
-                ("w", lambda: blob.write_at(bytes([i]) * 4, 4 * i)),
-                ("r", lambda: blob.read_at(1, 0)),
-                ("s", lambda: blob.sync()),
-            ):
+            for name in ("w", "r", "s"):
                 try:
-                    await call()
+                    if name == "w":
+                        await blob.write_at(bytes([i]) * 4, 4 * i)
+                    elif name == "r":
+                        await blob.read_at(1, 0)
+                    else:
+                        await blob.sync()
                     outcomes.append(name)
                 except (WriteFailed, ReadFailed, BlobSyncFailed, BlobInsufficientLength) as exc:
                     outcomes.append(type(exc).__name__)

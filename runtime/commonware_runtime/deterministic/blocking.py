@@ -37,7 +37,7 @@ from typing import Any
 
 from ..errors import BlockingStalled
 
-__all__ = ["DEFAULT_BLOCKING_TIMEOUT", "run_blocking", "check_blocking_timeout"]
+__all__ = ["DEFAULT_BLOCKING_TIMEOUT", "run_blocking", "check_blocking_timeout", "set_blocking_timeout"]
 
 #: Seconds of wall-clock time a blocking function may take on the deterministic runtime.
 DEFAULT_BLOCKING_TIMEOUT = 10.0
@@ -54,6 +54,11 @@ def check_blocking_timeout(value: object) -> float | None:
     if ns == 0:
         raise ValueError(f"blocking_timeout must be positive (or None for no bound), got {value!r}")
     return ns / 1_000_000_000
+
+
+def set_blocking_timeout(loop: Any, value: object) -> None:
+    """Bound the blocking functions of ``loop`` (an ``EventLoop``): see the module docs."""
+    loop.blocking_timeout = check_blocking_timeout(value)
 
 
 class _Worker:

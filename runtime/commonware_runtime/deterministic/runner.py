@@ -14,7 +14,7 @@ from ..arguments import NS_PER_SECOND, duration_ns, timestamp_ns
 from ..auditor import Auditor
 from ..errors import RuntimeStalled, RuntimeTimeout
 from ..tasks import Handle, discard_unstarted
-from .blocking import DEFAULT_BLOCKING_TIMEOUT, check_blocking_timeout
+from .blocking import DEFAULT_BLOCKING_TIMEOUT, check_blocking_timeout, set_blocking_timeout
 from .context import Context, DeterministicCore
 from .loop import EventLoop
 from .strategies import ORDERINGS, Strategy, make_strategy, strategy_spec
@@ -200,7 +200,7 @@ class Runner:
                 config.seed, cycle=config.cycle, timeout=config.timeout, auditor=auditor,
                 ordering=config.ordering, strategy=config.strategy, horizon=config.horizon,
             )
-            loop.blocking_timeout = check_blocking_timeout(config.blocking_timeout)
+            set_blocking_timeout(loop, config.blocking_timeout)
             auditor.event("start", config.seed)
             return DeterministicCore(
                 loop=loop, seed=config.seed, catch_panics=config.catch_panics, start_ns=timestamp_ns(config.start_time)
@@ -211,7 +211,7 @@ class Runner:
             ordering=config.ordering, strategy=config.strategy, horizon=config.horizon,
         )
         loop._scheduler.setstate(cp.scheduler_state)
-        loop.blocking_timeout = check_blocking_timeout(config.blocking_timeout)
+        set_blocking_timeout(loop, config.blocking_timeout)
         auditor.event("restart", cp.restarts + 1, cp.now_ns)
         return DeterministicCore(
             loop=loop,

@@ -49,7 +49,16 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from ..arguments import MAX_RECV, Address, check_count, check_data, check_recv_length, duration_seconds, format_address, parse_address
+from ..arguments import (
+    MAX_RECV,
+    Address,
+    check_count,
+    check_data,
+    check_recv_length,
+    duration_seconds,
+    format_address,
+    parse_address,
+)
 from ..completed import COMPLETED, Completed
 from ..errors import BindFailed, Closed, ConnectionFailed, RecvFailed, SendFailed, Timeout
 from ..metrics import RuntimeCounters
