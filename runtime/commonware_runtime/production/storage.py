@@ -444,6 +444,9 @@ def _write_failed_size(fd: int) -> int | None:
 class Storage:
     """Blobs as files under ``directory`` (see the module docstring)."""
 
+    #: ``production.Config(storage_backend=...)`` name; ``production.iouring`` subclasses this.
+    backend = "default"
+
     def __init__(
         self,
         directory: str | os.PathLike[str],
@@ -495,10 +498,14 @@ class Storage:
             shared = None
         if shared is None:
             shared = self._blobs[key] = _Shared(key, ident, size)
-        blob = Blob(self, partition, name, fd, shared, self._serial)
+        blob = self._new_blob(partition, name, fd, shared, self._serial)
         self._serial += 1
         self.counters.storage["open_blobs"] += 1
         return blob, shared.size
+
+    def _new_blob(self, partition: str, name: bytes, fd: int, shared: _Shared, serial: int) -> Blob:
+        """The handle ``open`` returns (a backend's subclass hook: ``production.iouring``)."""
+        return Blob(self, partition, name, fd, shared, serial)
 
     async def remove(self, partition: str, name: bytes | None = None) -> None:
         """Remove a blob, or the whole partition when ``name`` is None.
