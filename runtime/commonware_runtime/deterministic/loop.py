@@ -466,8 +466,10 @@ class EventLoop(asyncio.BaseEventLoop):
 
     def _run_batch_windowed(self, batch: list[asyncio.Handle]) -> None:
         """A round larger than the strategies' window: strategies.Random's choice among the
-        ``WINDOW`` oldest remaining callbacks, inlined (rare, so kept plain)."""
+        ``WINDOW`` oldest remaining callbacks, inlined like ``_run_batch_random``."""
         rand = self._scheduler.random
+        record = self._decisions.append
+        task_type = _Task
         window = batch[:WINDOW]
         rest = batch[WINDOW:]
         rest.reverse()  # popped from the end: oldest first
@@ -485,10 +487,18 @@ class EventLoop(asyncio.BaseEventLoop):
                     window[i] = last
             if rest:
                 window.append(rest.pop())
-            tid = self.owner_id(handle)
-            self._decisions.append(tid)
-            if not handle._cancelled:
-                handle._run()
+            if handle._cancelled:
+                record(LOOP_CALLBACK)
+                continue
+            callback = handle._callback  # type: ignore[attr-defined]
+            owner = getattr(callback, "__self__", None)
+            record(owner._cw_id if type(owner) is task_type else LOOP_CALLBACK)
+            try:
+                handle._context.run(callback, *handle._args)  # type: ignore[attr-defined]
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._callback_failed(handle, exc)
 
     def _callback_failed(self, handle: asyncio.Handle, exc: BaseException) -> None:
         """What Handle._run does with a callback's exception: hand it to the loop's handler."""
