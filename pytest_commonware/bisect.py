@@ -43,6 +43,7 @@ import bisect as _bisect
 import inspect
 import math
 import os
+import shlex
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -586,5 +587,5 @@ def _report(r: BisectResult, trace: Trace, where: str, display: Callable[[Path],
     lines.append(f"  written {shown} ({'replays to the same failure' if r.replay_ok else 'does NOT replay to the failure'})")
     lines.extend(f"  {note}" for note in r.notes)
     lines.append(f"  {r.runs} runs")
-    lines.append(f"  reproduce: pytest --cw-replay {shown}")
+    lines.append(f"  reproduce: pytest {shlex.quote('--cw-replay=' + shown)}")
     return "\n".join(lines)

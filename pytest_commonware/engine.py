@@ -192,6 +192,8 @@ class Settings:
     explore: int | None = None  # --cw-explore=K: explore within K deviations instead of running seeds
     explore_limit: int = DEFAULT_EXPLORE_LIMIT
     fifo_check: int = DEFAULT_FIFO_CHECK  # fifo schedules tried when a seed fails under ordering "any"
+    full_tracebacks: bool = False  # --cw-full-tracebacks: every failing seed's traceback in full
+    keep_traces: bool = False  # --cw-keep-traces: a passing run leaves its item's old failure trace
     horizon: str | int = "auto"  # --cw-horizon: "auto" (measured), "none" or a number of contested decisions
     horizons: dict[str, int] = field(default_factory=dict)  # "auto": test -> its canonical run's length
 

@@ -12,13 +12,13 @@ A key is the pytest node id, which already names the seed (``[seed=N]``).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .files import atomic_write
 
 __all__ = ["GoldenError", "load_golden", "merge_golden", "write_golden"]
 
@@ -65,21 +65,9 @@ def merge_golden(existing: Mapping[str, str], fresh: Mapping[str, str]) -> dict[
 
 
 def write_golden(path: Path, table: Mapping[str, str]) -> Path:
-    """Write ``table`` to ``path`` atomically (temp file in the same directory, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``table`` to ``path`` atomically and durably, mode 0644 (temp file in the same
+    directory, fsync, rename, directory fsync; leftovers of interrupted writes are removed)."""
     document = {"format": FORMAT, "version": VERSION, "auditor": {k: table[k] for k in sorted(table)}}
     text = yaml.safe_dump(document, sort_keys=False, default_flow_style=False, width=1_000_000)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(path, text.encode("utf-8"))
     return path

@@ -30,7 +30,9 @@ from .engine import (
     RunSpec,
     Settings,
 )
+from .files import remove_failure_trace
 from .golden import GoldenError, load_golden, merge_golden, write_golden
+from .summary import Failure, Sweep, describe_failure, repeat_line
 from .tracefile import (
     Trace,
     TraceError,
@@ -64,6 +66,8 @@ class State:
     bisect_reports: list[str] = field(default_factory=list)
     golden_written: str | None = None
     sources: dict[str, str] = field(default_factory=dict)  # option -> where its value came from
+    first_failures: dict[tuple[str, str], str] = field(default_factory=dict)  # (type, place) -> first node id
+    full_tracebacks: bool = False  # --cw-full-tracebacks or -v: no failure is shortened
 
 
 @dataclass
@@ -76,6 +80,8 @@ class ItemRun:
 
 STATE = pytest.StashKey[State]()
 ITEM_RUN = pytest.StashKey[ItemRun]()
+FAILURE = pytest.StashKey[Failure]()  # how this item's run failed (type and place)
+REPEAT = pytest.StashKey[str]()  # the node id of an earlier seed this one failed like
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,6 +130,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--cw-update-golden", dest="cw_update_golden", action="store_true", default=None,
                     help="write/refresh the golden file instead of comparing with it")
     parser.addini("cw_update_golden", help="write/refresh the golden file", type="bool", default=False)
+    group.addoption("--cw-full-tracebacks", dest="cw_full_tracebacks", action="store_true", default=None,
+                    help="print the full traceback of every failing seed (default: one per distinct failure, "
+                         "the other seeds one line each; -v does the same)")
+    parser.addini("cw_full_tracebacks", help="print the full traceback of every failing seed", type="bool",
+                  default=False)
+    group.addoption("--cw-keep-traces", dest="cw_keep_traces", action="store_true", default=None,
+                    help="keep an item's old failure trace when it passes (default: a passing run removes it)")
+    parser.addini("cw_keep_traces", help="keep old failure traces of items that pass", type="bool", default=False)
 
 
 def _value(config: pytest.Config, name: str) -> tuple[Any, str, Path]:
@@ -200,6 +214,8 @@ def _settings(config: pytest.Config, sources: dict[str, str] | None = None) -> S
         raise pytest.UsageError("--cw-explore and --cw-check-determinism cannot be combined (an exploration runs "
                                 "many schedules, not one seed twice); check the seeds without --cw-explore")
     s.update_golden = bool(config.getoption("cw_update_golden") or config.getini("cw_update_golden"))
+    s.full_tracebacks = bool(config.getoption("cw_full_tracebacks") or config.getini("cw_full_tracebacks"))
+    s.keep_traces = bool(config.getoption("cw_keep_traces") or config.getini("cw_keep_traces"))
     value, where, base = _value(config, "cw_golden")
     if value is not None:
         s.golden, s.golden_explicit = base / value, True
@@ -272,10 +288,14 @@ def pytest_configure(config: pytest.Config) -> None:
     sources: dict[str, str] = {}
     settings = _settings(config, sources)
     state = State(settings, sources=sources)
+    state.full_tracebacks = settings.full_tracebacks or (config.getoption("verbose", 0) or 0) >= 1
     if settings.replay is not None:
         state.replay_trace = _load(settings.replay, "--cw-replay", settings)
     if settings.bisect is not None:
         state.bisect_trace = _load(settings.bisect, "--cw-bisect", settings)
+    if state.bisect_trace is not None and state.bisect_trace.outcome != "failed":
+        raise pytest.UsageError(f"--cw-bisect: {settings.display_path(settings.bisect or Path())}: the trace records "
+                                f"a passing run: there is no failure to bisect (replay it with --cw-replay)")
     target = state.replay_trace or state.bisect_trace
     if target is not None:
         if target.runtime != "deterministic":
@@ -293,6 +313,9 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(f"--cw-golden: {settings.display_path(settings.golden)}: no such file "
                                     f"(create it with --cw-update-golden)")
     config.stash[STATE] = state
+    if not hasattr(config, "workerinput"):  # the process that reports (not an xdist worker)
+        traces = settings.display_path(settings.traces_dir)
+        config.pluginmanager.register(Sweep(config, state.full_tracebacks, traces), "commonware-sweep")
 
 
 def _state(config: pytest.Config) -> State:
@@ -307,12 +330,34 @@ def _claimed_fixtures(metafunc_or_item_names: Any) -> list[str]:
     return [name for name in CONTEXT_FIXTURES if name in metafunc_or_item_names]
 
 
+@dataclass(frozen=True)
+class UsageProblem:
+    """The run parameter of a test whose marker or fixtures cannot be run: its setup fails
+    with the problem, so that every other test still runs and every such problem shows."""
+
+    problem: str
+
+
+USAGE_ERROR_ID = "commonware-usage-error"
+
+
+def _claims(metafunc: pytest.Metafunc) -> bool:
+    """An ``async def`` test that requests a context fixture or carries the commonware marker is
+    the plugin's (and no other async plugin's)."""
+    if not inspect.iscoroutinefunction(metafunc.function):
+        return False
+    return bool(_claimed_fixtures(metafunc.fixturenames)) or metafunc.definition.get_closest_marker("commonware") is not None
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if not _claimed_fixtures(metafunc.fixturenames) or not inspect.iscoroutinefunction(metafunc.function):
+    if not _claims(metafunc):
         return
+    if RUN_PARAM not in metafunc.fixturenames:
+        metafunc.fixturenames.append(RUN_PARAM)  # claimed by its marker alone
     _refresh_strategies(metafunc.config)
     state = _state(metafunc.config)
-    where = metafunc.definition.nodeid
+    path, lineno, _ = metafunc.definition.location
+    where = f"{metafunc.definition.nodeid} ({path}:{lineno + 1})" if lineno is not None else metafunc.definition.nodeid
     settings = state.settings
     target = state.replay_trace or state.bisect_trace
     if target is not None:
@@ -323,12 +368,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         marker = engine.marker_args(metafunc.definition.iter_markers("commonware"), where)
         specs = engine.plan(settings, marker, metafunc.fixturenames, where)
     except pytest.UsageError as exc:
-        problem = str(exc)
+        # A bad marker belongs to one test: an error of that test alone (at its setup), naming
+        # its file and line; the rest of the session runs and shows its own problems.
+        problem = UsageProblem(f"usage error: {exc}")
+        metafunc.parametrize(RUN_PARAM, [problem], ids=[USAGE_ERROR_ID], indirect=True)
     else:
         metafunc.parametrize(RUN_PARAM, specs, ids=[s.id for s in specs], indirect=True)
-        return
-    # A bad marker belongs to one test: a collection error naming it, without a traceback.
-    pytest.fail(f"usage error: {problem}", pytrace=False)
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -360,7 +405,10 @@ def _is_deterministic(item: pytest.Item) -> bool:
 
 @pytest.fixture
 def _cw_run(request: pytest.FixtureRequest) -> RunSpec | None:
-    return getattr(request, "param", None)
+    param = getattr(request, "param", None)
+    if isinstance(param, UsageProblem):
+        pytest.fail(param.problem, pytrace=False)
+    return param
 
 
 def _context_fixture(name: str, request: pytest.FixtureRequest, spec: RunSpec | None) -> ContextSlot:
@@ -405,18 +453,21 @@ def _spec(item: pytest.Item) -> RunSpec | None:
     return spec if isinstance(spec, RunSpec) else None
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> Any:
-    """``async def`` fixtures of a claimed test are evaluated inside each of its runs."""
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> Generator[None, Any, Any]:
+    """``async def`` fixtures of a claimed test are evaluated inside each of its runs.
+
+    The outermost wrapper, so that no other async plugin (pytest-asyncio in auto mode, anyio)
+    sees the async function: while the other implementations run, the fixture's function is
+    a sync stand-in returning the ``DeferredFixture`` the run evaluates."""
     func = fixturedef.func
-    if not (inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func)):
-        return None
-    if _spec(request.node) is None:
-        return None
+    if not (inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func)) or _spec(request.node) is None:
+        return (yield)
     if fixturedef.scope != "function":
-        raise pytest.UsageError(
+        pytest.fail(
             f"async fixture {fixturedef.argname!r} has scope {fixturedef.scope!r}: async fixtures of commonware "
-            f"tests run inside each test's own runner, so they must be function-scoped"
+            f"tests run inside each test's own runner, so they must be function-scoped",
+            pytrace=False,
         )
     kwargs = {name: request.getfixturevalue(name) for name in fixturedef.argnames}
     from _pytest.fixtures import (
@@ -424,8 +475,82 @@ def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.Fix
     )
 
     deferred = DeferredFixture(fixturedef.argname, resolve_fixture_function(fixturedef, request), kwargs)
-    fixturedef.cached_result = (deferred, fixturedef.cache_key(request), None)  # type: ignore[arg-type]
-    return deferred
+
+    def evaluated_inside_the_run(**_: Any) -> DeferredFixture:
+        return deferred
+
+    setattr(fixturedef, "func", evaluated_inside_the_run)  # noqa: B010 - typed Final, assigned at run time
+    try:
+        return (yield)
+    finally:
+        setattr(fixturedef, "func", func)  # noqa: B010
+
+
+# ---------------------------------------------------------------------------------------------
+# other async plugins (pytest-asyncio, anyio): a claimed test is the plugin's alone
+
+FOREIGN_ASYNC_MARKERS = frozenset({"asyncio", "anyio", "trio"})
+
+
+class CommonwareFunction(pytest.Function):
+    """A test item the plugin runs.  Other async plugins' markers (``asyncio``, ``anyio``,
+    ``trio``, on the test, its class or its module, or added by an "auto" mode) are invisible on
+    it, so pytest-asyncio and anyio neither convert, run nor warn about it."""
+
+    def iter_markers_with_node(self, name: str | None = None) -> Any:
+        for node, mark in super().iter_markers_with_node(name):
+            if mark.name not in FOREIGN_ASYNC_MARKERS:
+                yield node, mark
+
+
+def _is_claimed_item(item: Any) -> bool:
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and isinstance(callspec.params.get(RUN_PARAM), (RunSpec, UsageProblem))
+
+
+def _foreign_backend_mark(mark: Any) -> bool:
+    return mark.name == "usefixtures" and tuple(mark.args) == ("anyio_backend",)
+
+
+def _needs_reclaim(item: pytest.Function) -> bool:
+    if type(item) is not pytest.Function:  # e.g. pytest-asyncio's Coroutine item
+        return True
+    return any(item.get_closest_marker(name) is not None for name in FOREIGN_ASYNC_MARKERS)
+
+
+def _reclaimed(item: pytest.Function) -> pytest.Function:
+    callspec = getattr(item, "callspec", None)
+    return CommonwareFunction.from_parent(
+        item.parent, name=item.name, callspec=callspec, fixtureinfo=item._fixtureinfo,
+        keywords={callspec.id: True} if callspec is not None else None, originalname=item.originalname,
+    )
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_pycollect_makeitem(collector: Any, name: str, obj: object) -> Generator[None, Any, None]:
+    """Around every other plugin's collection of a test function: the items the plugin claims
+    become ``CommonwareFunction`` items (pytest-asyncio made them its own ``Coroutine`` items,
+    in auto mode or under an ``asyncio`` marker), and anyio's ``anyio_backend`` fixture, added
+    to every coroutine test in its auto mode or under an ``anyio`` marker, is taken off them."""
+    outcome = yield
+    try:
+        result = outcome.get_result()
+    except BaseException:  # noqa: BLE001 - pytest reports it
+        return
+    items = result if isinstance(result, list) else [result] if result is not None else []
+    ours = [i for i in items if isinstance(i, pytest.Function) and _is_claimed_item(i)]
+    if not ours:
+        return
+    marks = list(getattr(obj, "pytestmark", []))
+    added = [m for m in marks if _foreign_backend_mark(m)]
+    if added and "anyio_backend" not in inspect.signature(obj).parameters:  # type: ignore[arg-type]
+        # Collected again without the fixture anyio added: not parametrized over its backends.
+        obj.pytestmark = [m for m in marks if not _foreign_backend_mark(m)]  # type: ignore[attr-defined]
+        items = list(collector._genfunctions(name, obj))
+    elif not any(_needs_reclaim(i) for i in ours):
+        return
+    outcome.force_result([_reclaimed(i) if isinstance(i, pytest.Function) and _is_claimed_item(i) else i
+                          for i in items])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -433,7 +558,9 @@ def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.Fix
 
 
 def _reproduce_command(settings: Settings, path: Path) -> str:
-    return f"pytest --cw-replay {shlex.quote(settings.display_path(path))}"
+    # Always with "=": as a separate argument, pytest would take the path for a test path
+    # (and, for a traces directory outside the rootdir, pick another rootdir).
+    return f"pytest {shlex.quote('--cw-replay=' + settings.display_path(path))}"
 
 
 _SEED_ID = re.compile(r"(?<=[\[-])((?:deterministic-)?)(?:seed|explore)=\d+(?=[\]-])")
@@ -467,6 +594,9 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     state = _state(pyfuncitem.config)
     note = ItemRun()
     pyfuncitem.stash[ITEM_RUN] = note
+    for key in (FAILURE, REPEAT):
+        if key in pyfuncitem.stash:
+            del pyfuncitem.stash[key]
     marker = engine.marker_args(pyfuncitem.iter_markers("commonware"), pyfuncitem.nodeid)
     kwargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
     testfn = pyfuncitem.obj
@@ -534,6 +664,8 @@ def _run_seed(item: pytest.Function, state: State, seed: int, marker: MarkerArgs
     if result.error is not None:
         _classify(item, state, config, make_main(), result.error, note)
         raise result.error
+    if record != "all":
+        _prune_trace(item, state, seed)
     if result.auditor is not None:
         if settings.update_golden:
             state.golden_fresh[item.nodeid] = result.auditor
@@ -547,6 +679,16 @@ def _run_seed(item: pytest.Function, state: State, seed: int, marker: MarkerArgs
                     f"change is intended, refresh the file with --cw-update-golden",
                     pytrace=False,
                 )
+
+
+def _prune_trace(item: pytest.Item, state: State, seed: int) -> None:
+    """The item passed: an old failure trace of it would only mislead (unless --cw-keep-traces)."""
+    if state.settings.keep_traces:
+        return
+    try:
+        remove_failure_trace(trace_path(state.settings.traces_dir, item.nodeid, seed))
+    except (OSError, ValueError):
+        pass  # a trace that cannot be removed is no reason to fail a passing test
 
 
 def _plural(n: int, word: str) -> str:
@@ -589,6 +731,8 @@ def _run_explore(item: pytest.Function, state: State, seed: int, k: int, marker:
         item.user_properties.append(("cw_explore", f"{item.nodeid}: {summary}"))
         _classify(item, state, config, make_main(), found.failure, note)
         raise found.failure
+    if settings.record_for(marker) != "all":
+        _prune_trace(item, state, seed)
     if found.exhausted:
         line = f"explored all {_plural(n, 'schedule')} {within}: none fails"
         note.lines.append(line)
@@ -626,7 +770,12 @@ def _run_replay(item: pytest.Function, state: State, make_main: Any, note: ItemR
     from commonware_runtime.deterministic import ReplayDivergence
 
     if isinstance(error, ReplayDivergence):
-        note.lines.append(f"replaying {shown} diverged: the test or the code it runs changed since the trace was recorded")
+        rerun = _rerun_command(item, state.settings, trace.seed, strategy=_traced_strategy(trace),
+                               ordering=str(trace.config.get("ordering", "any")))
+        note.lines.append(f"replaying {shown} diverged: the test or the code it runs changed since the trace was "
+                          f"recorded, so the trace no longer describes a run of today's code")
+        note.lines.append(f"rerun the same seed on today's code: {rerun}")
+        note.reproduce = rerun
         pytest.fail(f"{type(error).__name__}: {error}", pytrace=False)
     if error is not None:
         same = trace.error is not None and type(error).__name__ == trace.error.get("type")
@@ -638,6 +787,14 @@ def _run_replay(item: pytest.Function, state: State, make_main: Any, note: ItemR
     if trace.outcome == "failed":
         pytest.fail(f"replaying {shown} did not reproduce the recorded failure ({recorded}): the run passed", pytrace=False)
     note.lines.append(f"replayed {shown}: passed, as recorded ({result.steps} steps)")
+
+
+def _traced_strategy(trace: Trace) -> str | None:
+    """The strategy name a trace was recorded under, when this session knows it by that name."""
+    name = trace.config.get("strategy")
+    if isinstance(name, str) and name.split(":")[0] in strategies.strategy_names() and name != "bisect":
+        return name
+    return None
 
 
 def _run_bisect(item: pytest.Function, state: State, make_main: Any, note: ItemRun) -> None:
@@ -658,16 +815,71 @@ def _run_bisect(item: pytest.Function, state: State, make_main: Any, note: ItemR
         pytest.fail(result.report, pytrace=False)
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+def _test_place(item: pytest.Item) -> str:
+    path, lineno, _ = item.location
+    return f"{path}:{lineno + 1}" if lineno is not None else path
+
+
+def _sweep_seed(item: pytest.Item) -> int | None:
+    """The seed of a deterministic item of a seed sweep (not an exploration, a replay or a bisect)."""
+    spec = _spec(item)
+    if spec is None or spec.runtime != "deterministic" or spec.explore is not None:
+        return None
+    state = _state(item.config)
+    if state.replay_trace is not None or state.bisect_trace is not None:
+        return None
+    return spec.seed
+
+
+_NOT_FAILURES = (pytest.skip.Exception, pytest.xfail.Exception, pytest.exit.Exception)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport | None:
+    """The report of a failing seed, made cheaply when its traceback is not worth printing: a
+    failure like an earlier seed's in this process (one line; the earlier one has the full report)
+    or a stall or timeout (raised by the scheduler, not by test code: the message already says
+    where every task waits).  Other reports are pytest's own."""
+    if call.when != "call" or call.excinfo is None or item.stash.get(ITEM_RUN, None) is None:
+        return None
+    seed = _sweep_seed(item)
+    error = call.excinfo.value
+    if seed is None or isinstance(error, _NOT_FAILURES):
+        return None
+    state = _state(item.config)
+    failure = describe_failure(error, _test_place(item), item.config.rootpath)
+    item.stash[FAILURE] = failure
+    first = state.first_failures.setdefault(failure.key, item.nodeid)
+    sections: list[tuple[str, str]] = []
+    if first != item.nodeid and not state.full_tracebacks:
+        item.stash[REPEAT] = first
+        longrepr = repeat_line(failure, first)  # no captured output either: it crosses the wire
+    elif isinstance(error, (RuntimeStalled, RuntimeTimeout)):
+        longrepr = call.excinfo.exconly()
+        sections = [(f"Captured {key} {when}", content) for when, key, content in item._report_sections]
+    else:
+        return None
+    return pytest.TestReport(item.nodeid, item.location, dict.fromkeys(item.keywords, 1), "failed", longrepr,
+                             "call", sections, call.duration, call.start, call.stop,
+                             user_properties=item.user_properties)
+
+
+@pytest.hookimpl(wrapper=True, specname="pytest_runtest_makereport")
+def pytest_runtest_makereport_wrapper(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
     report = yield
     note = item.stash.get(ITEM_RUN, None)
-    if note is not None and report.when == "call" and call.excinfo is not None and report.failed:
-        if isinstance(call.excinfo.value, (RuntimeStalled, RuntimeTimeout)):
-            # Raised by the scheduler, not by test code: the traceback is the plugin's and the
-            # loop's; the message already says where every task was waiting.
-            report.longrepr = call.excinfo.exconly()
-    if note is not None and report.when == "call":
+    seed = _sweep_seed(item)
+    if seed is not None:
+        # For the sweep summary (on the xdist controller too): small values only.
+        report.cw_seed = seed
+        if report.failed:
+            failure = item.stash.get(FAILURE, None) if call.when == "call" else None
+            if failure is None and call.excinfo is not None:
+                failure = describe_failure(call.excinfo.value, _test_place(item), item.config.rootpath)
+            if failure is not None:
+                reproduce = note.reproduce if note is not None and call.when == "call" else None
+                report.cw_failure = failure.to_wire(reproduce)
+    if note is not None and report.when == "call" and REPEAT not in item.stash:
         lines = list(note.lines)
         if note.reproduce and report.failed:
             lines.append(f"reproduce with: {note.reproduce}")

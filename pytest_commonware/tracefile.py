@@ -20,7 +20,6 @@ import os
 import platform
 import re
 import sys
-import tempfile
 import zlib
 from array import array
 from collections.abc import Iterator
@@ -223,34 +222,11 @@ def write_trace(path: str | os.PathLike[str], trace: Trace) -> Path:
 
 
 def atomic_write(target: Path, data: bytes) -> None:
-    """Replace ``target`` with ``data`` so readers see the old file or the new one, never a part."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a trace is meant to be shared
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(target.parent)
+    """Replace ``target`` with ``data`` so readers see the old file or the new one, never a part
+    (temp file, fsync, 0644, rename, directory fsync; leftovers of interrupted writes removed)."""
+    from .files import atomic_write as write
 
-
-def _fsync_dir(directory: Path) -> None:
-    # The rename itself is durable only once the directory is synced (POSIX); Windows has no such call.
-    if not hasattr(os, "O_DIRECTORY"):
-        return
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write(target, data)
 
 
 def _document(trace: Trace) -> dict[str, Any]:

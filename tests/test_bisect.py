@@ -259,7 +259,7 @@ def test_cw_bisect_option(pytester: pytest.Pytester) -> None:
         ),
         "*minimal schedule: 1 deviation(s) from the canonical order*",
         f"*written {minimal.relative_to(pytester.path)} (replays to the same failure)*",
-        f"*reproduce: pytest --cw-replay {minimal.relative_to(pytester.path)}*",
+        f"*reproduce: pytest --cw-replay={minimal.relative_to(pytester.path)}*",
     ])
     assert minimal.exists()
     # The minimal trace replays through the plugin to the same failure.

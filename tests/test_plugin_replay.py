@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 
@@ -39,9 +40,9 @@ def test_failing_seed_writes_trace_and_reproduce_command(pytester: pytest.Pytest
     # The report ends with the command that reproduces the seed.
     text = result.stdout.str()
     section = text[text.index(f"test_race[seed={trace.seed}]"):]
-    section = section[: section.index("\n____") if "\n____" in section else section.index("short test summary")]
+    section = re.split(r"\n(?:_{4}|={4})", section, maxsplit=1)[0]
     last = [line for line in section.strip().splitlines() if line.strip() and not line.startswith("=")][-1]
-    assert last == f"reproduce with: pytest --cw-replay traces/{traces[0].name}"
+    assert last == f"reproduce with: pytest --cw-replay=traces/{traces[0].name}"
 
 
 def test_record_all_and_none(pytester: pytest.Pytester) -> None:
@@ -90,7 +91,7 @@ def test_reproduce_command_works_whatever_runtime_option_recorded_it(
 def test_without_a_trace_the_report_still_ends_with_a_command(pytester: pytest.Pytester) -> None:
     # --cw-record=none writes no trace: the seed and the node id reproduce the run instead.
     pytester.makepyfile(test_race=RACE)
-    result = pytester.runpytest(*QUIET, "--cw-record=none")
+    result = pytester.runpytest(*QUIET, "--cw-record=none", "--cw-full-tracebacks")
     commands = [line.removeprefix("reproduce with: ") for line in result.stdout.lines if line.startswith("reproduce with: ")]
     assert len(commands) == result.parseoutcomes()["failed"] >= 1
     assert commands[0].startswith("pytest --cw-seed=") and "test_race.py::test_race[seed=" in commands[0]
