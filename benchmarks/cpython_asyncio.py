@@ -134,7 +134,7 @@ class _Probe:
 
 
 _PROBE = _Probe()
-_INLINE_EXECUTOR = 0  # depth of run_in_executor calls running inline on our loop
+_INLINE_EXECUTOR = 0  # depth of run_in_executor calls our loop is waiting for
 
 
 def _instrument(loop_kind: str, seed: int, ordering: str, testloop: str = "skip") -> None:
@@ -163,7 +163,8 @@ def _instrument(loop_kind: str, seed: int, ordering: str, testloop: str = "skip"
     thread_start = threading.Thread.start
 
     def start(self: threading.Thread) -> None:
-        _PROBE.threads += 1
+        if not self.name.startswith("commonware-"):  # the runtime's own helper threads do not count
+            _PROBE.threads += 1
         thread_start(self)
 
     threading.Thread.start = start  # type: ignore[method-assign]
@@ -226,15 +227,16 @@ def _instrument(loop_kind: str, seed: int, ordering: str, testloop: str = "skip"
         finally:
             _INLINE_EXECUTOR -= 1
 
-    # run_in_executor runs the function inline, on the loop's thread: a function that then
-    # waits for the loop (run_coroutine_threadsafe(...).result()) would wait forever.
+    # run_in_executor runs the function while the loop waits for it (inline, or in a helper
+    # thread bounded by blocking_timeout): a function that then waits for the loop
+    # (run_coroutine_threadsafe(...).result()) would wait forever, or until BlockingStalled.
     future_result = concurrent.futures.Future.result
 
     def result_probe(self: Any, timeout: float | None = None) -> Any:
         if _INLINE_EXECUTOR and timeout is None and not self.done():
             message = (
-                "run_in_executor() runs inline (no worker thread) and the function blocks on a "
-                "concurrent.futures.Future that only the loop can complete"
+                "run_in_executor() runs the function while the loop waits for it, and the function blocks "
+                "on a concurrent.futures.Future only the loop can complete (run_coroutine_threadsafe(...).result())"
             )
             _PROBE.unsupported.append(message)
             raise Unsupported(message)
@@ -496,6 +498,8 @@ def _exclusion(out: Outcome, out_name: str = "") -> str | None:
         if "within 7 places" in out.error:
             return ("TestLoop clock: asserts the exact deadline after a wake-up (assertAlmostEqual, 7 places); "
                     "our wake-ups may come late by up to one cycle, as a real loop's do")
+    if "BlockingStalled" in out.error:
+        return "real threads: a blocking function (run_in_executor / to_thread) waits on the event loop (BlockingStalled)"
     if p.get("unsupported"):
         reasons = sorted(set(p["unsupported"]))
         if any("thread" in r for r in reasons):
