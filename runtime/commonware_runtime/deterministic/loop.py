@@ -512,47 +512,43 @@ class EventLoop(asyncio.BaseEventLoop):
         """The general round: the chooser picks each callback by its ``seq``; the recorder
         (two array appends), the replayer's check and the auditor watch."""
         chooser = self._chooser
-        pending = self._pending
         observer = self.observer
-        record = self._decisions.append
-        task_type = _Task
-        picks, ids, check = self._observed
         if observer is not None:
             self._round_batch = batch
             observer.round(self.steps, self._now_ns, self)
             self._round_batch = []
-        fifo = self._fifo and chooser is not observer
-        if not fifo:
-            arrive = chooser.arrive
-            seq = self._seq
-            for handle in batch:
-                seq += 1
-                pending[seq] = handle
-                arrive(seq, handle)
-            self._seq = seq
-            batch = []
-        holds_back = chooser.holds_back and not fifo
+        if self._fifo and chooser is not observer:
+            self._run_batch_fifo_observed(batch)
+            return
+        pending = self._pending
+        record = self._decisions.append
+        task_type = _Task
+        picks, ids, check = self._observed
+        arrive = chooser.arrive
+        seq = self._seq
+        for handle in batch:
+            seq += 1
+            pending[seq] = handle
+            arrive(seq, handle)
+        self._seq = seq
+        holds_back = chooser.holds_back
         choose = chooser.choose
         step = self.steps
-        budget = len(pending) + len(batch)
-        position = 0
+        budget = len(pending)
         while budget:
             budget -= 1
-            if fifo:  # the order is asyncio's; strategies choose timing only
-                handle = batch[position]
-                position += 1
-                seq = self._seq = self._seq + 1
-            else:
-                seq = choose(step)
-                chosen = pending.pop(seq, None)
-                if chosen is None:
-                    self.steps = step
-                    raise self._not_ready(chooser, step, seq)
-                handle = chosen
-            if handle._cancelled:
+            seq = choose(step)
+            chosen = pending.pop(seq, None)
+            if chosen is None:
+                self.steps = step
+                raise self._not_ready(chooser, step, seq)
+            handle = chosen
+            cancelled = handle._cancelled
+            callback = handle._callback  # type: ignore[attr-defined]
+            if cancelled:
                 tid = LOOP_CALLBACK
             else:
-                owner = getattr(handle._callback, "__self__", None)  # type: ignore[attr-defined]
+                owner = getattr(callback, "__self__", None)
                 tid = owner._cw_id if type(owner) is task_type else LOOP_CALLBACK
             record(tid)
             if picks is not None:
@@ -561,18 +557,45 @@ class EventLoop(asyncio.BaseEventLoop):
             if check is not None:
                 check(step, seq, tid, self)
             step += 1
-            self.steps = step
-            if not handle._cancelled:
-                handle._run()
+            if not cancelled:
+                self.steps = step
+                if callback is None:  # a queued timer wake-up (_Wakeup)
+                    handle._run()
+                else:  # Handle._run inlined, as in _run_batch_random
+                    try:
+                        handle._context.run(callback, *handle._args)  # type: ignore[attr-defined]
+                    except (SystemExit, KeyboardInterrupt):
+                        raise
+                    except BaseException as exc:
+                        self._callback_failed(handle, exc)
             if holds_back and self._ready:
                 arrivals = self._ready
                 self._ready = []
                 for handle in arrivals:
                     seq = self._seq = self._seq + 1
                     pending[seq] = handle
-                    chooser.arrive(seq, handle)
-            if not pending and not fifo:
+                    arrive(seq, handle)
+            if not pending:
                 break
+        self.steps = step
+
+    def _run_batch_fifo_observed(self, batch: list[asyncio.Handle]) -> None:
+        """ordering="fifo" under a recorder: asyncio's order (strategies choose timing only)."""
+        record = self._decisions.append
+        picks, ids, check = self._observed
+        for handle in batch:
+            seq = self._seq = self._seq + 1
+            step = self.steps
+            tid = self.owner_id(handle)
+            record(tid)
+            if picks is not None:
+                picks(seq)
+                ids(tid)
+            if check is not None:
+                check(step, seq, tid, self)
+            self.steps = step + 1
+            if not handle._cancelled:
+                handle._run()
 
     def _not_ready(self, chooser: Any, step: int, seq: int) -> BaseException:
         diverged = getattr(chooser, "not_ready", None)
