@@ -35,6 +35,44 @@ RUNTIMES = [
     pytest.param("production-uvloop", marks=pytest.mark.skipif(not HAVE_UVLOOP, reason="uvloop not installed")),
 ]
 
+
+def _iouring_unavailable() -> str | None:
+    """Why the io_uring storage backend cannot run here (None when it can)."""
+    from commonware_runtime.production.iouring import Unavailable, open_ring
+
+    try:
+        ring = open_ring(8)
+    except Unavailable as exc:
+        return str(exc)
+    ring.close()
+    return None
+
+
+IOURING_UNAVAILABLE = _iouring_unavailable()
+needs_iouring = pytest.mark.skipif(
+    IOURING_UNAVAILABLE is not None, reason=f"io_uring storage backend unavailable: {IOURING_UNAVAILABLE}"
+)
+
+# Storage tests run on the production runtime's io_uring backend too ("production-iouring":
+# asyncio, storage_backend="io_uring", with the inline RWF_NOWAIT read attempt switched off
+# so that every read, write and sync goes through the ring; the inline path is the default
+# backend's code, tested by "production").  Mark a test ``@pytest.mark.storage_runtimes``.
+STORAGE_RUNTIMES = [*RUNTIMES, pytest.param("production-iouring", marks=needs_iouring)]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "storage_runtimes: run the test's runner_factory on the io_uring storage backend too"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # runner_factory's parameters: every runtime, plus the io_uring storage backend for
+    # the tests marked storage_runtimes.
+    if "runner_factory" in metafunc.fixturenames:
+        marked = metafunc.definition.get_closest_marker("storage_runtimes") is not None
+        metafunc.parametrize("runner_factory", STORAGE_RUNTIMES if marked else RUNTIMES, indirect=True)
+
 # The deterministic runs' default seed; set COMMONWARE_TEST_SEED to sweep the contract
 # tests over other schedules (e.g. in a shell loop).
 DEFAULT_SEED = int(os.environ.get("COMMONWARE_TEST_SEED", "0"))
@@ -51,10 +89,13 @@ class RunnerFactory:
     by production), ``catch_panics`` (both; each runtime keeps its own default otherwise).
     """
 
-    def __init__(self, kind: str, tmp_path: Path) -> None:
+    def __init__(self, kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch | None = None) -> None:
         self.kind = kind
         self._tmp_path = tmp_path
         self._runs = itertools.count()
+        if kind == "production-iouring":
+            assert monkeypatch is not None
+            ring_only(monkeypatch)
 
     @property
     def deterministic(self) -> bool:
@@ -80,6 +121,8 @@ class RunnerFactory:
         options: dict[str, Any] = {"storage_directory": directory}
         if self.kind == "production-uvloop":
             options["event_loop"] = "uvloop"
+        if self.kind == "production-iouring":
+            options["storage_backend"] = "io_uring"
         if "catch_panics" in kw:
             options["catch_panics"] = kw["catch_panics"]
         return production.Runner(production.Config(**options))
@@ -91,7 +134,22 @@ class RunnerFactory:
         return f"<RunnerFactory {self.kind}>"
 
 
-@pytest.fixture(params=RUNTIMES)
+def ring_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every io_uring storage created from now on (until the test ends) skip the
+    inline RWF_NOWAIT read attempt: every read goes through the ring."""
+    from commonware_runtime.production.iouring import UringStorage
+
+    init = UringStorage.__init__
+
+    def ring_reads(self: UringStorage, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self.nowait_reads = self.nowait_writes = False
+
+    monkeypatch.setattr(UringStorage, "__init__", ring_reads)
+
+
+@pytest.fixture
 def runner_factory(request: pytest.FixtureRequest, tmp_path: Path) -> RunnerFactory:
     """A factory of runners of the parametrized runtime (see :class:`RunnerFactory`)."""
-    return RunnerFactory(request.param, tmp_path)
+    monkeypatch = request.getfixturevalue("monkeypatch") if request.param == "production-iouring" else None
+    return RunnerFactory(request.param, tmp_path, monkeypatch)

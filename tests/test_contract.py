@@ -888,6 +888,7 @@ def test_reschedule_lets_others_run(runner_factory: Any) -> None:
 # -- storage ---------------------------------------------------------------------------
 
 
+@pytest.mark.storage_runtimes
 def test_storage_write_read_resize_sync(runner_factory: Any) -> None:
     async def main(ctx: Any) -> None:
         blob, size = await ctx.open("partition", b"blob")
@@ -921,6 +922,7 @@ def test_storage_write_read_resize_sync(runner_factory: Any) -> None:
     runner_factory.run(main)
 
 
+@pytest.mark.storage_runtimes
 def test_storage_read_bounds(runner_factory: Any) -> None:
     async def main(ctx: Any) -> None:
         blob, _ = await ctx.open("bounds", b"b")
@@ -938,6 +940,7 @@ def test_storage_read_bounds(runner_factory: Any) -> None:
     runner_factory.run(main)
 
 
+@pytest.mark.storage_runtimes
 def test_storage_handles_share_contents(runner_factory: Any, request: pytest.FixtureRequest) -> None:
     async def main(ctx: Any) -> None:
         first, _ = await ctx.open("shared", b"b")
@@ -953,6 +956,7 @@ def test_storage_handles_share_contents(runner_factory: Any, request: pytest.Fix
     runner_factory.run(main)
 
 
+@pytest.mark.storage_runtimes
 def test_storage_scan_sorted_and_remove(runner_factory: Any) -> None:
     async def main(ctx: Any) -> None:
         for name in [b"c", b"a", b"\x00\xff", b"b", b"aa"]:
@@ -981,6 +985,7 @@ def test_storage_scan_sorted_and_remove(runner_factory: Any) -> None:
     runner_factory.run(main)
 
 
+@pytest.mark.storage_runtimes
 def test_storage_scan_missing_partition(runner_factory: Any) -> None:
     async def main(ctx: Any) -> None:
         with pytest.raises(PartitionMissing):
@@ -989,6 +994,7 @@ def test_storage_scan_missing_partition(runner_factory: Any) -> None:
     runner_factory.run(main)
 
 
+@pytest.mark.storage_runtimes
 def test_storage_removed_blob_reopens_empty(runner_factory: Any) -> None:
     async def main(ctx: Any) -> None:
         blob, _ = await ctx.open("p", b"gone")
@@ -1003,6 +1009,7 @@ def test_storage_removed_blob_reopens_empty(runner_factory: Any) -> None:
     runner_factory.run(main)
 
 
+@pytest.mark.storage_runtimes
 @pytest.mark.parametrize("bad", ["", "a/b", "..", "a b", "name.ext", "é"])
 def test_storage_partition_name_invalid(runner_factory: Any, bad: str) -> None:
     async def main(ctx: Any) -> None:
@@ -1016,6 +1023,7 @@ def test_storage_partition_name_invalid(runner_factory: Any, bad: str) -> None:
     runner_factory.run(main)
 
 
+@pytest.mark.storage_runtimes
 def test_storage_partition_names_allowed(runner_factory: Any) -> None:
     async def main(ctx: Any) -> None:
         for partition in ["a", "A-b_9", "-", "0"]:
@@ -1026,6 +1034,7 @@ def test_storage_partition_names_allowed(runner_factory: Any) -> None:
     runner_factory.run(main)
 
 
+@pytest.mark.storage_runtimes
 def test_storage_bad_arguments(runner_factory: Any) -> None:
     async def main(ctx: Any) -> None:
         with pytest.raises(TypeError):
@@ -1054,6 +1063,7 @@ def test_storage_bad_arguments(runner_factory: Any) -> None:
     runner_factory.run(main)
 
 
+@pytest.mark.storage_runtimes
 def test_storage_errors_are_runtime_errors(runner_factory: Any) -> None:
     async def main(ctx: Any) -> None:
         with pytest.raises(Error) as info:
@@ -1068,6 +1078,7 @@ def test_storage_errors_are_runtime_errors(runner_factory: Any) -> None:
     runner_factory.run(main)
 
 
+@pytest.mark.storage_runtimes
 def test_storage_closed_blob_raises_closed(runner_factory: Any) -> None:
     async def main(ctx: Any) -> None:
         blob, _ = await ctx.open("closing", b"b")
@@ -1290,6 +1301,7 @@ def test_network_localhost_is_the_loopback(runner_factory: Any) -> None:
     assert runner_factory.run(main) == b"hi"
 
 
+@pytest.mark.storage_runtimes
 def test_storage_partition_name_length_limit(runner_factory: Any) -> None:
     async def main(ctx: Any) -> None:
         longest = "p" * 255
@@ -1339,6 +1351,7 @@ def test_network_send_rejects_non_bytes(runner_factory: Any) -> None:
     runner_factory.run(main)
 
 
+@pytest.mark.storage_runtimes
 def test_runtime_metrics_count_io(runner_factory: Any) -> None:
     async def main(ctx: Any) -> str:
         listener = await ctx.bind((LOCALHOST, 0))
@@ -1710,6 +1723,7 @@ def test_metrics_reserved_prefix_unreachable_through_labels(runner_factory: Any)
     runner_factory.run(main)
 
 
+@pytest.mark.storage_runtimes
 def test_storage_rewrite_keeps_length_and_overlaps(runner_factory: Any) -> None:
     # commonware test_blob_read_write / test_overlapping_writes / test_read_beyond_bound.
     async def main(ctx: Any) -> None:
@@ -1733,6 +1747,7 @@ def test_storage_rewrite_keeps_length_and_overlaps(runner_factory: Any) -> None:
     runner_factory.run(main)
 
 
+@pytest.mark.storage_runtimes
 def test_storage_read_from_empty_blob_raises(runner_factory: Any) -> None:
     # commonware test_blob_read_past_length / test_read_empty_blob.
     async def main(ctx: Any) -> None:
@@ -1752,6 +1767,7 @@ def test_storage_read_from_empty_blob_raises(runner_factory: Any) -> None:
     runner_factory.run(main)
 
 
+@pytest.mark.storage_runtimes
 def test_storage_same_name_in_many_partitions(runner_factory: Any) -> None:
     # commonware test_many_partition_read_write.
     partitions = ["partition1", "partition2", "partition3"]
@@ -1773,6 +1789,7 @@ def test_storage_same_name_in_many_partitions(runner_factory: Any) -> None:
     runner_factory.run(main)
 
 
+@pytest.mark.storage_runtimes
 def test_storage_resize_extend_truncate_across_reopen(runner_factory: Any) -> None:
     # commonware test_blob_resize: every resize, once synced, is what a reopen sees.
     async def main(ctx: Any) -> None:
@@ -1801,6 +1818,7 @@ def test_storage_resize_extend_truncate_across_reopen(runner_factory: Any) -> No
     runner_factory.run(main)
 
 
+@pytest.mark.storage_runtimes
 def test_storage_concurrent_access_and_open_blobs_gauge(runner_factory: Any) -> None:
     # commonware test_blob_clone_and_concurrent_read / test_concurrent_access: tasks share one
     # blob object; once every handle is closed the open-blob gauge is back to zero.
@@ -1838,6 +1856,7 @@ def test_storage_concurrent_access_and_open_blobs_gauge(runner_factory: Any) -> 
     runner_factory.run(main)
 
 
+@pytest.mark.storage_runtimes
 def test_storage_large_blob_in_chunks(runner_factory: Any) -> None:
     # commonware test_large_data / test_sequential_chunk_read_write (scaled down to stay fast).
     chunk = bytes(range(256)) * 256  # 64 KiB
@@ -1861,6 +1880,7 @@ def test_storage_large_blob_in_chunks(runner_factory: Any) -> None:
     runner_factory.run(main)
 
 
+@pytest.mark.storage_runtimes
 def test_storage_open_handle_reads_after_remove(runner_factory: Any) -> None:
     async def main(ctx: Any) -> None:
         data = bytes(range(256))
@@ -2037,11 +2057,20 @@ def failing_syncs(runner_factory: Any, monkeypatch: pytest.MonkeyPatch, ctx: Any
 
             with monkeypatch.context() as m:
                 m.setattr(os, "fdatasync", fail)
+                if runner_factory.kind == "production-iouring":
+                    from commonware_runtime.production import iouring, storage
+
+                    async def fail_on_ring(blob: Any, driver: Any, fd: int) -> None:
+                        # A real ring fsync whose completion is an error (EBADF).
+                        await driver.start(blob, driver.ring.submit_fsync, (-1, True))
+
+                    m.setitem(iouring._RING_OPS, storage._datasync, fail_on_ring)
                 yield
 
     return failing()
 
 
+@pytest.mark.storage_runtimes
 def test_storage_failed_sync_poisons_until_reopened(runner_factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     async def main(ctx: Any) -> None:
         blob, _ = await ctx.open("poison", b"log")

@@ -31,12 +31,22 @@ from commonware_runtime.errors import (
     WriteFailed,
 )
 from commonware_runtime.metrics import RuntimeCounters
-from commonware_runtime.production import storage as storage_mod
+from commonware_runtime.production import iouring, storage as storage_mod
 from commonware_runtime.production.storage import Blob, Storage
+from conftest import needs_iouring
 
 T = TypeVar("T")
 HAS_NOWAIT = storage_mod._RWF_NOWAIT is not None
 needs_nowait = pytest.mark.skipif(not HAS_NOWAIT, reason="os.RWF_NOWAIT is Linux-only")
+
+# The tests taking ``backend`` run on both storage backends.  On io_uring, every read goes
+# through the ring (the inline RWF_NOWAIT attempt is the default backend's code, tested there).
+BACKENDS = ["default", pytest.param("io_uring", marks=needs_iouring)]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 class CountingExecutor(concurrent.futures.ThreadPoolExecutor):
@@ -50,19 +60,42 @@ class CountingExecutor(concurrent.futures.ThreadPoolExecutor):
 
 
 class Env:
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, backend: str = "default") -> None:
         self.root = tmp_path / "store"
         self.counters = RuntimeCounters()
         self.executor = CountingExecutor()
-        self.storage = Storage(self.root, counters=self.counters, executor=self.executor)
+        self.storage: Storage
+        if backend == "io_uring":
+            self.storage = iouring.UringStorage(
+                self.root, counters=self.counters, executor=self.executor, ring=iouring.open_ring()
+            )
+            self.storage.nowait_reads = False
+        else:
+            self.storage = Storage(self.root, counters=self.counters, executor=self.executor)
 
 
-def run(tmp_path: Path, body: Callable[[Env], Awaitable[T]]) -> T:
-    env = Env(tmp_path)
+def run(tmp_path: Path, body: Callable[[Env], Awaitable[T]], backend: str = "default") -> T:
+    env = Env(tmp_path, backend)
     try:
         return asyncio.run(body(env))
     finally:
+        if isinstance(env.storage, iouring.UringStorage):
+            env.storage.close()
         env.executor.shutdown(wait=True)
+
+
+def fail_syncs(m: pytest.MonkeyPatch) -> None:
+    """Every sync fails from now on (within ``m``): ``fdatasync`` raises EIO in the pool, and
+    on the ring a real fsync completes with an error (EBADF)."""
+
+    def fail(fd: int) -> None:
+        raise OSError(errno.EIO, "injected sync error")
+
+    async def fail_on_ring(blob: Blob, driver: Any, fd: int) -> None:
+        await driver.start(blob, driver.ring.submit_fsync, (-1, True))
+
+    m.setattr(os, "fdatasync", fail)
+    m.setitem(iouring._RING_OPS, storage_mod._datasync, fail_on_ring)
 
 
 def files_under(path: Path) -> list[Path]:
@@ -72,7 +105,7 @@ def files_under(path: Path) -> list[Path]:
 # ---------------------------------------------------------------------------- basics
 
 
-def test_open_write_read_reopen(tmp_path: Path) -> None:
+def test_open_write_read_reopen(tmp_path: Path, backend: str) -> None:
     async def body(env: Env) -> None:
         s = env.storage
         blob, size = await s.open("part", b"hello")
@@ -97,10 +130,10 @@ def test_open_write_read_reopen(tmp_path: Path) -> None:
         assert c["reads"] == 4 and c["bytes_read"] == 23
         assert c["syncs"] == 3  # explicit sync + two closes
 
-    run(tmp_path, body)
+    run(tmp_path, body, backend)
 
 
-def test_gap_is_zero_filled_and_read_into_buffers(tmp_path: Path) -> None:
+def test_gap_is_zero_filled_and_read_into_buffers(tmp_path: Path, backend: str) -> None:
     async def body(env: Env) -> None:
         blob, _ = await env.storage.open("p", b"g")
         await blob.write_at(b"end", 100)
@@ -120,10 +153,10 @@ def test_gap_is_zero_filled_and_read_into_buffers(tmp_path: Path) -> None:
         assert blob.size == 103
         await blob.close()
 
-    run(tmp_path, body)
+    run(tmp_path, body, backend)
 
 
-def test_read_past_end_names_everything(tmp_path: Path) -> None:
+def test_read_past_end_names_everything(tmp_path: Path, backend: str) -> None:
     async def body(env: Env) -> None:
         blob, _ = await env.storage.open("part_1", b"\xab\xcd")
         await blob.write_at(b"0123456789", 0)
@@ -138,10 +171,10 @@ def test_read_past_end_names_everything(tmp_path: Path) -> None:
             await blob.read_at(0, 11)
         await blob.close()
 
-    run(tmp_path, body)
+    run(tmp_path, body, backend)
 
 
-def test_resize_truncates_and_extends(tmp_path: Path) -> None:
+def test_resize_truncates_and_extends(tmp_path: Path, backend: str) -> None:
     async def body(env: Env) -> None:
         blob, _ = await env.storage.open("p", b"r")
         await blob.write_at(b"abcdefgh", 0)
@@ -155,10 +188,10 @@ def test_resize_truncates_and_extends(tmp_path: Path) -> None:
         await blob.close()
         assert (env.root / "p" / b"r".hex()).stat().st_size == 6
 
-    run(tmp_path, body)
+    run(tmp_path, body, backend)
 
 
-def test_close_is_idempotent_and_later_ops_raise_closed(tmp_path: Path) -> None:
+def test_close_is_idempotent_and_later_ops_raise_closed(tmp_path: Path, backend: str) -> None:
     async def body(env: Env) -> None:
         blob, _ = await env.storage.open("p", b"c")
         await blob.write_at(b"x", 0)
@@ -176,10 +209,10 @@ def test_close_is_idempotent_and_later_ops_raise_closed(tmp_path: Path) -> None:
                 await op
         assert "closed" in repr(blob)
 
-    run(tmp_path, body)
+    run(tmp_path, body, backend)
 
 
-def test_remove_and_scan(tmp_path: Path) -> None:
+def test_remove_and_scan(tmp_path: Path, backend: str) -> None:
     async def body(env: Env) -> None:
         s = env.storage
         names = [b"b", b"a", b"\x00\x01", b"zz", b"\xff"]
@@ -205,10 +238,10 @@ def test_remove_and_scan(tmp_path: Path) -> None:
         await blob.close()
         assert await s.scan("p") == [b"a"]
 
-    run(tmp_path, body)
+    run(tmp_path, body, backend)
 
 
-def test_scan_rejects_foreign_entries(tmp_path: Path) -> None:
+def test_scan_rejects_foreign_entries(tmp_path: Path, backend: str) -> None:
     async def body(env: Env) -> None:
         s = env.storage
         blob, _ = await s.open("p", b"ok")
@@ -242,7 +275,7 @@ def test_scan_rejects_foreign_entries(tmp_path: Path) -> None:
         with pytest.raises(PartitionCreationFailed, match="'q'"):
             await s.open("q", b"x")
 
-    run(tmp_path, body)
+    run(tmp_path, body, backend)
 
 
 # ---------------------------------------------------------------------------- safety
@@ -308,7 +341,7 @@ def test_bad_arguments_raise_before_any_effect(tmp_path: Path) -> None:
 HOSTILE = [b"../", b"..", b".", b"/etc/passwd", b"\x00", b"a\x00b", b"../../escape", b"\\..\\", b"x" * 127, b"x" * 128]
 
 
-def test_hostile_blob_names_stay_inside_and_round_trip(tmp_path: Path) -> None:
+def test_hostile_blob_names_stay_inside_and_round_trip(tmp_path: Path, backend: str) -> None:
     long_1000 = bytes(range(256)) * 3 + bytes(232)
     long_5000 = os.urandom(5000)  # hex is 10,000 characters: beyond PATH_MAX
     names = HOSTILE + [long_1000, long_5000]
@@ -331,19 +364,19 @@ def test_hostile_blob_names_stay_inside_and_round_trip(tmp_path: Path) -> None:
         assert await s.scan("p") == []
         assert list((env.root / "p").iterdir()) == []  # long-name directories pruned
 
-    run(tmp_path, body)
+    run(tmp_path, body, backend)
     # Nothing was ever created outside the storage directory.
     assert [p.name for p in tmp_path.iterdir()] == ["store"]
 
 
-def test_long_names_use_short_components(tmp_path: Path) -> None:
+def test_long_names_use_short_components(tmp_path: Path, backend: str) -> None:
     name = b"\x11" * 1000
 
     async def body(env: Env) -> None:
         blob, _ = await env.storage.open("p", name)
         await blob.close()
 
-    run(tmp_path, body)
+    run(tmp_path, body, backend)
     (path,) = files_under(tmp_path / "store")
     parts = path.relative_to(tmp_path / "store" / "p").parts
     assert all(len(part) <= 255 for part in parts)
@@ -351,7 +384,7 @@ def test_long_names_use_short_components(tmp_path: Path) -> None:
     assert "".join(part.removesuffix(".d") for part in parts) == name.hex()
 
 
-def test_long_names_sharing_a_prefix(tmp_path: Path) -> None:
+def test_long_names_sharing_a_prefix(tmp_path: Path, backend: str) -> None:
     prefix = b"\x22" * 126  # exactly one directory chunk of hex
     a, b = prefix + b"\x01" * 10, prefix + b"\x02" * 10
 
@@ -372,7 +405,7 @@ def test_long_names_sharing_a_prefix(tmp_path: Path) -> None:
         with pytest.raises(BlobMissing):
             await s.remove("p", a)
 
-    run(tmp_path, body)
+    run(tmp_path, body, backend)
 
 
 # ---------------------------------------------------------------------------- fast paths
@@ -506,7 +539,7 @@ def test_unsupported_nowait_read_disables_fast_path(tmp_path: Path, monkeypatch:
 
 
 @needs_nowait
-def test_cold_read_after_dropping_the_page_cache(tmp_path: Path) -> None:
+def test_cold_read_after_dropping_the_page_cache(tmp_path: Path, backend: str) -> None:
     async def body(env: Env) -> None:
         blob, _ = await env.storage.open("p", b"cold")
         data = os.urandom(1 << 18)
@@ -521,7 +554,7 @@ def test_cold_read_after_dropping_the_page_cache(tmp_path: Path) -> None:
             assert await blob.read_at(4096, offset) == data[offset : offset + 4096]
         await blob.close()
 
-    run(tmp_path, body)
+    run(tmp_path, body, backend)
 
 
 @needs_nowait
@@ -625,7 +658,7 @@ def test_inline_reads_yield_to_other_tasks(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- handles
 
 
-def test_handles_of_one_blob_share_its_size(tmp_path: Path) -> None:
+def test_handles_of_one_blob_share_its_size(tmp_path: Path, backend: str) -> None:
     async def body(env: Env) -> None:
         s = env.storage
         first, size = await s.open("p", b"h")
@@ -664,7 +697,7 @@ def test_handles_of_one_blob_share_its_size(tmp_path: Path) -> None:
         assert size == 6 and await again.read_at(6, 0) == b"abc\x00\x00Z"
         await again.close()
 
-    run(tmp_path, body)
+    run(tmp_path, body, backend)
 
 
 def test_handles_share_inline_and_executor_paths(tmp_path: Path) -> None:
@@ -681,7 +714,7 @@ def test_handles_share_inline_and_executor_paths(tmp_path: Path) -> None:
     run(tmp_path, body)
 
 
-def test_unclosed_handle_leaves_the_others_working(tmp_path: Path) -> None:
+def test_unclosed_handle_leaves_the_others_working(tmp_path: Path, backend: str) -> None:
     async def body(env: Env) -> None:
         keep, _ = await env.storage.open("p", b"u")
         leak, _ = await env.storage.open("p", b"u")
@@ -696,19 +729,16 @@ def test_unclosed_handle_leaves_the_others_working(tmp_path: Path) -> None:
         await keep.close()
         assert env.storage._blobs == {}
 
-    run(tmp_path, body)
+    run(tmp_path, body, backend)
 
 
-def test_failed_sync_poisons_every_handle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def fail(fd: int) -> None:
-        raise OSError(errno.EIO, "injected sync error")
-
+def test_failed_sync_poisons_every_handle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
     async def body(env: Env) -> None:
         first, _ = await env.storage.open("p", b"ps")
         second, _ = await env.storage.open("p", b"ps")
         await first.write_at(b"abc", 0)
         with monkeypatch.context() as m:
-            m.setattr(os, "fdatasync", fail)
+            fail_syncs(m)
             with pytest.raises(BlobSyncFailed):
                 await first.sync()
         with pytest.raises(BlobSyncFailed, match="earlier sync failed"):
@@ -729,10 +759,10 @@ def test_failed_sync_poisons_every_handle(tmp_path: Path, monkeypatch: pytest.Mo
         await fresh.sync()
         await fresh.close()
 
-    run(tmp_path, body)
+    run(tmp_path, body, backend)
 
 
-def test_remove_keeps_the_open_handles_working(tmp_path: Path) -> None:
+def test_remove_keeps_the_open_handles_working(tmp_path: Path, backend: str) -> None:
     async def body(env: Env) -> None:
         s = env.storage
         first, _ = await s.open("p", b"gone")
@@ -771,10 +801,10 @@ def test_remove_keeps_the_open_handles_working(tmp_path: Path) -> None:
         await other.close()
         assert s._blobs == {}
 
-    run(tmp_path, body)
+    run(tmp_path, body, backend)
 
 
-def test_write_through_a_detached_handle_leaves_the_recreated_blob_alone(tmp_path: Path) -> None:
+def test_write_through_a_detached_handle_leaves_the_recreated_blob_alone(tmp_path: Path, backend: str) -> None:
     async def body(env: Env) -> None:
         s = env.storage
         old, _ = await s.open("p", b"n")
@@ -797,10 +827,10 @@ def test_write_through_a_detached_handle_leaves_the_recreated_blob_alone(tmp_pat
         await again.close()
         assert s._blobs == {}
 
-    run(tmp_path, body)
+    run(tmp_path, body, backend)
 
 
-def test_remove_partition_with_open_handles(tmp_path: Path) -> None:
+def test_remove_partition_with_open_handles(tmp_path: Path, backend: str) -> None:
     async def body(env: Env) -> None:
         s = env.storage
         long_name = bytes(range(200))  # lives under a .d directory that rmtree removes
@@ -825,18 +855,15 @@ def test_remove_partition_with_open_handles(tmp_path: Path) -> None:
         assert s._blobs == {}
         assert files_under(env.root / "p") == [env.root / "p" / b"a".hex()]
 
-    run(tmp_path, body)
+    run(tmp_path, body, backend)
 
 
-def test_sync_poisoning_does_not_cross_to_a_recreated_blob(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def fail(fd: int) -> None:
-        raise OSError(errno.EIO, "injected sync error")
-
+def test_sync_poisoning_does_not_cross_to_a_recreated_blob(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
     async def body(env: Env) -> None:
         old, _ = await env.storage.open("p", b"x")
         await old.write_at(b"abc", 0)
         with monkeypatch.context() as m:
-            m.setattr(os, "fdatasync", fail)
+            fail_syncs(m)
             with pytest.raises(BlobSyncFailed):
                 await old.sync()
         await env.storage.remove("p", b"x")
@@ -850,7 +877,7 @@ def test_sync_poisoning_does_not_cross_to_a_recreated_blob(tmp_path: Path, monke
             await old.close()
         await new.close()
 
-    run(tmp_path, body)
+    run(tmp_path, body, backend)
 
 
 def gated_pread() -> tuple[threading.Event, threading.Event, Any]:
@@ -893,7 +920,7 @@ def test_remove_with_a_read_in_flight(tmp_path: Path, monkeypatch: pytest.Monkey
     run(tmp_path, body)
 
 
-def test_partly_failed_remove_detaches_the_unlinked_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_partly_failed_remove_detaches_the_unlinked_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
     def fail(fd: int) -> None:
         raise OSError(errno.EIO, "injected directory sync error")
 
@@ -913,10 +940,10 @@ def test_partly_failed_remove_detaches_the_unlinked_file(tmp_path: Path, monkeyp
         await fresh.close()
         assert env.counters.storage["open_blobs"] == 0
 
-    run(tmp_path, body)
+    run(tmp_path, body, backend)
 
 
-def test_remove_failing_before_the_unlink_keeps_the_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_remove_failing_before_the_unlink_keeps_the_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
     def fail(*args: Any, **kwargs: Any) -> None:
         raise OSError(errno.EACCES, "injected unlink error")
 
@@ -932,10 +959,10 @@ def test_remove_failing_before_the_unlink_keeps_the_state(tmp_path: Path, monkey
         await again.close()
         await blob.close()
 
-    run(tmp_path, body)
+    run(tmp_path, body, backend)
 
 
-def test_file_replaced_from_outside_detaches_the_old_handles(tmp_path: Path) -> None:
+def test_file_replaced_from_outside_detaches_the_old_handles(tmp_path: Path, backend: str) -> None:
     async def body(env: Env) -> None:
         old, _ = await env.storage.open("p", b"ext")
         await old.write_at(b"old", 0)
@@ -955,7 +982,7 @@ def test_file_replaced_from_outside_detaches_the_old_handles(tmp_path: Path) -> 
         assert path.read_bytes() == b"new!"
         assert env.storage._blobs == {}
 
-    run(tmp_path, body)
+    run(tmp_path, body, backend)
 
 
 # ---------------------------------------------------------------------------- failures
@@ -994,15 +1021,12 @@ def test_os_errors_map_to_spec_errors(tmp_path: Path, monkeypatch: pytest.Monkey
     run(tmp_path, body)
 
 
-def test_failed_sync_poisons_the_blob(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def fail(fd: int) -> None:
-        raise OSError(errno.EIO, "injected sync error")
-
+def test_failed_sync_poisons_the_blob(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
     async def body(env: Env) -> None:
         blob, _ = await env.storage.open("p", b"ps")
         await blob.write_at(b"abc", 0)
         with monkeypatch.context() as m:
-            m.setattr(os, "fdatasync", fail)
+            fail_syncs(m)
             with pytest.raises(BlobSyncFailed, match="blob b'ps' in partition 'p'"):
                 await blob.sync()
         # The kernel may have dropped the pages: a later success would be a lie.
@@ -1019,7 +1043,7 @@ def test_failed_sync_poisons_the_blob(tmp_path: Path, monkeypatch: pytest.Monkey
         assert await blob2.read_at(size, 0) == b"abc"
         await blob2.close()
 
-    run(tmp_path, body)
+    run(tmp_path, body, backend)
 
 
 def test_close_waits_for_an_abandoned_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1048,7 +1072,7 @@ def test_close_waits_for_an_abandoned_read(tmp_path: Path, monkeypatch: pytest.M
     run(tmp_path, body)
 
 
-def test_unclosed_blob_warns_and_releases_its_descriptor(tmp_path: Path) -> None:
+def test_unclosed_blob_warns_and_releases_its_descriptor(tmp_path: Path, backend: str) -> None:
     async def body(env: Env) -> None:
         blob, _ = await env.storage.open("p", b"leak")
         fd = blob._fd
@@ -1062,10 +1086,10 @@ def test_unclosed_blob_warns_and_releases_its_descriptor(tmp_path: Path) -> None
         with pytest.raises(OSError):
             os.fstat(fd)
 
-    run(tmp_path, body)
+    run(tmp_path, body, backend)
 
 
-def test_durability_calls_on_nested_fresh_directory(tmp_path: Path) -> None:
+def test_durability_calls_on_nested_fresh_directory(tmp_path: Path, backend: str) -> None:
     async def body(env: Env) -> None:
         storage = Storage(tmp_path / "a" / "b" / "c", counters=env.counters, executor=env.executor)
         blob, _ = await storage.open("p", b"d")
@@ -1076,7 +1100,7 @@ def test_durability_calls_on_nested_fresh_directory(tmp_path: Path) -> None:
         await storage.remove("p")
         assert (tmp_path / "a" / "b" / "c").is_dir()
 
-    run(tmp_path, body)
+    run(tmp_path, body, backend)
 
 
 def test_storage_constructor_validates() -> None:

@@ -66,18 +66,27 @@ class ProductionCore(RuntimeCore):
         catch_panics: bool,
         network: NetworkConfig,
         storage_directory: str,
+        storage_backend: str = "default",
     ) -> None:
         super().__init__(catch_panics=catch_panics, deterministic=False)
         self.loop = loop
         self.executor = executor
         self.network_config = network
         self.storage_directory = storage_directory
-        self._storage = Storage(storage_directory, counters=self.counters, executor=executor)
         self.rng: random.Random = random.SystemRandom()
         # Resources that live as long as the run (e.g. the telemetry server): the runner
         # calls each after the tasks are cancelled, newest first; a returned awaitable is
         # awaited on the loop.
         self.closers: list[Callable[[], Awaitable[None] | None]] = []
+        if storage_backend == "io_uring":
+            from .iouring import UringStorage, open_storage  # loaded only when chosen
+
+            storage = open_storage(storage_directory, counters=self.counters, executor=executor)
+            if isinstance(storage, UringStorage):
+                self.closers.append(storage.close)  # the ring goes before the pool
+            self._storage = storage
+        else:
+            self._storage = Storage(storage_directory, counters=self.counters, executor=executor)
         self.metrics.registry.register(ProcessCollector())
 
     @property

@@ -32,6 +32,10 @@ T = TypeVar("T")
 logger = logging.getLogger("commonware_runtime")
 
 EVENT_LOOPS = ("asyncio", "uvloop")
+#: ``storage_backend`` values: the default (RWF_NOWAIT reads, thread pool) and io_uring
+#: (Linux, extra ``iouring``; falls back to the default with a logged reason).  Mirrors
+#: ``production.iouring.BACKENDS``, which is imported only when io_uring is selected.
+STORAGE_BACKENDS = ("default", "io_uring")
 _STOP_SIGNALS = tuple(s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGTERM", None)) if s is not None)
 
 
@@ -47,6 +51,10 @@ class Config:
     ``storage_directory=None`` means a fresh directory under ``tempfile.gettempdir()``,
     created when the run starts and *not* deleted afterwards (the data may be wanted);
     ``Runner.storage_directory`` names it.  A given directory is created on first use.
+
+    ``storage_backend="io_uring"`` drives reads, writes and syncs through an io_uring ring
+    on the event loop (Linux, extra ``iouring``); where io_uring is unavailable the run
+    uses the default backend and logs one line saying why (docs/production.md).
     """
 
     storage_directory: str | os.PathLike[str] | None = None
@@ -57,6 +65,7 @@ class Config:
     read_timeout: float | timedelta | None = None
     write_timeout: float | timedelta | None = None
     blocking_threads: int = field(default_factory=_default_blocking_threads)
+    storage_backend: str = "default"
 
     def __post_init__(self) -> None:
         directory = self.storage_directory
@@ -80,6 +89,12 @@ class Config:
             raise TypeError(f"blocking_threads must be an int, got {self.blocking_threads!r}")
         if self.blocking_threads < 1:
             raise ValueError(f"blocking_threads must be at least 1, got {self.blocking_threads}")
+        if not isinstance(self.storage_backend, str):
+            raise TypeError(
+                f"storage_backend must be a str, got {type(self.storage_backend).__name__} {self.storage_backend!r}"
+            )
+        if self.storage_backend not in STORAGE_BACKENDS:
+            raise ValueError(f"storage_backend must be one of {STORAGE_BACKENDS}, got {self.storage_backend!r}")
         # NetworkConfig validates tcp_nodelay and the timeouts, naming the same fields.
         self.network_config()
 
@@ -121,6 +136,9 @@ class Config:
     def with_blocking_threads(self, blocking_threads: int) -> Config:
         return dataclasses.replace(self, blocking_threads=blocking_threads)
 
+    def with_storage_backend(self, storage_backend: str) -> Config:
+        return dataclasses.replace(self, storage_backend=storage_backend)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain values (seconds as floats, the directory as a str or None)."""
 
@@ -136,6 +154,7 @@ class Config:
             "read_timeout": seconds(self.read_timeout),
             "write_timeout": seconds(self.write_timeout),
             "blocking_threads": self.blocking_threads,
+            "storage_backend": self.storage_backend,
         }
 
 
@@ -259,6 +278,7 @@ class Runner:
                 catch_panics=config.catch_panics,
                 network=config.network_config(),
                 storage_directory=directory,
+                storage_backend=config.storage_backend,
             )
             self._core = core
             handle: Handle[T] = Handle("")
