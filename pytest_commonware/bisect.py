@@ -115,14 +115,14 @@ class Decision:
 
 @dataclass(frozen=True)
 class TimingDecision:
-    """One timing choice: a tie among due timers (``ordering="fifo"``) or a late wake-up (both orderings)."""
+    """One timing choice: how late an idle loop's wake-up was."""
 
     index: int  # the choice's position among the run's timing choices
     step: int  # the decisions made before it
     time_ns: int  # the instant the timers were due
-    kind: str  # "tie" or "late"
-    options: int  # tie: how many timers were due at once; late: the most it could be late (ns)
-    value: int  # tie: which of them fired first (creation order); late: ns late
+    kind: str  # "late"
+    options: int  # the most it could be late (ns)
+    value: int  # ns late
 
     @property
     def deviation(self) -> bool:
@@ -131,12 +131,8 @@ class TimingDecision:
     def describe(self) -> str:
         t = f"t={self.time_ns / NS_PER_SECOND:.9f}s"
         head = f"timing choice {self.index} (before step {self.step}, {t})"
-        if self.kind == "tie":
-            what = f"of {self.options} timers due at once, #{self.value} (in creation order) fired first"
-            canon = "fires #0 first"
-        else:
-            what = f"the idle loop woke {self.value} ns late (at most {self.options} ns)"
-            canon = "wakes on time"
+        what = f"the idle loop woke {self.value} ns late (at most {self.options} ns)"
+        canon = "wakes on time"
         if not self.deviation:
             return f"{head}: {what} (the canonical choice)"
         return f"{head}: {what}, where the canonical timing {canon}"
@@ -153,7 +149,7 @@ class Deviation:
 
 @dataclass(frozen=True)
 class TimingDeviation:
-    """At timing choice ``index``, take ``value`` (a tie's rank, or ns late)."""
+    """At timing choice ``index``, wake ``value`` ns late."""
 
     index: int
     value: int
@@ -278,9 +274,6 @@ class BisectStrategy(RankStrategy):
                 self.noted = decision
         return value
 
-    def tie(self, n: int) -> int:
-        return self._timing_choice("tie", n, self.loop.now_ns)
-
     def late(self, limit_ns: int) -> int:
         # Asked as the idle loop jumps to its next timer (the clock still shows the old time).
         timers = getattr(self.loop, "_timers", None)
@@ -324,8 +317,8 @@ class PrefixStrategy(BisectStrategy):
                 f"(was the test changed since the trace was recorded?)"
             )
         value = int(timing[index])
-        if (kind == "tie" and value >= options) or (kind == "late" and value > options):
-            what = f"{options} timers due at once" if kind == "tie" else f"a wake-up at most {options} ns late"
+        if value > options:
+            what = f"a wake-up at most {options} ns late"
             raise BisectError(
                 f"the test no longer follows its trace at timing choice {index}: the trace chose {value}, the run has "
                 f"{what} (was the test changed since the trace was recorded?)"
@@ -357,7 +350,7 @@ class DeviationStrategy(BisectStrategy):
         d = self.at_timing.get(index)
         if d is None:
             return None
-        return min(d.value, options - 1) if kind == "tie" else min(d.value, options)
+        return min(d.value, options)
 
 
 # ---------------------------------------------------------------------------------------------

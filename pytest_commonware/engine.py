@@ -693,7 +693,7 @@ def first_divergence(a: deterministic.Schedule, b: deterministic.Schedule) -> st
                  min(len(a.timing), len(b.timing)))
         one = a.timing[i] if i < len(a.timing) else "none"
         two = b.timing[i] if i < len(b.timing) else "none"
-        return (f"timing choice {i} (a tie among due timers or a late wake-up): run 1 chose {one}, run 2 {two}, "
+        return (f"timing choice {i} (how late an idle wake-up was): run 1 chose {one}, run 2 {two}, "
                 f"with the same {len(a.ids)} scheduling decisions")
     for (sa, ta, ha), (sb, tb, hb) in zip(a.checkpoints, b.checkpoints, strict=False):
         if (sa, ta) != (sb, tb) or ha != hb:

@@ -232,7 +232,7 @@ def test_fifo_trace_with_timing_choices_replays(tmp_path: Path) -> None:
         order = deterministic.Runner(config, recorder=recorder).start(tie_main())
         schedule = recorder.schedule
         assert schedule is not None
-        if any(schedule.timing) and order[:4] != list("abcd"):  # a late wake-up and a reordered tie
+        if any(schedule.timing):  # a late wake-up
             break
     else:
         raise AssertionError("no seed in 0..39 makes a non-canonical timing choice")

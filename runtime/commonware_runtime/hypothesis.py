@@ -1,8 +1,7 @@
 """Schedules as Hypothesis data: ``@given(schedules())`` explores data and schedule together.
 
 A drawn schedule is a list of small integers, one per choice point of the run (which ready
-callback runs next, which of several simultaneous timers fires first, whether an idle
-wake-up is late), each taken modulo the number of options there; missing entries and zeros
+callback runs next, whether an idle wake-up is late), each taken modulo the number of options there; missing entries and zeros
 are the canonical choice (asyncio's own order).  Hypothesis shrinks lists toward fewer and
 smaller entries, so a failing schedule shrinks toward the canonical one, and its example
 database stores the list, so the failure is replayed first on the next run::

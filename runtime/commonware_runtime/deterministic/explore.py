@@ -1,11 +1,9 @@
 """Systematic exploration: every schedule within K deviations of the canonical one.
 
 Delay bounding (Emmi, Qadeer and Rakamaric, POPL 2011): the canonical schedule runs the
-oldest ready callback at every decision (asyncio's own order) and fires simultaneous timers
-in creation order, on time.  A schedule is described by the choice points where it does
+oldest ready callback at every decision (asyncio's own order) and wakes on time.  A schedule is described by the choice points where it does
 something else; taking the ready callback of rank r (0 = oldest) costs r *deviations* (the r
-older ones are each delayed once), so does firing the r-th of several simultaneous timers,
-and a late timer wake-up costs one.  ``explore`` runs every schedule whose deviations add up
+older ones are each delayed once), and a late timer wake-up costs one.  ``explore`` runs every schedule whose deviations add up
 to at most K, cheapest first, by stateless re-execution: a run with deviations D, the last at
 choice point p, spawns the schedules that add one deviation at a choice point after p, read
 off that run's own choice points.  Every schedule is reached by exactly one path, so the

@@ -368,8 +368,8 @@ class EventLoop(asyncio.BaseEventLoop):
 
     def _queue_due_timers(self, now: int) -> None:
         """``ordering="fifo"``: as asyncio does, due timers are appended to the ready queue
-        behind what is already ready, in deadline order; the strategy orders timers due at
-        the same instant (asyncio's heap does not order equal deadlines either)."""
+        behind what is already ready, in deadline order, equal deadlines in creation order
+        (on a real clock a timer created later with the same delay is due later)."""
         timers = self._timers
         due: list[Any] = []
         while timers and timers[0][0] <= now:
@@ -388,20 +388,7 @@ class EventLoop(asyncio.BaseEventLoop):
             else:
                 timer._scheduled = False
             due.append((when, timer))
-        ready = self._ready
-        i = 0
-        while i < len(due):
-            j = i + 1
-            while j < len(due) and due[j][0] == due[i][0]:
-                j += 1
-            group = [t for _, t in due[i:j]]
-            while len(group) > 1:
-                k = self._chooser.tie(len(group))
-                if self.observer is not None:
-                    self.observer.timing(k)
-                ready.append(group.pop(k))
-            ready.append(group[0])
-            i = j
+        self._ready.extend(timer for _, timer in due)
 
     # -- the rounds: one runner per kind of chooser ------------------------------------------
 

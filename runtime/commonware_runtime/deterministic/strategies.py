@@ -16,10 +16,9 @@ Two kinds of choice exist, one per ``ordering`` (SPEC 5a):
   announced at once and whatever the strategy has not chosen by the end of a round stays
   pending into the next: a ready task can be held back for many steps.
 - ``ordering="fifo"``: callbacks run in registration order, as asyncio documents.  The
-  strategy chooses only timing: ``tie(n)``, which of ``n`` timers due at the same instant
-  fires next (a rank among them in creation order), and ``late(limit_ns)``, how late the
-  next timer wake-up of an idle loop may be (0 .. ``limit_ns``): every timer due within
-  that much of the first fires in the same round, the clock reading the last one's
+  strategy chooses only timing: ``late(limit_ns)``, how late the next timer wake-up of an
+  idle loop may be (0 .. ``limit_ns``): every timer due within that much of the first fires
+  in the same round, in deadline then creation order, the clock reading the last one's
   deadline (so a lone timer is never late).  Late wake-ups happen in both orderings.
 
 Every strategy's choices are drawn from the scheduler stream handed to ``begin``, so the
@@ -87,8 +86,6 @@ class Strategy(Protocol):
 
     def choose(self, step: int) -> int: ...
 
-    def tie(self, n: int) -> int: ...
-
     def late(self, limit_ns: int) -> int: ...
 
 
@@ -114,9 +111,6 @@ class BaseStrategy:
 
     def choose(self, step: int) -> int:
         raise NotImplementedError(f"strategy {self.name!r} makes no ready-order choices")
-
-    def tie(self, n: int) -> int:
-        return int(self.rng.random() * n)
 
     def late(self, limit_ns: int) -> int:
         rng = self.rng
@@ -335,8 +329,8 @@ class POS(_Priorities):
 class RankStrategy(BaseStrategy):
     """Chooses by *rank* among everything ready (0: the oldest, the canonical choice) and
     lets a subclass say the rank at each choice point.  Choice points are numbered in the
-    order they occur: a ready-order choice (``kind`` "pick", ``n`` ready callbacks), a tie
-    among ``n`` timers ("tie"), or a late wake-up ("late", option 1 = as late as allowed).
+    order they occur: a ready-order choice (``kind`` "pick", ``n`` ready callbacks) or a
+    late wake-up ("late", option 1 = as late as allowed).
     ``counts`` records (kind, n) per choice point: what systematic exploration branches on.
     """
 
@@ -369,9 +363,6 @@ class RankStrategy(BaseStrategy):
 
     def choose(self, step: int) -> int:
         return self._pending.pop(self._take("pick", len(self._pending)))
-
-    def tie(self, n: int) -> int:
-        return self._take("tie", n)
 
     def late(self, limit_ns: int) -> int:
         return limit_ns if self._take("late", 2) else 0
@@ -458,9 +449,6 @@ class Swarm(BaseStrategy):
     def choose(self, step: int) -> int:
         return self.inner.choose(step)
 
-    def tie(self, n: int) -> int:
-        return self.inner.tie(n)
-
     def late(self, limit_ns: int) -> int:
         return self.inner.late(limit_ns)
 
@@ -527,7 +515,7 @@ def make_strategy(spec: str | Strategy) -> Strategy:
         if build is None:
             raise ValueError(f"unknown strategy {spec!r}; known: {', '.join(strategy_names())} (or a Strategy object)")
         return build(spec, parts)
-    missing = [m for m in ("begin", "arrive", "choose", "tie", "late") if not callable(getattr(spec, m, None))]
+    missing = [m for m in ("begin", "arrive", "choose", "late") if not callable(getattr(spec, m, None))]
     if missing or not isinstance(getattr(spec, "name", None), str) or not isinstance(getattr(spec, "holds_back", None), bool):
         what = ", ".join(missing) if missing else "a str name and a bool holds_back"
         raise TypeError(f"strategy must be a name or a deterministic.Strategy, got {spec!r} (it lacks {what})")

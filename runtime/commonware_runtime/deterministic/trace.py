@@ -3,8 +3,8 @@
 A recording holds, per scheduling decision, the ``seq`` of the callback that ran (callbacks
 are numbered in the order they became ready, so a schedule names each choice by identity,
 whatever structure the strategy kept them in) and the stable id of its task; per round,
-the step at which it began and its virtual time; every timing choice of
-``ordering="fifo"`` (tie ranks, late wake-ups); every ``checkpoint_every`` steps, the
+the step at which it began and its virtual time; for every idle wake-up, how late
+it was (ns); every ``checkpoint_every`` steps, the
 auditor state.  Arrays of machine ints keep recording to a few appends per decision.
 
 The recorder only watches.  Replay is one more chooser: it hands the loop the recorded
@@ -149,15 +149,6 @@ class Replayer:
             )
         self._timing = i + 1
         return int(timing[i])
-
-    def tie(self, n: int) -> int:
-        value = self._timing_value()
-        if not 0 <= value < n:
-            raise ReplayDivergence(
-                f"replay diverged: the trace fires timer #{value} of {n} due at once",
-                step=-1, time_ns=0, expected=f"timer #{value}", actual=f"{n} due timers",
-            )
-        return value
 
     def late(self, limit_ns: int) -> int:
         return self._timing_value()
