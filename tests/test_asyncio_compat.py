@@ -636,3 +636,21 @@ def test_stalled_report_uses_loop_create_task_names() -> None:
     message = str(info.value)
     assert "'consumer'" in message
     assert "get" in message
+
+
+def test_create_task_names_a_task_factory_task() -> None:
+    """As BaseEventLoop.create_task (CPython's test_bare_create_named_task on 3.13)."""
+
+    async def noop() -> None:
+        pass
+
+    for factory in (lambda loop, coro: asyncio.Task(coro, loop=loop), None):
+        loop = deterministic.EventLoop(seed=1)
+        try:
+            if factory is not None:
+                loop.set_task_factory(factory)
+            task = loop.create_task(noop(), name="No-op")
+            assert task.get_name() == "No-op"
+            loop.run_until_complete(task)
+        finally:
+            loop.close()

@@ -237,6 +237,8 @@ class EventLoop(asyncio.BaseEventLoop):
         if self._task_factory is not None:  # type: ignore[attr-defined]
             task = self._task_factory(self, coro) if context is None else self._task_factory(self, coro, context=context)  # type: ignore[attr-defined]
             if not isinstance(task, _Task):
+                if name is not None:  # as BaseEventLoop.create_task: the factory's task gets the name
+                    task.set_name(name)
                 foreign: asyncio.Task[Any] = task
                 return foreign
         else:
@@ -257,6 +259,8 @@ class EventLoop(asyncio.BaseEventLoop):
         decisions.append(MARK_SPAWN)
         decisions.append(tid)
         decisions.append(index)
+        if name is not None and task.get_name() != name:  # a factory's task of ours
+            task.set_name(name)
         return task
 
     def run_in_executor(self, executor: Any, func: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:  # type: ignore[override]
