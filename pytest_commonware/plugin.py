@@ -594,9 +594,10 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     state = _state(pyfuncitem.config)
     note = ItemRun()
     pyfuncitem.stash[ITEM_RUN] = note
-    for key in (FAILURE, REPEAT):
-        if key in pyfuncitem.stash:
-            del pyfuncitem.stash[key]
+    if FAILURE in pyfuncitem.stash:  # a rerun of the item (e.g. pytest-rerunfailures)
+        del pyfuncitem.stash[FAILURE]
+    if REPEAT in pyfuncitem.stash:
+        del pyfuncitem.stash[REPEAT]
     marker = engine.marker_args(pyfuncitem.iter_markers("commonware"), pyfuncitem.nodeid)
     kwargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
     testfn = pyfuncitem.obj
@@ -775,7 +776,6 @@ def _run_replay(item: pytest.Function, state: State, make_main: Any, note: ItemR
         note.lines.append(f"replaying {shown} diverged: the test or the code it runs changed since the trace was "
                           f"recorded, so the trace no longer describes a run of today's code")
         note.lines.append(f"rerun the same seed on today's code: {rerun}")
-        note.reproduce = rerun
         pytest.fail(f"{type(error).__name__}: {error}", pytrace=False)
     if error is not None:
         same = trace.error is not None and type(error).__name__ == trace.error.get("type")

@@ -138,9 +138,9 @@ def describe_failure(error: BaseException, fallback_place: str, rootdir: Path) -
         kind = f"{kind}({type(leaf).__name__})"
     if isinstance(leaf, (RuntimeStalled, RuntimeTimeout)):
         sites = sorted(set(_STALL_SITE.findall(str(leaf))), key=_site_order)
-        place = ", ".join(sites[:4]) + (", ..." if len(sites) > 4 else "") if sites else fallback_place
-        return Failure(kind, place, _first_line(leaf))
-    place = None
+        where = ", ".join(sites[:4]) + (", ..." if len(sites) > 4 else "") if sites else fallback_place
+        return Failure(kind, where, _first_line(leaf))
+    place: str | None = None
     seen: set[int] = set()
     current: BaseException | None = leaf
     while current is not None and place is None and id(current) not in seen:
@@ -165,7 +165,9 @@ def wilson(failed: int, total: int, z: float = 1.959963984540054) -> tuple[float
     denominator = 1 + z * z / total
     centre = (p + z * z / (2 * total)) / denominator
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
+    low = 0.0 if failed == 0 else max(0.0, centre - half)
+    high = 1.0 if failed == total else min(1.0, centre + half)
+    return low, high
 
 
 def _percent(x: float) -> str:
@@ -226,6 +228,7 @@ class Sweep:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         lines = self.lines()
         if lines:
+            terminalreporter.ensure_newline()  # after a verbose progress line: no blank line below the header
             terminalreporter.section(SECTION)
             for line in lines:
                 terminalreporter.write_line(line)
