@@ -36,6 +36,7 @@ __all__ = [
     "RunResult",
     "RunSpec",
     "Settings",
+    "TestTimeout",
     "deterministic_config",
     "fifo_check",
     "first_divergence",
@@ -634,6 +635,13 @@ def fifo_check(
     return result
 
 
+class TestTimeout(TimeoutError):
+    """A production run passed its marker's ``timeout`` (real time); the runner has cancelled
+    and closed every task the run left."""
+
+    __test__ = False  # not a test class, whatever pytest's naming rules say
+
+
 def run_production(
     main: Callable[[Any], Awaitable[Any]],
     marker: MarkerArgs,
@@ -651,7 +659,7 @@ def run_production(
         try:
             return await asyncio.wait_for(main(context), timeout)
         except TimeoutError:
-            raise TimeoutError(f"the test did not finish within its timeout of {timeout}s (real time)") from None
+            raise TestTimeout(f"the test did not finish within its timeout of {timeout}s (real time)") from None
 
     production.Runner(config).start(timed)
 

@@ -838,24 +838,29 @@ _NOT_FAILURES = (pytest.skip.Exception, pytest.xfail.Exception, pytest.exit.Exce
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport | None:
     """The report of a failing seed, made cheaply when its traceback is not worth printing: a
     failure like an earlier seed's in this process (one line; the earlier one has the full report)
-    or a stall or timeout (raised by the scheduler, not by test code: the message already says
-    where every task waits).  Other reports are pytest's own."""
+    or a stall or timeout (raised by the scheduler, or by a production test's timeout, not by
+    test code: the message says it all).  Other reports are pytest's own."""
     if call.when != "call" or call.excinfo is None or item.stash.get(ITEM_RUN, None) is None:
         return None
-    seed = _sweep_seed(item)
+    spec = _spec(item)
     error = call.excinfo.value
-    if seed is None or isinstance(error, _NOT_FAILURES):
+    if spec is None or isinstance(error, _NOT_FAILURES):
+        return None
+    if spec.runtime != "deterministic" and not isinstance(error, engine.TestTimeout):
         return None
     state = _state(item.config)
-    failure = describe_failure(error, _test_place(item), item.config.rootpath)
-    item.stash[FAILURE] = failure
-    first = state.first_failures.setdefault(failure.key, item.nodeid)
+    failure: Failure | None = None
+    first = item.nodeid
+    if _sweep_seed(item) is not None:  # one seed of a sweep (not a replay, bisect or exploration)
+        failure = describe_failure(error, _test_place(item), item.config.rootpath)
+        item.stash[FAILURE] = failure
+        first = state.first_failures.setdefault(failure.key, item.nodeid)
     sections: list[tuple[str, str]] = []
-    if first != item.nodeid and not state.full_tracebacks:
+    if failure is not None and first != item.nodeid and not state.full_tracebacks:
         item.stash[REPEAT] = first
         longrepr = repeat_line(failure, first)  # no captured output either: it crosses the wire
-    elif isinstance(error, (RuntimeStalled, RuntimeTimeout)):
-        longrepr = call.excinfo.exconly()
+    elif isinstance(error, (RuntimeStalled, RuntimeTimeout, engine.TestTimeout)):
+        longrepr = f"TimeoutError: {error}" if isinstance(error, engine.TestTimeout) else call.excinfo.exconly()
         sections = [(f"Captured {key} {when}", content) for when, key, content in item._report_sections]
     else:
         return None

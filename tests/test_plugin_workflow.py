@@ -71,6 +71,28 @@ async def test_deadline(deterministic_context):
 
 async def test_fine(deterministic_context):
     await deterministic_context.sleep(1)
+
+
+@pytest.mark.commonware(runtime="production", timeout=0.2)
+async def test_production_lock_order(production_context):
+    # The same lock-order deadlock on the real loop: the test's timeout ends it.
+    a, b = asyncio.Lock(), asyncio.Lock()
+
+    async def one(ctx):
+        async with a:
+            await ctx.sleep(0.001)
+            async with b:
+                pass
+
+    async def two(ctx):
+        async with b:
+            await ctx.sleep(0.001)
+            async with a:
+                pass
+
+    first, second = production_context.spawn(one), production_context.spawn(two)
+    await first
+    await second
 """
 
 # A test that fails two different ways (seed % 3 == 0: AssertionError, == 1: KeyError).
@@ -107,11 +129,16 @@ def test_a_session_of_deadlocks_timeouts_and_failures_runs_to_the_end(pytester: 
     seeds = 300
     result = pytester.runpytest_subprocess(*QUIET, f"--cw-seeds={seeds}", "--cw-fifo-check=0", "--cw-record=none")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    # Every seed ran and every failure is reported: 300 deadlocks, 150 odd seeds, 300 deadlines.
-    result.assert_outcomes(failed=seeds + seeds // 2 + seeds, passed=seeds // 2 + seeds)
+    # Every seed ran and every failure is reported: 300 deadlocks, 150 odd seeds, 300 deadlines,
+    # and the production deadlock, ended by its test's timeout.
+    result.assert_outcomes(failed=seeds + seeds // 2 + seeds + 1, passed=seeds // 2 + seeds)
     _clean(result)
     failed_lines = [line for line in result.outlines if line.startswith("FAILED ")]
-    assert len(failed_lines) == seeds + seeds // 2 + seeds
+    assert len(failed_lines) == seeds + seeds // 2 + seeds + 1
+    result.stdout.fnmatch_lines([
+        "*_ test_production_lock_order[[]production[]] _*",
+        "TimeoutError: the test did not finish within its timeout of 0.2s (real time)",
+    ])
     result.stdout.fnmatch_lines([
         "*= commonware sweep =*",
         "test_bank.py::test_deadlock: 300 of 300 seeds failed, 100.0% (95% interval 98.7%-100.0%)",
@@ -129,6 +156,20 @@ def test_the_deadlock_alone_on_many_seeds_with_traces(pytester: pytest.Pytester)
     result.assert_outcomes(failed=20 + 10, passed=10)
     _clean(result)
     assert len(list((pytester.path / "traces").glob("*.yaml"))) == 30
+
+
+def test_a_replayed_deadlock_reports_where_the_tasks_wait_not_the_scheduler(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_bank=BANK)
+    pytester.runpytest(*QUIET, "--cw-fifo-check=0", "-k", "deadlock").assert_outcomes(failed=1)
+    trace = next((pytester.path / "traces").glob("*deadlock*.yaml"))
+    result = pytester.runpytest(*QUIET, f"--cw-replay={trace.relative_to(pytester.path)}")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "*RuntimeStalled: runtime stalled at virtual time*Blocked tasks:",
+        "  - 'one' (task id *) awaiting * at test_bank.py:* in one()",
+        "*reproduced the recorded failure*",
+    ])
+    assert "loop.py" not in result.stdout.str() and "runner.py" not in result.stdout.str()
 
 
 PLAIN_RUNNERS = """

@@ -3,8 +3,9 @@
 A run owns its event loop (asyncio's or uvloop's), a thread pool for blocking work and
 storage, its metrics registry and, when started from the main thread, SIGINT/SIGTERM
 handlers.  All of them end with the run: ``start`` cancels every task still running when
-the root returns, waits for them, closes run-scoped resources (e.g. the telemetry
-server), waits for the thread pool and closes the loop.
+the root returns (or raises), waits for them (closing the coroutine of a task that keeps
+swallowing its cancellation), closes run-scoped resources (e.g. the telemetry server),
+waits for the thread pool and closes the loop.
 """
 
 from __future__ import annotations
