@@ -416,7 +416,7 @@ def test_hypothesis_schedule_of_zeros_is_the_canonical_run() -> None:
 def test_a_large_round_overtakes_at_most_a_window_and_replays(strategy: str) -> None:
     from commonware_runtime.deterministic.strategies import WINDOW
 
-    n = 4 * WINDOW
+    n = WINDOW + 300
 
     async def main(ctx: Any) -> tuple[list[int], list[int]]:
         event = asyncio.Event()

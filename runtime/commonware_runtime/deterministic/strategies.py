@@ -64,7 +64,7 @@ ORDERINGS = ("any", "fifo")
 # than those never wait behind newer ones beyond it.  Small programs never have more ready
 # at once; a round that wakes 100,000 waiters of one Event then costs O(n), not O(n^2)
 # (each waiter's Event.wait removes its future from a deque scanned from the oldest end).
-WINDOW = 128
+WINDOW = 1024
 LOOP_CALLBACK = 0  # the task id of a callback that is not a task step
 
 
