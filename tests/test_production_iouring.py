@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -481,6 +482,8 @@ def test_kill_9_after_sync_loses_nothing(tmp_path: Path, backend: str) -> None:
         [sys.executable, str(script), str(directory), backend], stdout=subprocess.PIPE, text=True, env=env
     )
     synced: dict[int, str] = {}
+    guard = threading.Timer(120, proc.kill)  # a writer that hangs fails the test, not the run
+    guard.start()
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -489,6 +492,7 @@ def test_kill_9_after_sync_loses_nothing(tmp_path: Path, backend: str) -> None:
             if len(synced) == 200:
                 break
     finally:
+        guard.cancel()
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
     assert proc.returncode == -signal.SIGKILL

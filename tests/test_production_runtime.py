@@ -57,6 +57,7 @@ def test_config_defaults_and_builders(tmp_path: Path) -> None:
         .with_read_timeout(1.5)
         .with_write_timeout(2.5)
         .with_blocking_threads(3)
+        .with_storage_backend("io_uring")
     )
     assert built.to_dict() == {
         "storage_directory": str(tmp_path),
@@ -67,7 +68,9 @@ def test_config_defaults_and_builders(tmp_path: Path) -> None:
         "read_timeout": 1.5,
         "write_timeout": 2.5,
         "blocking_threads": 3,
+        "storage_backend": "io_uring",
     }
+    assert config.storage_backend == "default"
     assert config.catch_panics is True  # frozen: builders return new configs
     with pytest.raises(dataclasses_frozen_error()):
         config.catch_panics = False  # type: ignore[misc]
