@@ -3,6 +3,7 @@
     python -m pytest_commonware trace show FILE [--start STEP] [--limit N]
     python -m pytest_commonware trace diff A B
     python -m pytest_commonware trace export FILE --format chrome [-o OUT]
+    python -m pytest_commonware trace export FILE --format html [-o OUT]
 
 Exit codes: 0 success (``diff``: identical), 1 ``diff``: the traces differ, 2 bad usage
 or an unreadable trace (one line on stderr: ``error: <file>: <problem>``).
@@ -215,9 +216,9 @@ def _parser() -> argparse.ArgumentParser:
     p = actions.add_parser("diff", help="print the first divergence between two traces (exit 1 if they differ)")
     p.add_argument("a")
     p.add_argument("b")
-    p = actions.add_parser("export", help="convert a trace (Chrome trace-event JSON for Perfetto)")
+    p = actions.add_parser("export", help="convert a trace (Chrome trace-event JSON for Perfetto, or one offline HTML page)")
     p.add_argument("file")
-    p.add_argument("--format", choices=["chrome"], required=True)
+    p.add_argument("--format", choices=["chrome", "html"], required=True)
     p.add_argument("-o", "--output", default=None, metavar="OUT", help="write here instead of stdout")
     return parser
 
@@ -255,6 +256,18 @@ def _run(args: argparse.Namespace) -> int:
         a, b = _load(args.a), _load(args.b)
         return 0 if diff(a, b, args.a, args.b, out) else 1
     trace = _load(args.file)
+    if args.format == "html":
+        from .picture import html_page
+
+        page = html_page(trace)
+        if args.output is None:
+            out.write(page)
+            return 0
+        try:
+            atomic_write(Path(args.output), page.encode("utf-8"))
+        except OSError as exc:
+            raise _Usage(f"{args.output}: cannot write: {exc.strerror or exc}") from None
+        return 0
     doc = chrome_trace(trace)
     if args.output is None:
         for chunk in _iter_json(doc):

@@ -76,6 +76,7 @@ class ItemRun:
 
     lines: list[str] = field(default_factory=list)
     reproduce: str | None = None
+    picture: str | None = None  # the command that draws the failing trace as one HTML page
 
 
 STATE = pytest.StashKey[State]()
@@ -563,6 +564,13 @@ def _reproduce_command(settings: Settings, path: Path) -> str:
     return f"pytest {shlex.quote('--cw-replay=' + settings.display_path(path))}"
 
 
+def _picture_command(settings: Settings, path: Path) -> str:
+    # Printed, not run: the HTML is drawn only when someone asks for it.
+    shown = settings.display_path(path)
+    return (f"python -m pytest_commonware trace export {shlex.quote(shown)} --format html "
+            f"-o {shlex.quote(shown + '.html')}")
+
+
 _SEED_ID = re.compile(r"(?<=[\[-])((?:deterministic-)?)(?:seed|explore)=\d+(?=[\]-])")
 
 
@@ -655,6 +663,7 @@ def _run_seed(item: pytest.Function, state: State, seed: int, marker: MarkerArgs
             note.lines.append(f"trace written to {settings.display_path(path)}")
             if result.error is not None:
                 note.reproduce = _reproduce_command(settings, path)
+                note.picture = _picture_command(settings, path)
     if result.error is not None and note.reproduce is None:
         note.reproduce = _rerun_command(item, settings, seed)
     if check:
@@ -722,6 +731,7 @@ def _run_explore(item: pytest.Function, state: State, seed: int, k: int, marker:
             else:
                 note.lines.append(f"trace written to {settings.display_path(path)}")
                 note.reproduce = _reproduce_command(settings, path)
+                note.picture = _picture_command(settings, path)
         if note.reproduce is None:
             file, sep, rest = item.nodeid.partition("::")
             shown = settings.display_path(item.config.rootpath / file) + sep + rest
@@ -888,6 +898,8 @@ def pytest_runtest_makereport_wrapper(item: pytest.Item, call: pytest.CallInfo[N
         lines = list(note.lines)
         if note.reproduce and report.failed:
             lines.append(f"reproduce with: {note.reproduce}")
+            if note.picture:
+                lines.append(f"picture: {note.picture}")
         if lines:
             report.sections.append((SECTION, "\n".join(lines)))
     return report
