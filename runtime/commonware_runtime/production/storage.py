@@ -630,7 +630,7 @@ class Blob:
             raise Closed(f"{format_blob(self.partition, self.name)} is closed")
         return self._shared.size
 
-    def _check_open(self, op: str) -> int:
+    def _check_open(self, op: str = "use") -> int:
         closed = self._closed
         if closed is not None:
             raise Closed(f"{format_blob(self.partition, self.name)} is closed")
