@@ -22,11 +22,11 @@ from typing import Any, TextIO
 from .tracefile import (
     FORMAT,
     NS_PER_SECOND,
-    VERSION,
     Trace,
     TraceError,
     atomic_write,
     first_divergence,
+    format_version,
     load_trace,
     step_times,
 )
@@ -182,7 +182,7 @@ def chrome_trace(trace: Trace) -> dict[str, Any]:
         "traceEvents": events,
         "displayTimeUnit": "ns",
         "otherData": {
-            "format": FORMAT, "version": VERSION, "test": trace.test, "seed": trace.seed,
+            "format": FORMAT, "version": format_version(trace), "test": trace.test, "seed": trace.seed,
             "outcome": trace.outcome, "steps": trace.steps, "auditor": trace.auditor,
             "ordering": s.ordering, "strategy": s.strategy, "chosen": s.chosen, "holds_back": s.holds_back,
             "timing": list(s.timing),

@@ -2,8 +2,11 @@
 
 A trace holds what is needed to replay a run (the config and every scheduling decision)
 and what is needed to explain it (test id, outcome, task labels, auditor checkpoints).
-Writing is atomic (temp file, fsync, rename). Loading uses a safe YAML loader only and
-validates every field and the consistency of the decoded schedule, so a malformed,
+Writing is atomic (temp file, fsync, rename). Loading builds plain data only (no YAML
+tags run code) from the YAML parser's events, with every size limit enforced as the file is
+read (its size before reading, then nesting, values, aliases and the bytes of each part), so
+a hostile file is refused after a bounded amount of work whatever its size or shape. Every
+field and the consistency of the decoded schedule are then validated: a malformed,
 truncated, hostile or future-version file fails with one ``TraceError`` line
 ``<file>: <problem>`` and never with a traceback from deep inside or with code execution.
 """
@@ -13,8 +16,11 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
+import codecs
+import collections
 import hashlib
 import itertools
+import json
 import operator
 import os
 import platform
@@ -22,7 +28,7 @@ import re
 import sys
 import zlib
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +44,7 @@ __all__ = [
     "Trace",
     "TraceError",
     "first_divergence",
+    "format_version",
     "load_trace",
     "runtime_version",
     "step_times",
@@ -47,23 +54,39 @@ __all__ = [
 ]
 
 FORMAT = "commonware-trace"
-VERSION = 2
-ENCODING = "le-zlib-base64"  # the only `decisions.encoding` of version 2
+VERSION = 3  # the newest version read and written; a trace without compact blocks is written as 2
+VERSIONS = (2, 3)  # the versions this module reads
+ENCODING = "le-zlib-base64"  # the only `decisions.encoding` of versions 2 and 3
+LABELS_ENCODING = "json"  # the prefix of a compact `tasks` block (version 3)
 ORDERINGS = ("any", "fifo")
 
 NS_PER_SECOND = 1_000_000_000
 
-# Limits that keep a hostile or corrupt file from exhausting memory or time. Real traces
-# are far below them (a 10-million-step run is a few tens of MiB at most).
-MAX_FILE_BYTES = 512 * 1024 * 1024
-MAX_STEPS = 100_000_000
-MAX_TASKS = 10_000_000
+# Limits that keep a hostile or corrupt file from exhausting memory or time, each enforced
+# while the file is read, before what it bounds is built (docs/trace-format.md, "Limits").
+# A trace of a 5-million-decision run with many tasks is far below them: its schedule is a
+# few compressed blocks, and more than INLINE_TASKS tasks or INLINE_CHECKPOINTS checkpoints
+# are written as compact blocks too (version 3).
+MAX_FILE_BYTES = 64 * 1024 * 1024  # the file, checked before reading
+MAX_BLOCK_BYTES = 32 * 1024 * 1024  # the YAML text of one encoded block (`decisions.picks`, ...)
+MAX_TEXT_BYTES = 16 * 1024 * 1024  # everything that is not an encoded block, together
+MAX_NODES = 200_000  # YAML values in the document; an alias counts the values it repeats
+MAX_DEPTH = 100  # YAML nesting
+MAX_ALIASES = 1_000
+MAX_NUMBER_CHARS = 1_000  # the text of one YAML int or float
+MAX_STEPS = 20_000_000
+MAX_TASKS = 5_000_000
+MAX_LABELS_BYTES = 64 * 1024 * 1024  # a compact `tasks` block, decompressed
 MAX_LABEL_CHARS = 65_536
 MAX_TEXT_CHARS = 1_000_000  # test id, error message, version strings
 MAX_PLAIN_NODES = 100_000  # values inside `config` and `extra`
 MAX_PLAIN_DEPTH = 64
-MAX_TIMING = 100_000_000  # timing choices (late wake-ups in both orderings, timer ties in "fifo")
+MAX_TIMING = 20_000_000  # timing choices (late wake-ups in both orderings, timer ties in "fifo")
 MAX_STRATEGY_CHARS = 1_000
+
+# Up to these, `tasks` and `checkpoints` are written as readable YAML (a version 2 file).
+INLINE_TASKS = 1_000
+INLINE_CHECKPOINTS = 1_000
 
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 _ARRAY_SPEC = re.compile(r"([ui])(8|16|32|64):")
@@ -229,11 +252,21 @@ def atomic_write(target: Path, data: bytes) -> None:
     write(target, data)
 
 
+def format_version(trace: Trace) -> int:
+    """The version ``write_trace`` writes ``trace`` as: 2 unless it needs a compact block (3).
+
+    More than ``INLINE_TASKS`` tasks or ``INLINE_CHECKPOINTS`` checkpoints are written as
+    compact blocks (version 3), so that a trace of a long run with many tasks stays a few
+    YAML values; smaller traces stay readable and readable by older pytest-commonware.
+    """
+    return 3 if len(trace.tasks) > INLINE_TASKS or len(trace.checkpoints) > INLINE_CHECKPOINTS else 2
+
+
 def _document(trace: Trace) -> dict[str, Any]:
     schedule = trace.schedule
     doc: dict[str, Any] = {
         "format": FORMAT,
-        "version": VERSION,
+        "version": format_version(trace),
         "test": trace.test,
         "seed": trace.seed,
         "runtime": trace.runtime,
@@ -245,8 +278,8 @@ def _document(trace: Trace) -> dict[str, Any]:
     doc.update(
         auditor=trace.auditor,
         steps=trace.steps,
-        tasks=dict(trace.tasks),
-        checkpoints=[_Flow(step=c.get("step"), time=c.get("time"), auditor=c.get("auditor")) for c in trace.checkpoints],
+        tasks=dict(trace.tasks) if len(trace.tasks) <= INLINE_TASKS else _Block(_encode_labels(trace.tasks)),
+        checkpoints=_checkpoints(trace.checkpoints, schedule),
         decisions={
             "encoding": ENCODING,
             "checkpoint_every": schedule.checkpoint_every,
@@ -287,6 +320,42 @@ _Dumper.add_representer(_Block, lambda d, v: d.represent_scalar("tag:yaml.org,20
 _Dumper.add_representer(_Flow, lambda d, v: d.represent_mapping("tag:yaml.org,2002:map", v.items(), flow_style=True))
 
 
+def _encode_labels(tasks: dict[int, str]) -> str:
+    """A compact ``tasks`` block: ``json:`` then base64 of zlib of the JSON array of labels of tasks 1..N."""
+    labels = [tasks.get(tid) for tid in range(1, len(tasks) + 1)]  # a gap stays null: the checks refuse it
+    data = json.dumps(labels, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+    return f"{LABELS_ENCODING}:" + _wrap(base64.b64encode(zlib.compress(data, 9)).decode("ascii"))
+
+
+def _checkpoints(checkpoints: list[dict[str, Any]], schedule: Schedule) -> list[_Flow] | dict[str, Any]:
+    """Readable up to ``INLINE_CHECKPOINTS``; beyond, their count, steps (delta-encoded) and auditors
+    as 32-byte digests. Their times are their rounds' (loading checks that of every checkpoint),
+    so not stored: checkpoints that are not exactly so stay readable, for the checks to name.
+    """
+    steps: list[Any] = [c.get("step") for c in checkpoints]
+    times: list[Any] = [c.get("time") for c in checkpoints]
+    auditors: list[Any] = [c.get("auditor") for c in checkpoints]
+    rounds = schedule.round_steps
+    if len(checkpoints) <= INLINE_CHECKPOINTS or not (
+        all(isinstance(a, str) and _HEX64.match(a) for a in auditors)
+        and all(type(s) is int and s >= 0 for s in steps)  # noqa: E721 (not a bool)
+        and all(i < len(rounds) and rounds[i] == s and schedule.round_times[i] == t
+                for s, t in zip(steps, times, strict=True) for i in (bisect.bisect_left(rounds, s),))
+    ):
+        return [_Flow(step=s, time=t, auditor=a) for s, t, a in zip(steps, times, auditors, strict=True)]
+    digests = bytes.fromhex("".join(auditors))
+    return {
+        "count": len(checkpoints),
+        "steps": _Block(_encode_array(steps, delta=True)),
+        "auditors": _Block("u8:" + _wrap(base64.b64encode(zlib.compress(digests, 9)).decode("ascii"))),
+    }
+
+
+def _wrap(text: str) -> str:
+    """Base64 wrapped at 76 characters, ending with a newline (a YAML literal block)."""
+    return "\n".join([text[i : i + 76] for i in range(0, len(text), 76)] or [""]) + "\n"
+
+
 def _encode_array(values: array | list[int], *, delta: bool) -> str:
     """``<u|i><bits>:`` then base64 of zlib of the little-endian fixed-width values, wrapped at 76."""
     data = values.tolist() if isinstance(values, array) else list(values)
@@ -312,37 +381,221 @@ def _encode_array(values: array | list[int], *, delta: bool) -> str:
 # ------------------------------------------------------------------------------------------
 # loading and validation
 
+_EventSource = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser when it is there
 
-class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """The safe loader (no Python tags), refusing duplicate keys instead of keeping the last."""
+_TAG = "tag:yaml.org,2002:"
+_STR, _INT, _FLOAT, _BOOL, _NULL = (_TAG + t for t in ("str", "int", "float", "bool", "null"))
+_SEQ, _MAP = _TAG + "seq", _TAG + "map"
+_NOT_PLAIN = {
+    _TAG + "timestamp": "a YAML timestamp", _TAG + "binary": "YAML binary data", _TAG + "set": "a YAML set",
+    _TAG + "omap": "a YAML ordered map", _TAG + "pairs": "YAML pairs", _TAG + "merge": "a YAML merge key (<<)",
+    _TAG + "value": "a YAML value key (=)",
+}
+_NO_KEY = object()  # a mapping frame waiting for its next key
 
-    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
-        if isinstance(node, yaml.MappingNode):
-            self.flatten_mapping(node)
-            seen: set[Any] = set()
-            for key_node, _ in node.value:
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    duplicate = key in seen
-                    seen.add(key)
-                except TypeError:
-                    continue  # unhashable: the base class reports it
-                if duplicate:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key!r}", key_node.start_mark
-                    )
-        return super().construct_mapping(node, deep=deep)
+# The encoded blocks: the only values that may be longer than MAX_TEXT_BYTES allows the rest.
+_BLOCKS: dict[tuple[Any, ...], str] = {("tasks",): "tasks"}
+_BLOCKS.update({("decisions", k): f"decisions.{k}" for k in ("picks", "ids", "round_steps", "round_times", "timing")})
+_BLOCKS.update({("checkpoints", k): f"checkpoints.{k}" for k in ("steps", "auditors")})
+
+
+class _Overrun(Exception):
+    """The file went past a byte limit while being read (the builder adds where)."""
+
+
+class _Input:
+    """The file as the YAML parser reads it: counted, checked to be UTF-8, and bounded.
+
+    The parser pulls 16 KiB at a time and scans a value only when asked for its event, so
+    bytes read while a block's value is awaited are that block's, all others the text's.
+    """
+
+    __slots__ = ("_f", "_decoder", "consumed", "text", "block", "block_start")
+
+    def __init__(self, f: Any) -> None:
+        self._f = f
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self.consumed = 0
+        self.text = 0
+        self.block: str | None = None  # the block whose value is being read
+        self.block_start = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        data: bytes = self._f.read(size)
+        start = self.consumed
+        self.consumed = n = start + len(data)
+        pending = len(self._decoder.getstate()[0])
+        try:
+            self._decoder.decode(data, not data)
+        except UnicodeDecodeError as exc:
+            raise _Problem(f"not UTF-8 text (byte {start - pending + exc.start}): not a trace file") from None
+        if n > MAX_FILE_BYTES:
+            raise _Overrun(f"file is more than the {MAX_FILE_BYTES} bytes a trace may have")
+        if self.block is None:
+            self.text += len(data)
+            if self.text > MAX_TEXT_BYTES:
+                raise _Overrun(f"more than {MAX_TEXT_BYTES} bytes besides the encoded blocks, more than a trace has")
+        elif n - self.block_start > MAX_BLOCK_BYTES:
+            raise _Overrun(f"{self.block} is more than the {MAX_BLOCK_BYTES} bytes an encoded block may have")
+        return data
+
+
+def _at(event: Any) -> str:
+    mark = event.start_mark
+    return f"(line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+
+
+def _scalar(event: Any, loader: Any) -> Any:
+    """The plain value of a scalar event, resolved as the safe loader would (YAML 1.1)."""
+    value: str = event.value
+    tag = event.tag
+    if tag is None or tag == "!":
+        if not event.implicit[0]:
+            return value  # quoted or block: a string
+        tag = loader.resolve(yaml.ScalarNode, value, event.implicit)
+    if tag == _STR:
+        return value
+    if tag == _INT and value.isascii() and value.isdigit() and (value[0] != "0" or value == "0"):
+        if len(value) > MAX_NUMBER_CHARS:
+            raise _Problem(f"a number of {len(value)} digits {_at(event)}, more than {MAX_NUMBER_CHARS}")
+        return int(value)
+    if tag in (_INT, _FLOAT, _BOOL, _NULL):
+        if len(value) > MAX_NUMBER_CHARS:
+            raise _Problem(f"a {tag[len(_TAG):]} of {len(value)} characters {_at(event)}, more than {MAX_NUMBER_CHARS}")
+        try:
+            return loader.yaml_constructors[tag](loader, yaml.ScalarNode(tag, value))
+        except (ValueError, KeyError, IndexError, TypeError, OverflowError):
+            raise _Problem(f"{_short(value)} is not a valid YAML {tag[len(_TAG):]} {_at(event)}") from None
+    if tag in _NOT_PLAIN:
+        raise _Problem(f"{_short(value)} is {_NOT_PLAIN[tag]} {_at(event)}; only plain YAML data is allowed "
+                       f"(quote it to make it a string)")
+    raise _Problem(f"unsupported tag {_short(tag)} {_at(event)} (only plain YAML data is accepted)")
+
+
+def _compose(f: Any) -> Any:
+    """The YAML document in ``f`` as plain Python data, every limit enforced as it is read.
+
+    Built from the parser's events rather than a node graph (which costs hundreds of bytes
+    a value and is complete before anything could be counted): values are counted as they
+    come, an alias counts the values it repeats, nesting and aliases are bounded, and the
+    reader bounds the bytes of the file, of each encoded block and of everything else.
+    """
+    source = _Input(f)
+    loader = _EventSource(source)
+    try:
+        return _build(loader, source)
+    finally:
+        loader.dispose()
+
+
+def _build(loader: Any, source: _Input) -> Any:
+    get = loader.get_event
+    resolvable = frozenset(loader.yaml_implicit_resolvers)  # first characters of non-string plain scalars
+    stack: list[list[Any]] = []  # [container, pending key or _NO_KEY, values before it, anchor]
+    anchors: dict[str, tuple[Any, int]] = {}  # anchor -> (value, values it holds; -1 while open)
+    nodes = aliases = documents = 0
+    root: Any = None
+    event: Any = None
+    try:
+        while True:
+            event = get()
+            source.block = None
+            kind = event.__class__
+            if kind is yaml.ScalarEvent:
+                nodes += 1
+                if nodes > MAX_NODES:
+                    raise _Problem(f"more than {MAX_NODES} values {_at(event)}, more than a trace has")
+                value = event.value
+                if event.tag is None and (not event.implicit[0] or value[:1] not in resolvable):
+                    pass  # a string: quoted, a block, or plain text no implicit type starts with
+                elif (event.tag is None and value.isdigit() and value.isascii() and len(value) <= 18
+                      and (value[0] != "0" or len(value) == 1)):
+                    value = int(value)  # the usual case of an int (a leading 0 is octal)
+                else:
+                    value = _scalar(event, loader)
+                if event.anchor is not None:
+                    anchors[event.anchor] = (value, 1)
+            elif kind is yaml.MappingStartEvent or kind is yaml.SequenceStartEvent:
+                nodes += 1
+                if nodes > MAX_NODES:
+                    raise _Problem(f"more than {MAX_NODES} values {_at(event)}, more than a trace has")
+                if len(stack) >= MAX_DEPTH:
+                    raise _Problem(f"nested more than {MAX_DEPTH} levels deep {_at(event)}")
+                mapping = kind is yaml.MappingStartEvent
+                tag = event.tag
+                if tag is not None and tag != "!" and tag != (_MAP if mapping else _SEQ):
+                    if tag in _NOT_PLAIN:
+                        raise _Problem(f"{_NOT_PLAIN[tag]} {_at(event)}; only plain YAML data is allowed")
+                    raise _Problem(f"unsupported tag {_short(tag)} {_at(event)} (only plain YAML data is accepted)")
+                container: Any = {} if mapping else []
+                stack.append([container, _NO_KEY, nodes, event.anchor])
+                if event.anchor is not None:
+                    anchors[event.anchor] = (container, -1)
+                continue
+            elif kind is yaml.MappingEndEvent or kind is yaml.SequenceEndEvent:
+                value, _, first, anchor = stack.pop()
+                if anchor is not None:
+                    anchors[anchor] = (value, nodes - first + 1)
+            elif kind is yaml.AliasEvent:
+                aliases += 1
+                if aliases > MAX_ALIASES:
+                    raise _Problem(f"more than {MAX_ALIASES} YAML aliases {_at(event)}, more than a trace has")
+                target = anchors.get(event.anchor)
+                if target is None:
+                    raise _Problem(f"not valid YAML: the alias *{event.anchor[:40]} {_at(event)} names no anchor "
+                                   f"before it")
+                value, size = target
+                if size < 0:
+                    raise _Problem(f"a value contains itself (the recursive YAML alias *{event.anchor[:40]} "
+                                   f"{_at(event)})")
+                nodes += size
+                if nodes > MAX_NODES:
+                    raise _Problem(f"more than {MAX_NODES} values {_at(event)} (counting what aliases repeat), "
+                                   f"more than a trace has")
+            elif kind is yaml.DocumentStartEvent:
+                documents += 1
+                if documents > 1:
+                    raise _Problem(f"a second YAML document {_at(event)}: a trace is one document")
+                continue
+            elif kind is yaml.StreamEndEvent:
+                return root
+            else:
+                continue  # the stream's start, a document's end
+            if not stack:
+                root = value
+                continue
+            frame = stack[-1]
+            container = frame[0]
+            if container.__class__ is list:
+                container.append(value)
+            elif frame[1] is _NO_KEY:
+                if value.__class__ is dict or value.__class__ is list:
+                    raise _Problem(f"a mapping key {_at(event)} is a collection; only plain keys are allowed")
+                if value in container:
+                    raise _Problem(f"duplicate key {_short(value)} {_at(event)}")
+                frame[1] = value
+                if len(stack) <= 2:  # the value of a top-level key or of one level below
+                    block = _BLOCKS.get((value,) if len(stack) == 1 else (stack[0][1], value))
+                    if block is not None:
+                        source.block = block
+                        source.block_start = source.consumed
+            else:
+                container[frame[1]] = value
+                frame[1] = _NO_KEY
+    except _Overrun as exc:
+        where = f" (after line {event.end_mark.line + 1})" if event is not None and event.end_mark is not None else ""
+        raise _Problem(f"{exc}{where}") from None
 
 
 def load_trace(path: str | os.PathLike[str]) -> Trace:
-    """Read and validate a trace file; any problem raises ``TraceError("<file>: <problem>")``."""
+    """Read and validate a trace file; any problem raises ``TraceError("<file>: <problem>")``.
+
+    The size is checked before reading and every other limit while the file is parsed, so a
+    file over one is refused within a bounded time and memory whatever its size or shape.
+    """
     name = os.fspath(path)
     try:
-        with open(name, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size > MAX_FILE_BYTES:
-                raise TraceError(name, f"file is {size} bytes, more than the {MAX_FILE_BYTES} a trace may have")
-            raw = f.read(MAX_FILE_BYTES + 1)
+        f = open(name, "rb")
     except FileNotFoundError:
         raise TraceError(name, "no such file") from None
     except IsADirectoryError:
@@ -351,18 +604,22 @@ def load_trace(path: str | os.PathLike[str]) -> Trace:
         raise TraceError(name, "permission denied") from None
     except OSError as exc:
         raise TraceError(name, f"cannot read: {exc.strerror or exc}") from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise TraceError(name, f"file is more than the {MAX_FILE_BYTES} bytes a trace may have")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise TraceError(name, f"not UTF-8 text (byte {exc.start}): not a trace file") from None
-    try:
-        document = yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as exc:
-        raise TraceError(name, f"not valid YAML: {_yaml_problem(exc)}") from None
-    except RecursionError:
-        raise TraceError(name, "not valid YAML: nested too deeply") from None
+    with f:
+        try:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_FILE_BYTES:
+                raise TraceError(name, f"file is {size} bytes, more than the {MAX_FILE_BYTES} a trace may have")
+            document = _compose(f)
+        except _Problem as exc:
+            raise TraceError(name, str(exc)) from None
+        except yaml.YAMLError as exc:
+            raise TraceError(name, f"not valid YAML: {_yaml_problem(exc)}") from None
+        except RecursionError:
+            raise TraceError(name, "not valid YAML: nested too deeply") from None
+        except IsADirectoryError:
+            raise TraceError(name, "is a directory, not a trace file") from None
+        except OSError as exc:
+            raise TraceError(name, f"cannot read: {exc.strerror or exc}") from None
     return _parse_document(document, name)
 
 
@@ -481,8 +738,9 @@ def _parse(doc: Any) -> Trace:
             f"trace format version 1 was recorded by an older pytest-commonware whose schedules this version "
             f"cannot replay; rerun the seed with {rerun}"
         )
-    if version != VERSION:
-        raise _Problem(f"unknown trace format version {version} (this pytest-commonware reads version {VERSION})")
+    if version not in VERSIONS:
+        raise _Problem(f"unknown trace format version {version} (this pytest-commonware reads versions "
+                       f"{', '.join(map(str, VERSIONS))})")
     for key in _REQUIRED:
         if key not in doc:
             raise _Problem(f"missing key {key!r}")
@@ -532,7 +790,7 @@ def _parse(doc: Any) -> Trace:
         raise _Problem(f"'extra' must be a mapping, got {_type_name(extra)}")
     _plain(extra, "extra")
 
-    labels = _parse_tasks(doc["tasks"])
+    labels = _parse_tasks(doc["tasks"], version)
     schedule = _parse_decisions(doc["decisions"], steps, len(labels) - 1)
     if "ordering" in config and config["ordering"] != schedule.ordering:
         raise _Problem(f"config.ordering is {_short(config['ordering'])} but decisions.ordering is "
@@ -542,7 +800,7 @@ def _parse(doc: Any) -> Trace:
     schedule.auditor = auditor
     schedule.outcome = outcome
     schedule.error = error
-    checkpoints = _parse_checkpoints(doc["checkpoints"], schedule)
+    checkpoints = _parse_checkpoints(doc["checkpoints"], schedule, version)
     schedule.checkpoints = [(c["step"], c["time"], c["auditor"]) for c in checkpoints]
     return Trace(
         test=test, seed=seed, runtime=runtime, config=config, outcome=outcome, error=error, auditor=auditor,
@@ -551,9 +809,12 @@ def _parse(doc: Any) -> Trace:
     )
 
 
-def _parse_tasks(tasks: Any) -> list[str]:
+def _parse_tasks(tasks: Any, version: int) -> list[str]:
+    if isinstance(tasks, str) and version >= 3:
+        return _decode_labels(tasks)
     if not isinstance(tasks, dict):
-        raise _Problem(f"'tasks' must be a mapping of task id to label, got {_type_name(tasks)}")
+        compact = " (a compact block needs format version 3)" if isinstance(tasks, str) else ""
+        raise _Problem(f"'tasks' must be a mapping of task id to label, got {_type_name(tasks)}{compact}")
     if len(tasks) > MAX_TASKS:
         raise _Problem(f"'tasks' lists {len(tasks)} tasks, more than {MAX_TASKS}")
     labels = [""]
@@ -570,35 +831,75 @@ def _parse_tasks(tasks: Any) -> list[str]:
     return labels
 
 
+def _decode_labels(value: str) -> list[str]:
+    """A compact ``tasks`` block: ``json:`` then base64 of zlib of a JSON array of the labels of tasks 1..N."""
+    prefix = LABELS_ENCODING + ":"
+    if not value.startswith(prefix):
+        raise _Problem(f"'tasks' must be a mapping of task id to label or a block starting with {prefix!r}")
+    raw = _inflate(value[len(prefix):], "tasks", MAX_LABELS_BYTES)
+    if len(raw) > MAX_LABELS_BYTES:
+        raise _Problem(f"'tasks' decodes to more than {MAX_LABELS_BYTES} bytes of labels")
+    # Every label after the first follows a comma: count before building anything.
+    if raw.count(b",") >= MAX_TASKS:
+        raise _Problem(f"'tasks' lists more than {MAX_TASKS} tasks")
+    try:
+        labels = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise _Problem("'tasks' is not a valid JSON array of labels (truncated or edited?)") from None
+    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+        raise _Problem("'tasks' must decode to a JSON array of strings, the labels of tasks 1, 2, ...")
+    if labels and max(map(len, labels)) > MAX_LABEL_CHARS:
+        tid = next(i for i, label in enumerate(labels, start=1) if len(label) > MAX_LABEL_CHARS)
+        raise _Problem(f"tasks: the label of task {tid} is longer than {MAX_LABEL_CHARS} characters")
+    labels.insert(0, "")
+    return labels
+
+
 def _task_key(item: tuple[Any, Any]) -> tuple[int, Any]:
     # Non-int ids sort first so the type error names them rather than a gap.
     tid = item[0]
     return (1, tid) if isinstance(tid, int) and not isinstance(tid, bool) else (0, 0)
 
 
-def _parse_checkpoints(value: Any, schedule: Schedule) -> list[dict[str, Any]]:
-    if not isinstance(value, list):
-        raise _Problem(f"'checkpoints' must be a list, got {_type_name(value)}")
+_COMPACT_CHECKPOINTS = ("count", "steps", "auditors")
+_DERIVED = object()  # the time of a compact checkpoint: its round's
+
+
+def _parse_checkpoints(value: Any, schedule: Schedule, version: int) -> list[dict[str, Any]]:
     rounds = len(schedule.round_steps)
-    if len(value) > rounds:
+    entries: Iterable[dict[str, Any]]
+    if isinstance(value, dict) and version >= 3:
+        checked, entries = _decode_checkpoints(value, schedule)
+        if checked:
+            return list(entries)
+    elif not isinstance(value, list):
+        compact = " (a compact mapping needs format version 3)" if isinstance(value, dict) else ""
+        raise _Problem(f"'checkpoints' must be a list, got {_type_name(value)}{compact}")
+    elif len(value) > rounds:
         raise _Problem(f"'checkpoints' has {len(value)} entries for {rounds} rounds (at most one per round)")
-    round_at = {s: i for i, s in enumerate(schedule.round_steps)}
+    else:
+        entries = value
+    round_steps = schedule.round_steps
     out: list[dict[str, Any]] = []
     previous = -1
-    for i, cp in enumerate(value):
+    for i, cp in enumerate(entries):
         where = f"checkpoints[{i}]"
         if not isinstance(cp, dict) or set(cp) != {"step", "time", "auditor"}:
             raise _Problem(f"{where} must be a mapping with exactly 'step', 'time' and 'auditor'")
         step = _int(cp, "step", f"{where}.step")
-        time_ns = _int(cp, "time", f"{where}.time", lo=-(1 << 63), hi=(1 << 63) - 1)
         auditor = cp["auditor"]
         if not isinstance(auditor, str) or not _HEX64.match(auditor):
             raise _Problem(f"{where}.auditor must be 64 lowercase hex digits, got {_short(auditor)}")
         if step <= previous:
             raise _Problem(f"{where}.step {step} does not come after the previous checkpoint's step {previous}")
-        r = round_at.get(step)
-        if r is None:
+        r = bisect.bisect_left(round_steps, step)
+        if r == rounds or round_steps[r] != step:
             raise _Problem(f"{where}.step {step} is not the first step of a round: the trace is inconsistent")
+        time_ns = cp["time"]
+        if time_ns is _DERIVED:  # compact: the round's time
+            time_ns = schedule.round_times[r]
+        else:
+            time_ns = _int(cp, "time", f"{where}.time", lo=-(1 << 63), hi=(1 << 63) - 1)
         if schedule.round_times[r] != time_ns:
             raise _Problem(
                 f"{where}.time {time_ns} ns differs from the time of the round at step {step} "
@@ -607,6 +908,34 @@ def _parse_checkpoints(value: Any, schedule: Schedule) -> list[dict[str, Any]]:
         previous = step
         out.append({"step": step, "time": time_ns, "auditor": auditor})
     return out
+
+
+def _decode_checkpoints(value: dict[str, Any], schedule: Schedule) -> tuple[bool, Iterable[dict[str, Any]]]:
+    """Compact checkpoints: ``count``, delta-encoded ``steps``, ``auditors`` as 32-byte digests.
+
+    ``(True, checkpoints)`` when they are consistent with the rounds (checked at C speed: a
+    long run recorded with checkpoints every 16 steps has hundreds of thousands), else
+    ``(False, entries)`` for the caller's checks to name the first inconsistent one.
+    """
+    for key in _COMPACT_CHECKPOINTS:
+        if key not in value:
+            raise _Problem(f"checkpoints: missing key {key!r}")
+    for key in value:
+        if key not in _COMPACT_CHECKPOINTS:
+            raise _Problem(f"checkpoints: unknown key {_short(key)}")
+    round_steps, round_times = schedule.round_steps, schedule.round_times
+    count = _int(value, "count", "checkpoints.count", hi=len(round_steps))
+    steps = _decode_array(value["steps"], "checkpoints.steps", count, delta=True, typecode="Q")
+    hexes = _decode_array(value["auditors"], "checkpoints.auditors", 32 * count, delta=False, typecode="B").tobytes().hex()
+    if not steps:
+        return True, []
+    if steps[-1] <= round_steps[-1] and all(map(operator.lt, steps, itertools.islice(steps, 1, None))):
+        at = list(map(bisect.bisect_left, itertools.repeat(round_steps), steps))  # each checkpoint's round
+        if all(map(operator.eq, map(round_steps.__getitem__, at), steps)):
+            return True, [{"step": step, "time": round_times[r], "auditor": hexes[64 * i : 64 * i + 64]}
+                          for i, (step, r) in enumerate(zip(steps, at, strict=True))]
+    return False, ({"step": step, "time": _DERIVED, "auditor": hexes[64 * i : 64 * i + 64]}
+                   for i, step in enumerate(steps))
 
 
 def _parse_decisions(value: Any, steps: int, ntasks: int) -> Schedule:
@@ -645,13 +974,16 @@ def _parse_decisions(value: Any, steps: int, ntasks: int) -> Schedule:
     if rounds:
         if round_steps[0] != 0:
             raise _Problem(f"decisions.round_steps: the first round starts at step {round_steps[0]}, not 0")
-        for r in range(1, rounds):
-            if round_steps[r] <= round_steps[r - 1]:
-                raise _Problem(f"decisions.round_steps: round {r} starts at step {round_steps[r]}, "
-                               f"not after round {r - 1} (step {round_steps[r - 1]})")
-            if round_times[r] < round_times[r - 1]:
-                raise _Problem(f"decisions.round_times: round {r} is at {round_times[r]} ns, "
-                               f"before round {r - 1} ({round_times[r - 1]} ns)")
+        # Pairwise at C speed (a long run has millions of rounds); the loop only finds the culprit.
+        if not (all(map(operator.lt, round_steps, itertools.islice(round_steps, 1, None)))
+                and all(map(operator.le, round_times, itertools.islice(round_times, 1, None)))):
+            for r in range(1, rounds):
+                if round_steps[r] <= round_steps[r - 1]:
+                    raise _Problem(f"decisions.round_steps: round {r} starts at step {round_steps[r]}, "
+                                   f"not after round {r - 1} (step {round_steps[r - 1]})")
+                if round_times[r] < round_times[r - 1]:
+                    raise _Problem(f"decisions.round_times: round {r} is at {round_times[r]} ns, "
+                                   f"before round {r - 1} ({round_times[r - 1]} ns)")
         if round_steps[-1] >= steps:
             raise _Problem(f"decisions.round_steps: the last round starts at step {round_steps[-1]}, "
                            f"past the end of the run ({steps} steps)")
@@ -676,38 +1008,49 @@ def _check_picks(picks: array, round_steps: array, steps: int, *, ordering: str,
     nothing else does: the round from step a to step b runs callbacks #a+1 .. #b, in some
     order (under ordering "fifo" in exactly that order).  Holding back, a decision may take
     any callback ready by then: the picks are only distinct.
+
+    Checked at C speed in memory of a byte per callback (a long run has millions of picks);
+    only a failure walks the picks in Python, to name the first offending step.
     """
     if not picks:
         return
+    if holds_back:
+        if _distinct_positive(picks):
+            return
+    elif ordering == "fifo":
+        if picks == array(picks.typecode, range(1, steps + 1)):
+            return
+    elif len(round_steps) * 8 > steps and picks == array(picks.typecode, range(1, steps + 1)):
+        return  # short rounds (a round a step when each task yields alone) run in order: nothing more to check
+    else:
+        # A permutation of 1..steps: every callback 1..steps seen (a pick past steps is an IndexError).
+        seen = bytearray(steps + 1)
+        try:
+            collections.deque(map(seen.__setitem__, picks, itertools.repeat(1)), maxlen=0)
+        except IndexError:
+            pass  # the walk below names it
+        else:
+            # It respects the rounds iff at every round boundary b the first b picks are
+            # exactly 1..b: for distinct positive picks, iff they sum to b(b+1)/2.
+            if seen[0] == 0 and seen.count(0) == 1 and _prefixes_complete(picks, round_steps, steps):
+                return
     if min(picks) < 1:
         step = next(s for s, p in enumerate(picks) if p < 1)
         raise _Problem(f"decisions.picks: step {step} runs callback #{picks[step]}: callbacks are numbered from 1")
     if holds_back:
-        if len(set(picks)) != len(picks):
-            seen: dict[int, int] = {}
-            for step, p in enumerate(picks):
-                if p in seen:
-                    raise _Problem(f"decisions.picks: step {step} runs callback #{p} again (step {seen[p]} ran it): "
-                                   f"the trace is inconsistent")
-                seen[p] = step
-        return
-    if ordering == "fifo":
-        if picks == array(picks.typecode, range(1, steps + 1)):
-            return
-    elif max(picks) == steps and len(set(picks)) == steps:
-        # A permutation of 1..steps.  It respects the rounds iff no round runs a callback
-        # past its last step's number (then the first b picks are exactly 1..b at every
-        # round boundary b).
-        bounds = list(round_steps[1:]) + [steps]
-        if len(round_steps) * 8 <= steps:  # long rounds: a slice each
-            if all(max(picks[a:b]) <= b for a, b in zip(round_steps, bounds, strict=False)):
-                return
-        else:
-            highest = list(itertools.accumulate(picks, max))
-            if all(highest[b - 1] <= b for b in bounds):
-                return
+        top = max(picks)
+        ran: bytearray | set[int] = bytearray(top + 1) if top <= 4 * len(picks) + 65_536 else set()
+        for step, p in enumerate(picks):
+            if p in ran if isinstance(ran, set) else ran[p]:
+                raise _Problem(f"decisions.picks: step {step} runs callback #{p} again (step {picks.index(p)} ran "
+                               f"it): the trace is inconsistent")
+            if isinstance(ran, set):
+                ran.add(p)
+            else:
+                ran[p] = 1
+        raise _Problem("decisions.picks are inconsistent")  # unreachable: distinct and positive is all it takes
     # Something is off: find the first offending step and say what it is.
-    bounds = list(round_steps[1:]) + [steps]
+    bounds = itertools.chain(itertools.islice(round_steps, 1, None), (steps,))
     done = bytearray(steps + 1)
     for r, (start, end) in enumerate(zip(round_steps, bounds, strict=False)):
         for step in range(start, end):
@@ -724,6 +1067,32 @@ def _check_picks(picks: array, round_steps: array, steps: int, *, ordering: str,
     raise _Problem("decisions.picks are inconsistent with the rounds")  # unreachable: the checks above are exhaustive
 
 
+def _prefixes_complete(picks: array[int], round_steps: array[int], steps: int) -> bool:
+    """For distinct positive ``picks``: whether the first b are 1..b at every round's end b."""
+    def ends() -> Iterator[int]:
+        return itertools.chain(itertools.islice(round_steps, 1, None), (steps,))
+
+    if len(round_steps) * 8 <= steps:  # long rounds: the highest pick of each, a slice at a time
+        return all(max(picks[a:b]) <= b for a, b in zip(round_steps, ends(), strict=False))
+    # Short rounds: the running sum at each round's last step (all at C speed), 2 * sum == b * (b + 1).
+    last = bytearray(steps)
+    collections.deque(map(last.__setitem__, map(operator.sub, ends(), itertools.repeat(1)), itertools.repeat(1)),
+                      maxlen=0)
+    sums = itertools.compress(itertools.accumulate(picks), last)
+    return all(map(operator.eq, map(operator.lshift, sums, itertools.repeat(1)),
+                   map(operator.mul, ends(), map(operator.add, ends(), itertools.repeat(1)))))
+
+
+def _distinct_positive(values: array[int]) -> bool:
+    """Every value at least 1, none twice: a byte per possible value when they are dense, as seqs are."""
+    top = max(values)
+    if top > 4 * len(values) + 65_536:  # sparse (never written so, but a file may say so): a set
+        return min(values) >= 1 and len(set(values)) == len(values)
+    seen = bytearray(top + 1)
+    collections.deque(map(seen.__setitem__, values, itertools.repeat(1)), maxlen=0)
+    return seen[0] == 0 and top + 1 - seen.count(0) == len(values)
+
+
 def _decode_array(value: Any, what: str, count: int, *, delta: bool, typecode: str) -> array:
     if not isinstance(value, str):
         raise _Problem(f"{what} must be an encoded string, got {_type_name(value)}")
@@ -732,38 +1101,76 @@ def _decode_array(value: Any, what: str, count: int, *, delta: bool, typecode: s
         raise _Problem(f"{what} must start with a width such as 'u8:', 'u32:' or 'i64:'")
     signed = m.group(1) == "i"
     width = int(m.group(2)) // 8
-    try:
-        compressed = base64.b64decode("".join(value[m.end():].split()), validate=True)
-    except (binascii.Error, ValueError):
-        raise _Problem(f"{what} is not valid base64 (truncated or edited?)") from None
     expected = count * width
-    decompressor = zlib.decompressobj()
-    try:
-        # Bounded: a small hostile blob cannot inflate past what `steps` announces.
-        raw = decompressor.decompress(compressed, expected + 1)
-    except zlib.error as exc:
-        raise _Problem(f"{what} is not valid zlib data ({exc})") from None
-    if len(raw) > expected or decompressor.unconsumed_tail:
+    raw = _inflate(value[m.end():], what, expected)
+    if len(raw) > expected:
         raise _Problem(f"{what} decodes to more than the {count} values announced: the trace is inconsistent")
-    if not decompressor.eof:
-        raise _Problem(f"{what} is truncated (the compressed stream ends early)")
-    if decompressor.unused_data:
-        raise _Problem(f"{what} has trailing data after the compressed stream")
     if len(raw) != expected:
         raise _Problem(f"{what} decodes to {len(raw) // width} values, expected {count}: the trace is truncated or inconsistent")
+    if not delta:
+        wide = _widen(raw, signed, width, typecode)
+        if wide is not None:
+            return wide
     arr = array(_TYPECODES[(signed, width)])
     arr.frombytes(raw)
+    del raw
     if _BIG_ENDIAN:
         arr.byteswap()
     if not delta and arr.typecode == typecode:
         return arr
-    values = list(itertools.accumulate(arr)) if delta else arr.tolist()
-    out = array(typecode)
     try:
-        out.fromlist(values)
+        # Straight from the stored array (no list of the values: a long run has millions).
+        return array(typecode, itertools.accumulate(arr) if delta else iter(arr))
     except OverflowError:
         raise _Problem(f"{what} holds a value out of range") from None
-    return out
+
+
+_SIGN_BYTES = bytes(0 if b < 0x80 else 0xFF for b in range(256))  # the high byte -> its sign extension
+
+
+def _widen(raw: bytes, signed: bool, width: int, typecode: str) -> array[int] | None:
+    """Little-endian values of ``width`` bytes as an array of ``typecode``, by byte slices (C speed).
+
+    None when that cannot be done so (a narrower target, a sign to check, a big-endian host):
+    the caller converts value by value.
+    """
+    size = array(typecode).itemsize
+    if _BIG_ENDIAN or (signed and typecode.isupper()) or width > size or (width == size and signed != typecode.islower()):
+        return None
+    out = bytearray(len(raw) // width * size)
+    for j in range(width):
+        out[j::size] = raw[j::width]
+    if signed and width < size:
+        fill = raw[width - 1 :: width].translate(_SIGN_BYTES)
+        for j in range(width, size):
+            out[j::size] = fill
+    arr = array(typecode)
+    arr.frombytes(out)
+    return arr
+
+
+def _inflate(text: str, what: str, bound: int) -> bytes:
+    """The bytes of ``<base64 of a zlib stream>`` (whitespace ignored), at most ``bound + 1`` of them.
+
+    Bounded: a small hostile blob cannot inflate past what the trace announces (the caller
+    refuses ``bound + 1`` bytes).
+    """
+    try:
+        compressed = base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise _Problem(f"{what} is not valid base64 (truncated or edited?)") from None
+    decompressor = zlib.decompressobj()
+    try:
+        raw = decompressor.decompress(compressed, bound + 1)
+    except zlib.error as exc:
+        raise _Problem(f"{what} is not valid zlib data ({exc})") from None
+    if len(raw) > bound or decompressor.unconsumed_tail:
+        return raw  # over the bound: the caller says what was announced
+    if not decompressor.eof:
+        raise _Problem(f"{what} is truncated (the compressed stream ends early)")
+    if decompressor.unused_data:
+        raise _Problem(f"{what} has trailing data after the compressed stream")
+    return raw
 
 
 # ------------------------------------------------------------------------------------------
