@@ -34,6 +34,8 @@ from commonware_runtime import deterministic
 from pytest_commonware import tracefile
 from pytest_commonware.tracefile import TraceError, load_trace, trace_from_schedule, write_trace
 
+pytest_plugins = ["pytester"]
+
 MB = 1 << 20
 BIG = 200 * MB  # the size of the reproduction
 UNDER = tracefile.MAX_FILE_BYTES - MB  # as large as the size check lets through: the other limits must hold
@@ -218,6 +220,20 @@ def test_the_cli_refuses_a_hostile_file_with_one_line(files: Callable[[str, int]
     assert result.stderr.startswith(f"error: {path}: more than {tracefile.MAX_NODES} values")
     assert result.stderr.count("\n") == 1
     assert elapsed < MAX_SECONDS  # the interpreter's start included
+
+
+@pytest.mark.parametrize("option", ["--cw-replay", "--cw-bisect"])
+def test_the_plugin_refuses_a_hostile_file_with_one_usage_error(
+    pytester: pytest.Pytester, files: Callable[[str, int], Path], option: str
+) -> None:
+    pytester.makepyfile(test_x="def test_x():\n    pass\n")
+    for path, problem in [(files("alias bomb", BIG), f"file is {BIG} bytes, more than"),
+                          (files("many small values", UNDER), f"more than {tracefile.MAX_NODES} values")]:
+        result = pytester.runpytest("-p", "no:cacheprovider", option, str(path))
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        errors = [line for line in result.stderr.lines if line.strip()]
+        assert len(errors) == 1 and errors[0].startswith(f"ERROR: {option}: ") and problem in errors[0], errors
+        assert "Traceback" not in result.stdout.str() + result.stderr.str()
 
 
 # ------------------------------------------------------------------------------------------
