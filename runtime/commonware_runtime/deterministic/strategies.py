@@ -285,9 +285,8 @@ class PCT(_Priorities):
 
     def arrive(self, seq: int, handle: asyncio.Handle) -> None:
         # _Priorities.arrive with priority() inlined: this runs once per decision.
-        owner = getattr(handle._callback, "__self__", None)  # type: ignore[attr-defined]
-        if isinstance(owner, _TASK) and not self._fair and len(self._heap) < WINDOW and not self._queue:
-            tid = getattr(owner, "_cw_id", LOOP_CALLBACK)
+        tid = getattr(getattr(handle._callback, "__self__", None), "_cw_id", None)  # type: ignore[attr-defined]
+        if tid is not None and not self._fair and len(self._heap) < WINDOW and not self._queue:
             prio = self._prio.get(tid)
             if prio is None:
                 prio = self._prio[tid] = self.depth + self.rng.random()
