@@ -9,8 +9,12 @@ from ``bisect``, trace files from ``tracefile``, the plugin's own hook specifica
 from __future__ import annotations
 
 import inspect
+import os
 import re
 import shlex
+import subprocess
+import sys
+import tempfile
 import warnings
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
@@ -34,14 +38,17 @@ from .files import remove_failure_trace
 from .golden import GoldenError, load_golden, merge_golden, write_golden
 from .summary import Failure, Sweep, describe_failure, repeat_line
 from .tracefile import (
+    Divergence,
     Trace,
     TraceError,
+    first_divergence,
     load_trace,
     trace_from_schedule,
     trace_path,
     write_trace,
 )
 
+CHECK_CHILD_ENV = "PYTEST_COMMONWARE_CHECK_CHILD"  # set in the other-process run of --cw-check-determinism
 RUN_PARAM = "_cw_run"  # the hidden fixture every claimed test is parametrized over
 SECTION = "commonware"
 BISECT_SECTION = "commonware bisect"
@@ -126,7 +133,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add("--cw-fifo-check", "cw_fifo_check", f"when a seed fails under ordering any, rerun the test on K fifo schedules "
         f"to say whether stock asyncio can fail the same way (default {engine.DEFAULT_FIFO_CHECK}; 0: off)", metavar="K")
     group.addoption("--cw-check-determinism", dest="cw_check_determinism", action="store_true", default=None,
-                    help="run every deterministic seed twice and fail when the runs differ")
+                    help="rerun every deterministic seed in this process and in a fresh one with another "
+                         "PYTHONHASHSEED, and fail when the runs differ")
     parser.addini("cw_check_determinism", help="run every deterministic seed twice", type="bool", default=False)
     group.addoption("--cw-update-golden", dest="cw_update_golden", action="store_true", default=None,
                     help="write/refresh the golden file instead of comparing with it")
@@ -209,12 +217,16 @@ def _settings(config: pytest.Config, sources: dict[str, str] | None = None) -> S
     if s.replay is not None and s.bisect is not None:
         raise pytest.UsageError("--cw-replay and --cw-bisect cannot be combined (bisect replays the trace itself)")
     s.check_determinism = bool(config.getoption("cw_check_determinism") or config.getini("cw_check_determinism"))
+    if os.environ.get(CHECK_CHILD_ENV):
+        s.check_determinism = False  # the other-process run of a check: record, judge nothing
     if s.explore is not None and (s.replay is not None or s.bisect is not None):
         s.explore = None  # the trace names its one run (an explore trace: its own [explore=K] item)
     if s.explore is not None and s.check_determinism:
         raise pytest.UsageError("--cw-explore and --cw-check-determinism cannot be combined (an exploration runs "
                                 "many schedules, not one seed twice); check the seeds without --cw-explore")
     s.update_golden = bool(config.getoption("cw_update_golden") or config.getini("cw_update_golden"))
+    if os.environ.get(CHECK_CHILD_ENV):
+        s.update_golden = False
     s.full_tracebacks = bool(config.getoption("cw_full_tracebacks") or config.getini("cw_full_tracebacks"))
     s.keep_traces = bool(config.getoption("cw_keep_traces") or config.getini("cw_keep_traces"))
     value, where, base = _value(config, "cw_golden")
@@ -222,6 +234,8 @@ def _settings(config: pytest.Config, sources: dict[str, str] | None = None) -> S
         s.golden, s.golden_explicit = base / value, True
     else:
         s.golden = config.rootpath / "traces" / "golden.yaml"
+    if os.environ.get(CHECK_CHILD_ENV):
+        s.golden, s.golden_explicit = None, False
     return s
 
 
@@ -651,7 +665,7 @@ def _run_seed(item: pytest.Function, state: State, seed: int, marker: MarkerArgs
     config = engine.with_horizon(config, item.nodeid.split("[", 1)[0], make_main(), settings)
     record = settings.record_for(marker)
     check = settings.check_determinism
-    every = engine.CHECK_CHECKPOINT_EVERY if check else 1024
+    every = engine.CHECK_CHECKPOINT_EVERY if check or os.environ.get(CHECK_CHILD_ENV) else 1024
     result = engine.run_deterministic(config, make_main(), record=record != "none" or check, checkpoint_every=every)
     if result.schedule is not None and (record == "all" or (record == "failed" and result.error is not None)):
         try:
@@ -667,10 +681,7 @@ def _run_seed(item: pytest.Function, state: State, seed: int, marker: MarkerArgs
     if result.error is not None and note.reproduce is None:
         note.reproduce = _rerun_command(item, settings, seed)
     if check:
-        second = engine.run_deterministic(config, make_main(), record=True, checkpoint_every=every)
-        problem = _compare_runs(result, second)
-        if problem is not None:
-            raise pytest.fail(f"nondeterministic: seed {seed} ran twice and the runs differ: {problem}", pytrace=False)
+        _check_determinism(item, state, seed, config, make_main, result, every, note)
     if result.error is not None:
         _classify(item, state, config, make_main(), result.error, note)
         raise result.error
@@ -768,6 +779,152 @@ def _compare_runs(a: engine.RunResult, b: engine.RunResult) -> str | None:
     if ea != eb:
         return f"run 1 ended with {ea or 'success'}, run 2 with {eb or 'success'}"
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# --cw-check-determinism: the same seed again, in this process and in a fresh one
+
+
+def _kind(d: Divergence) -> str:
+    """What kind of event differs first, in words."""
+    if d.kind == "schedule":
+        if d.expected.startswith("timing choice") or d.actual.startswith("timing choice") or "timing choices" in d.expected:
+            return "virtual time (a timing choice: how late an idle wake-up was)"
+        task_a, _, time_a = d.expected.partition(" at t=")
+        task_b, _, time_b = d.actual.partition(" at t=")
+        if time_a != time_b and task_a.split(" (")[0] == task_b.split(" (")[0]:
+            return "virtual time"
+        return "scheduling decision"
+    if d.kind == "length":
+        return "scheduling decision (one run made more decisions)"
+    if d.kind in ("auditor", "final-auditor"):
+        return "an event other than scheduling (network, storage, RNG, metrics or a label)"
+    return "outcome"
+
+
+def _as_trace(result: engine.RunResult, item: pytest.Item, seed: int, config: deterministic.Config) -> Trace | None:
+    if result.schedule is None:
+        return None
+    try:
+        return trace_from_schedule(result.schedule, test=item.nodeid, seed=seed, config=config.to_dict())
+    except (TypeError, ValueError):
+        return None
+
+
+def _write_pair(settings: Settings, item: pytest.Item, seed: int, one: Trace, two: Trace | Path, suffix: str) -> str:
+    """Write run 1 where the item's trace goes and run 2 beside it; the words naming both."""
+    try:
+        first = write_trace(trace_path(settings.traces_dir, item.nodeid, seed), one)
+        second = first.with_name(first.name[: -len(".yaml")] + f".{suffix}.yaml")
+        if isinstance(two, Path):
+            data = two.read_bytes()
+            second.write_bytes(data)
+        else:
+            write_trace(second, two)
+    except (OSError, ValueError) as exc:
+        return f"(could not write the traces: {exc})"
+    return f"traces: run 1 {settings.display_path(first)}, run 2 {settings.display_path(second)}"
+
+
+def _hash_seeds() -> tuple[str, str, str]:
+    """(this process's PYTHONHASHSEED in words, the child's value, a note when ours is random)."""
+    current = os.environ.get("PYTHONHASHSEED", "")
+    if current.isdigit() and int(current) < 4294967295:
+        return current, str(int(current) + 1), ""
+    return ("unset (random)" if not current or current == "random" else current), "0", \
+        " (set explicitly, as this process's hash seed is random and unknown)"
+
+
+def _other_process(item: pytest.Item, state: State, seed: int, config: deterministic.Config, hashseed: str,
+                   directory: Path) -> Path | str:
+    """Run the one item again in a fresh interpreter; the path of its trace, or why there is none."""
+    settings = state.settings
+    pconfig = item.config
+    nodeid = _SEED_ID.sub(lambda m: f"{m.group(1)}seed={seed}", item.nodeid)
+    path, sep, rest = nodeid.partition("::")
+    target = str(pconfig.rootpath / path) + sep + rest
+    args = [sys.executable, "-m", "pytest", target, "-q", "-p", "no:cacheprovider", f"--rootdir={pconfig.rootpath}",
+            f"--cw-seed={seed}", "--cw-record=all", f"--cw-traces={directory}", "--cw-fifo-check=0"]
+    if pconfig.inipath is not None:
+        args += ["-c", str(pconfig.inipath)]
+    given = list(pconfig.invocation_params.args)
+    for i, arg in enumerate(given):  # the same plugins (on or off)
+        if arg == "-p" and i + 1 < len(given):
+            args += ["-p", str(given[i + 1])]
+        elif arg.startswith("-p") and len(arg) > 2:
+            args.append(arg)
+    if pconfig.pluginmanager.hasplugin("xdist"):
+        args.append("-n0")
+    for name in ("cw_strategy", "cw_ordering", "cw_runtime"):
+        value, _, _ = _value(pconfig, name)
+        if value is not None:
+            args.append(f"--{name.replace('_', '-')}={value}")
+    if config.horizon is not None:
+        args.append(f"--cw-horizon={config.horizon}")
+    elif settings.horizon == "none":
+        args.append("--cw-horizon=none")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("PYTEST_XDIST") and k != "PYTEST_CURRENT_TEST"}
+    env["PYTHONHASHSEED"] = hashseed
+    env[CHECK_CHILD_ENV] = "1"
+    try:
+        done = subprocess.run(args, cwd=pconfig.invocation_params.dir, env=env, stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=600, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"could not run it: {exc}"
+    found = trace_path(directory, item.nodeid, seed)
+    if not found.exists():
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+        return f"it wrote no trace (exit code {done.returncode}; {shlex.join(args)}):\n{tail}"
+    return found
+
+
+def _check_determinism(item: pytest.Function, state: State, seed: int, config: deterministic.Config,
+                       make_main: Any, first: engine.RunResult, every: int, note: ItemRun) -> None:
+    """Run the seed again in this process (wall clock, global random, ...) and in a fresh
+    process with another PYTHONHASHSEED (set and dict order of str/bytes); fail naming the
+    first event that differs and its kind, with both traces written."""
+    settings = state.settings
+    second = engine.run_deterministic(config, make_main(), record=True, checkpoint_every=every)
+    one, two = _as_trace(first, item, seed, config), _as_trace(second, item, seed, config)
+    if one is None or two is None:
+        problem = _compare_runs(first, second)
+        if problem is not None:
+            pytest.fail(f"nondeterministic: seed {seed} ran twice and the runs differ: {problem}", pytrace=False)
+    else:
+        where = first_divergence(one, two)
+        if where is not None:
+            paths = _write_pair(settings, item, seed, one, two, "rerun")
+            pytest.fail(
+                f"nondeterministic: seed {seed} ran twice in this process and the runs differ; the first difference "
+                f"is a {_kind(where)}: {where.message}. Something outside the runtime's control feeds the run "
+                f"(the wall clock such as time.time(), the global random module, os.urandom, threads). {paths}",
+                pytrace=False)
+    if one is None:
+        return  # nothing recorded to compare with another process
+    ours, theirs, random_note = _hash_seeds()
+    with tempfile.TemporaryDirectory(prefix="cw-check-") as tmp:
+        found = _other_process(item, state, seed, config, theirs, Path(tmp))
+        if isinstance(found, str):
+            pytest.fail(f"--cw-check-determinism: the run of seed {seed} in another process (PYTHONHASHSEED={theirs}) "
+                        f"failed to produce a trace to compare with: {found}", pytrace=False)
+        try:
+            other = load_trace(found)
+        except TraceError as exc:
+            pytest.fail(f"--cw-check-determinism: the other process's trace cannot be read: {exc}", pytrace=False)
+        where = first_divergence(one, other)
+        if where is None:
+            note.lines.append(f"determinism check: seed {seed} ran the same in this process and in another process "
+                              f"(PYTHONHASHSEED {ours} vs {theirs})")
+            return
+        paths = _write_pair(settings, item, seed, one, found, "other-process")
+    pytest.fail(
+        f"nondeterministic: seed {seed} differs across processes; the first difference is a {_kind(where)}: "
+        f"{where.message}. The rerun in this process agreed; this process ran with PYTHONHASHSEED={ours}, the other "
+        f"with PYTHONHASHSEED={theirs}{random_note}, so the cause is most likely hash-order dependence: iterating a "
+        f"set (or a dict built from a set) of str/bytes, whose order changes with PYTHONHASHSEED; iterate sorted(...) "
+        f"instead. {paths}",
+        pytrace=False)
 
 
 def _run_replay(item: pytest.Function, state: State, make_main: Any, note: ItemRun) -> None:

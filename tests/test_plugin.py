@@ -358,7 +358,7 @@ def test_check_determinism(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(NONDETERMINISTIC)
     result = pytester.runpytest(*QUIET, "--cw-check-determinism", "--cw-seeds=2")
     result.assert_outcomes(passed=2, failed=2)
-    result.stdout.fnmatch_lines(["*test_global_random[[]seed=0[]]*", "nondeterministic: seed 0 ran twice*first divergent step*"])
+    result.stdout.fnmatch_lines(["*test_global_random[[]seed=0[]]*", "nondeterministic: seed 0 ran twice in this process*first divergence at step*"])
     # Without the option each run is judged alone: both pass.
     pytester.runpytest(*QUIET, "--cw-seeds=2").assert_outcomes(passed=4)
 

@@ -1,0 +1,80 @@
+"""--cw-check-determinism: the seed again in this process and in a fresh process with another PYTHONHASHSEED."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+QUIET = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest")
+
+SET_ORDER = """
+async def test_set_order(deterministic_context):
+    async def worker(ctx):
+        await ctx.sleep(0.001)
+    names = {f"node_{i}" for i in range(24)}
+    handles = [deterministic_context.with_label(name).spawn(worker) for name in names]
+    for h in handles:
+        await h
+"""
+
+WALL_CLOCK = """
+import time
+
+async def test_wall_clock(deterministic_context):
+    async def worker(ctx):
+        await ctx.sleep(time.time() % 1)
+    handles = [deterministic_context.with_label(f"w{i}").spawn(worker) for i in range(3)]
+    for h in handles:
+        await h
+"""
+
+DETERMINISTIC = """
+async def test_sorted_set(deterministic_context):
+    async def worker(ctx):
+        await ctx.sleep(ctx.rng.random())
+    names = {f"node_{i}" for i in range(24)}
+    handles = [deterministic_context.with_label(name).spawn(worker) for name in sorted(names)]
+    for h in handles:
+        await h
+"""
+
+
+def test_set_iteration_fails_across_processes(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(SET_ORDER)
+    result = pytester.runpytest(*QUIET, "--cw-check-determinism")
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    assert "differs across processes" in out
+    assert "PYTHONHASHSEED" in out and "hash-order" in out
+    assert "The rerun in this process agreed" in out
+    assert "scheduling decision" in out or "label" in out
+    traces = sorted(p.name for p in (pytester.path / "traces").iterdir())
+    assert any(name.endswith(".other-process.yaml") for name in traces), traces
+    assert len(traces) == 2, traces
+    # Without the check, each run passes.
+    pytester.runpytest(*QUIET).assert_outcomes(passed=1)
+
+
+def test_wall_clock_fails_in_process(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(WALL_CLOCK)
+    result = pytester.runpytest(*QUIET, "--cw-check-determinism")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*nondeterministic: seed 0 ran twice in this process*first difference is a "
+                                 "virtual time*first divergence at step*wall clock*"])
+    assert "PYTHONHASHSEED" not in result.stdout.str()
+    traces = sorted(p.name for p in (pytester.path / "traces").iterdir())
+    assert any(name.endswith(".rerun.yaml") for name in traces), traces
+
+
+def test_deterministic_test_passes(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(DETERMINISTIC)
+    result = pytester.runpytest(*QUIET, "--cw-check-determinism", "--cw-seeds=2")
+    result.assert_outcomes(passed=2)
+    assert not (pytester.path / "traces").exists() or not list((pytester.path / "traces").iterdir())
+
+
+def test_ini_check_is_not_inherited_by_the_child(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\ncw_check_determinism = true\n")
+    pytester.makepyfile(DETERMINISTIC)
+    pytester.runpytest(*QUIET).assert_outcomes(passed=1)
