@@ -74,7 +74,7 @@ class _Worker:
         self.job: tuple[Callable[..., Any], tuple[Any, ...]] | None = None
         self.result: Any = None
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._main, name="commonware-blocking", daemon=True)
+        self.thread = threading.Thread(target=self._main, name="commonware-sim-blocking", daemon=True)
         self.thread.start()
 
     def _main(self) -> None:
