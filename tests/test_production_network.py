@@ -741,6 +741,6 @@ def test_load_1000_connections_echo_100_messages(run: Run) -> None:
         expected = 2 * (payload + 4 * connections * messages)  # both directions, headers included
         assert counters.network["bytes_sent"] == expected
         assert counters.network["bytes_received"] == expected
-        assert elapsed < 20.0
+        assert elapsed < 100.0  # what is checked is that nothing is lost; the bound only catches a hang
 
-    run(main, limit=25.0)
+    run(main, limit=120.0)
