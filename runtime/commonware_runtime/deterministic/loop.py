@@ -421,16 +421,21 @@ class EventLoop(asyncio.BaseEventLoop):
             handle._run()
 
     def _run_batch_random(self, batch: list[asyncio.Handle]) -> None:
-        # strategies.Random.arrive/choose inlined on the batch itself (the same draws).
-        if len(batch) > WINDOW:
-            self._run_batch_windowed(batch)
-            return
+        # strategies.Random.arrive/choose inlined on the batch itself (the same draws): the
+        # choice is among the WINDOW oldest remaining callbacks, the whole batch in a round of
+        # up to WINDOW; the next oldest refills the window as it empties.
         rand = self._scheduler.random
         record = self._decisions.append
         task_type = _Task
+        total = len(batch)
+        rest = None
+        if total > WINDOW:
+            rest = batch[WINDOW:]
+            rest.reverse()  # popped from the end: oldest first
+            del batch[WINDOW:]
+        self._seq += total
+        self.steps += total
         n = len(batch)
-        self._seq += n
-        self.steps += n
         while n:
             if n == 1:
                 handle = batch.pop()
@@ -440,7 +445,10 @@ class EventLoop(asyncio.BaseEventLoop):
                 last = batch.pop()
                 if last is not handle:
                     batch[i] = last
-            n -= 1
+            if rest:
+                batch.append(rest.pop())
+            else:
+                n -= 1
             if handle._cancelled:
                 record(LOOP_CALLBACK)
                 continue
@@ -448,42 +456,6 @@ class EventLoop(asyncio.BaseEventLoop):
             owner = getattr(callback, "__self__", None)
             record(owner._cw_id if type(owner) is task_type else LOOP_CALLBACK)
             # Handle._run inlined: one Python frame less per decision.
-            try:
-                handle._context.run(callback, *handle._args)  # type: ignore[attr-defined]
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                self._callback_failed(handle, exc)
-
-    def _run_batch_windowed(self, batch: list[asyncio.Handle]) -> None:
-        """A round larger than the strategies' window: strategies.Random's choice among the
-        ``WINDOW`` oldest remaining callbacks, inlined like ``_run_batch_random``."""
-        rand = self._scheduler.random
-        record = self._decisions.append
-        task_type = _Task
-        window = batch[:WINDOW]
-        rest = batch[WINDOW:]
-        rest.reverse()  # popped from the end: oldest first
-        self._seq += len(batch)
-        self.steps += len(batch)
-        while window:
-            n = len(window)
-            if n == 1:
-                handle = window.pop()
-            else:
-                i = int(rand() * n)
-                handle = window[i]
-                last = window.pop()
-                if last is not handle:
-                    window[i] = last
-            if rest:
-                window.append(rest.pop())
-            if handle._cancelled:
-                record(LOOP_CALLBACK)
-                continue
-            callback = handle._callback  # type: ignore[attr-defined]
-            owner = getattr(callback, "__self__", None)
-            record(owner._cw_id if type(owner) is task_type else LOOP_CALLBACK)
             try:
                 handle._context.run(callback, *handle._args)  # type: ignore[attr-defined]
             except (SystemExit, KeyboardInterrupt):
