@@ -654,3 +654,20 @@ def test_create_task_names_a_task_factory_task() -> None:
             loop.run_until_complete(task)
         finally:
             loop.close()
+
+
+def test_polling_the_clock_with_tiny_sleeps_ends() -> None:
+    """A positive delay is never 0 ns (found by aiometer's rate limiter: sleep(t - loop.time())
+    could round to 0 and spin at one instant forever)."""
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        for _ in range(3):
+            target = loop.time() + 1 / 30
+            while loop.time() < target:
+                await asyncio.sleep(target - loop.time())
+        await asyncio.sleep(3e-10)  # under a nanosecond: still moves the clock
+        return loop.time()
+
+    for ordering in ("fifo", "any"):
+        assert 0.1 <= run(main, ordering=ordering) < 0.1 + 1e-6

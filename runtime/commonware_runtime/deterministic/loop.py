@@ -149,14 +149,20 @@ class EventLoop(asyncio.BaseEventLoop):
     def call_at(self, when: float, callback: Callable[..., object], *args: Any, context: Any = None) -> asyncio.TimerHandle:  # type: ignore[override]
         if when is None:
             raise TypeError("when cannot be None")
-        return self.call_at_ns(seconds_to_ns(when), callback, *args, context=context)
+        when_ns = seconds_to_ns(when)
+        if when_ns <= self._now_ns and when > self.time():  # later than now, if only by rounding
+            when_ns = self._now_ns + 1
+        return self.call_at_ns(when_ns, callback, *args, context=context)
 
     def call_later(self, delay: float, callback: Callable[..., object], *args: Any, context: Any = None) -> asyncio.TimerHandle:  # type: ignore[override]
         # Relative to the exact integer clock (asyncio's version goes through float time()),
         # so sleep(d) wakes at now + d to the nanosecond.
         if delay is None:
             raise TypeError("delay must not be None")
-        when_ns = self._now_ns + (seconds_to_ns(delay) if delay > 0 else 0)
+        # A positive delay is at least 1 ns: rounded to 0 it would be due now, and a task that
+        # sleeps until loop.time() reaches a float deadline would spin at one instant forever
+        # (on a real loop time passes; aiometer's rate limiter does exactly this).
+        when_ns = self._now_ns + (max(1, seconds_to_ns(delay)) if delay > 0 else 0)
         if callback is _SET_RESULT_UNLESS_CANCELLED and context is None and len(args) == 2:
             # asyncio.sleep's timer: resolving a future needs no context copy nor Handle.
             if self._closed:  # type: ignore[attr-defined]
