@@ -29,16 +29,16 @@ Usage::
     .venv/bin/python benchmarks/third_party_asyncio.py --libs aiolimiter --seeds 0 --verbose
     .venv/bin/python benchmarks/third_party_asyncio.py --markdown            # the table for docs
 
-Known loop bug found this way (aiometer's ``TestMaxPerSecond`` at 30 and 70 per second hang
-on ours): ``asyncio.sleep(d)`` with ``0 < d < 0.5 ns`` does not move the virtual clock
-(``seconds_to_ns`` rounds it to 0), and a wake-up may land up to 0.5 ns before a float
-deadline, so "sleep until the deadline" spins at one instant forever::
+A loop bug found this way, since fixed (aiometer's ``TestMaxPerSecond`` at 30 and 70 per
+second hung on ours): ``asyncio.sleep(d)`` with ``0 < d < 0.5 ns`` did not move the virtual
+clock (rounded to 0 ns), and a wake-up may land up to 0.5 ns before a float deadline, so
+"sleep until the deadline" spun at one instant forever::
 
     async def main():
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 1 / 30          # not a whole number of nanoseconds
         while loop.time() < deadline:            # one round on stock asyncio
-            await asyncio.sleep(deadline - loop.time())   # ours: 3.3e-10 s, forever
+            await asyncio.sleep(deadline - loop.time())   # was: 3.3e-10 s, forever
 
 Network is needed only for the first run (PyPI: the sdists, the scratch venv's packages);
 later runs reuse ``--cache`` (default ``/tmp/commonware-third-party``).
@@ -97,11 +97,6 @@ _MOCKED_CLOCK = (
     "expects timers to fire by the fake clock; stock BaseEventLoop._run_once reads self.time(), the "
     "deterministic loop keeps its own virtual clock (not a documented asyncio guarantee)"
 )
-_SUBNANOSECOND_SLEEP = (
-    "asyncio.sleep(d) with 0 < d < 0.5 ns (a deadline minus loop.time() after a rounded wake-up) "
-    "does not move the virtual clock, so aiometer's rate limiter ('sleep until now >= next start') "
-    "spins at one instant forever (benchmarks/third_party_asyncio.py's docstring has the repro)"
-)
 
 LIBRARIES: dict[str, Library] = {
     lib.name: lib
@@ -134,7 +129,6 @@ LIBRARIES: dict[str, Library] = {
             # anyio's pytest plugin parametrizes asyncio and trio; only asyncio is ours to run
             pytest_args=["-o", "asyncio_default_fixture_loop_scope=function", "-k", "not trio"],
             runner="anyio pytest plugin, asyncio backend",
-            known_bugs={"TestMaxPerSecond": _SUBNANOSECOND_SLEEP},
         ),
     )
 }
