@@ -32,8 +32,7 @@ from typing import Any
 from ..arguments import NS_PER_SECOND, Duration, seconds_to_ns
 from ..auditor import Auditor
 from ..errors import RuntimeStalled, RuntimeTimeout
-from .strategies import LOOP_CALLBACK, ORDERINGS, WINDOW, Strategy, make_strategy
-from .strategies import Random as _RANDOM
+from .strategies import LOOP_CALLBACK, ORDERINGS, WINDOW, Random as _RANDOM, Strategy, make_strategy
 from .trace import Replayer as _Replay
 
 __all__ = ["EventLoop", "UnsupportedOperation", "derive_seed", "MARK_TIME", "MARK_SPAWN"]

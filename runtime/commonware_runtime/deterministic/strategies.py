@@ -34,8 +34,6 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from asyncio import Task as _TASK
-
 if TYPE_CHECKING:
     import asyncio
 
@@ -212,8 +210,8 @@ class _Priorities(BaseStrategy):
         heapq.heappush(self._heap, (key, seq, tid))
 
     def arrive(self, seq: int, handle: asyncio.Handle) -> None:
-        owner = getattr(handle._callback, "__self__", None)  # type: ignore[attr-defined]
-        tid = getattr(owner, "_cw_id", LOOP_CALLBACK) if isinstance(owner, _TASK) else LOOP_CALLBACK
+        # Only the loop's own tasks carry a stable id; any other callback is a loop callback.
+        tid = getattr(getattr(handle._callback, "__self__", None), "_cw_id", LOOP_CALLBACK)  # type: ignore[attr-defined]
         if len(self._heap) < WINDOW and not self._queue:
             self._push(seq, tid)
         else:
@@ -227,11 +225,7 @@ class _Priorities(BaseStrategy):
         _, seq, tid = heapq.heappop(self._heap)
         if self._queue:
             self._push(*self._queue.popleft())
-        self.ran(step, tid)
         return seq
-
-    def ran(self, step: int, tid: int) -> None:
-        """Told which task runs at ``step`` (PCT changes priorities here)."""
 
 
 class PCT(_Priorities):
