@@ -32,7 +32,7 @@ from typing import Any
 from ..arguments import NS_PER_SECOND, Duration, seconds_to_ns
 from ..auditor import Auditor
 from ..errors import RuntimeStalled, RuntimeTimeout
-from .strategies import LOOP_CALLBACK, ORDERINGS, WINDOW, Random as _RANDOM, Strategy, make_strategy
+from .strategies import LOOP_CALLBACK, ORDERINGS, WINDOW, Random as _RANDOM, Strategy, Swarm, make_strategy
 from .trace import Replayer as _Replay
 
 __all__ = ["EventLoop", "UnsupportedOperation", "derive_seed", "MARK_TIME", "MARK_SPAWN"]
@@ -134,6 +134,10 @@ class EventLoop(asyncio.BaseEventLoop):
         self._busy = 0  # consecutive busy rounds at this instant (see SPIN_ROUNDS)
         self._round_batch: list[asyncio.Handle] = []  # a round's callbacks while an observer looks at them
         self.strategy.begin(self._scheduler, self)
+        if isinstance(self.strategy, Swarm):
+            # Swarm only picks a strategy per run: the loop asks that one directly (a call
+            # less per decision, and the inlined round when the pick is random).
+            self._chooser = self.strategy.inner
         self._select_runner()
 
     # -- time -----------------------------------------------------------------------------
@@ -404,11 +408,11 @@ class EventLoop(asyncio.BaseEventLoop):
     def _select_runner(self) -> None:
         """The plain seeded runs use an inlined runner; anything else (other strategies,
         recording, replay) the general one, which makes exactly the same choices."""
-        if self.observer is None and not self._pending:
-            if self._fifo:
+        if not self._pending:
+            if self.observer is None and self._fifo:
                 self._run_batch = self._run_batch_fifo
                 return
-            if type(self._chooser) is _RANDOM:
+            if type(self._chooser) is _RANDOM and not self._fifo and not isinstance(self.observer, _Replay):
                 self._run_batch = self._run_batch_random
                 return
         self._run_batch = self._run_batch_chosen
@@ -428,38 +432,67 @@ class EventLoop(asyncio.BaseEventLoop):
     def _run_batch_random(self, batch: list[asyncio.Handle]) -> None:
         # strategies.Random.arrive/choose inlined on the batch itself (the same draws): the
         # choice is among the WINDOW oldest remaining callbacks, the whole batch in a round of
-        # up to WINDOW; the next oldest refills the window as it empties.
+        # up to WINDOW; the next oldest refills the window as it empties.  Under a recorder,
+        # ``seqs`` mirrors every move of ``batch`` so that each pick is known by its seq.
         rand = self._scheduler.random
         record = self._decisions.append
         task_type = _Task
         total = len(batch)
+        base = self._seq
+        self._seq += total
+        picks, ids, _ = self._observed
+        seqs = rest_seqs = None
+        if picks is not None:
+            self._round_batch = batch
+            self.observer.round(self.steps, self._now_ns, self)
+            self._round_batch = []
+            seqs = list(range(base + 1, base + 1 + total))
         rest = None
         if total > WINDOW:
             rest = batch[WINDOW:]
             rest.reverse()  # popped from the end: oldest first
             del batch[WINDOW:]
-        self._seq += total
+            if seqs is not None:
+                rest_seqs = seqs[WINDOW:]
+                rest_seqs.reverse()
+                del seqs[WINDOW:]
         self.steps += total
+        seq = 0
         n = len(batch)
         while n:
             if n == 1:
                 handle = batch.pop()
+                if seqs is not None:
+                    seq = seqs.pop()
             else:
                 i = int(rand() * n)
                 handle = batch[i]
                 last = batch.pop()
                 if last is not handle:
                     batch[i] = last
+                if seqs is not None:
+                    seq = seqs[i]
+                    seqs[i] = seqs[-1]
+                    seqs.pop()
             if rest:
                 batch.append(rest.pop())
+                if rest_seqs is not None:
+                    seqs.append(rest_seqs.pop())  # type: ignore[union-attr]
             else:
                 n -= 1
             if handle._cancelled:
                 record(LOOP_CALLBACK)
+                if picks is not None:
+                    picks(seq)
+                    ids(LOOP_CALLBACK)
                 continue
             callback = handle._callback  # type: ignore[attr-defined]
             owner = getattr(callback, "__self__", None)
-            record(owner._cw_id if type(owner) is task_type else LOOP_CALLBACK)
+            tid = owner._cw_id if type(owner) is task_type else LOOP_CALLBACK
+            record(tid)
+            if picks is not None:
+                picks(seq)
+                ids(tid)
             # Handle._run inlined: one Python frame less per decision.
             try:
                 handle._context.run(callback, *handle._args)  # type: ignore[attr-defined]

@@ -185,47 +185,87 @@ class _Priorities(BaseStrategy):
     """Highest priority first among everything ready; ties by age.  After ``fair_after``
     decisions the oldest ready callback runs, whatever its priority (the fair fallback:
     a program that ends under fair scheduling still ends, e.g. one that spins on
-    ``sleep(0)`` until a held-back task has run)."""
+    ``sleep(0)`` until a held-back task has run).
+
+    A subclass says a task's priority with ``new_key`` (the heap key: lower runs first),
+    which may store it in ``_keys`` to keep it for the task's later callbacks.
+    """
 
     holds_back = True
 
     def __init__(self, fair_after: int) -> None:
         super().__init__()
         self.fair_after = fair_after
-        self._heap: list[tuple[float, int, int]] = []  # the window: (-priority, seq, task id)
+        self._keys: dict[int, float] = {}  # task id -> its heap key, for keys that stay
+        # The window: a heap of (key, seq, task id), plus the front entry, lower than all of
+        # the heap's.  A task that keeps the highest priority (PCT's usual case) re-enters
+        # at the front after each step and runs again without touching the heap.
+        self._heap: list[tuple[float, int, int]] = []
+        self._front: tuple[float, int, int] | None = None
         self._queue: deque[tuple[int, int]] = deque()  # (seq, task id) beyond the window
-        self._fair = False
+        self._fair: deque[int] | None = None  # once fair: every pending seq, oldest first
 
     def begin(self, rng: random.Random, loop: EventLoop) -> None:
         super().begin(rng, loop)
+        self._keys = {}
         self._heap = []
+        self._front = None
         self._queue = deque()
-        self._fair = False
+        self._fair = None
 
-    def priority(self, tid: int) -> float:
+    def new_key(self, tid: int) -> float:
         raise NotImplementedError
 
-    def _push(self, seq: int, tid: int) -> None:
-        key = 0.0 if self._fair else -self.priority(tid)
-        heapq.heappush(self._heap, (key, seq, tid))
-
     def arrive(self, seq: int, handle: asyncio.Handle) -> None:
+        if self._fair is not None:
+            self._fair.append(seq)
+            return
         # Only the loop's own tasks carry a stable id; any other callback is a loop callback.
         tid = getattr(getattr(handle._callback, "__self__", None), "_cw_id", LOOP_CALLBACK)  # type: ignore[attr-defined]
-        if len(self._heap) < WINDOW and not self._queue:
-            self._push(seq, tid)
-        else:
+        if self._queue or len(self._heap) + (self._front is not None) >= WINDOW:
             self._queue.append((seq, tid))
+        else:
+            self._enter(seq, tid)
+
+    def _enter(self, seq: int, tid: int) -> None:
+        key = self._keys.get(tid)
+        entry = (self.new_key(tid) if key is None else key, seq, tid)
+        front = self._front
+        if front is None:
+            heap = self._heap
+            if heap and heap[0] < entry:
+                heapq.heappush(heap, entry)
+            else:
+                self._front = entry
+        elif entry < front:
+            heapq.heappush(self._heap, front)
+            self._front = entry
+        else:
+            heapq.heappush(self._heap, entry)
 
     def choose(self, step: int) -> int:
-        if step >= self.fair_after and not self._fair:
-            self._fair = True
-            self._heap = [(0.0, seq, tid) for _, seq, tid in self._heap]
-            heapq.heapify(self._heap)
-        _, seq, tid = heapq.heappop(self._heap)
-        if self._queue:
-            self._push(*self._queue.popleft())
-        return seq
+        fair = self._fair
+        if fair is None:
+            if step < self.fair_after:
+                seq = self._pop()
+                if self._queue:
+                    self._enter(*self._queue.popleft())
+                return seq
+            # Arrivals are always newer than everything pending, so oldest-first is a queue.
+            entries = self._heap if self._front is None else [self._front, *self._heap]
+            fair = self._fair = deque(sorted(seq for _, seq, _ in entries))
+            fair.extend(seq for seq, _ in self._queue)
+            self._heap = []
+            self._front = None
+            self._queue.clear()
+        return fair.popleft()
+
+    def _pop(self) -> int:
+        front = self._front
+        if front is None:
+            return heapq.heappop(self._heap)[1]
+        self._front = None
+        return front[1]
 
 
 class PCT(_Priorities):
@@ -251,7 +291,6 @@ class PCT(_Priorities):
         self.depth = depth
         self.horizon = horizon
         self.name = f"pct:{depth}" if horizon is None else f"pct:{depth}:{horizon}"
-        self._prio: dict[int, float] = {}
         self._changes: dict[int, int] = {}
         self._contested = 0
         self.run_horizon = horizon or 0
@@ -263,44 +302,29 @@ class PCT(_Priorities):
         self.run_horizon = horizon
         self.chosen = f"pct:{self.depth}:{horizon}"
         self.fair_after = max(8 * horizon, 2000)
-        self._prio = {}
+        self._keys[LOOP_CALLBACK] = -math.inf
         self._changes = {}
         self._contested = 0
         for i in range(1, self.depth):
             self._changes.setdefault(1 + int(rng.random() * horizon), i)
 
-    def priority(self, tid: int) -> float:
-        if tid == LOOP_CALLBACK:
-            return math.inf
-        prio = self._prio.get(tid)
-        if prio is None:
-            prio = self._prio[tid] = self.depth + self.rng.random()
-        return prio
+    def new_key(self, tid: int) -> float:
+        key = self._keys[tid] = -(self.depth + self.rng.random())
+        return key
 
-    def arrive(self, seq: int, handle: asyncio.Handle) -> None:
-        # _Priorities.arrive with priority() inlined: this runs once per decision.
-        tid = getattr(getattr(handle._callback, "__self__", None), "_cw_id", None)  # type: ignore[attr-defined]
-        if tid is not None and not self._fair and len(self._heap) < WINDOW and not self._queue:
-            prio = self._prio.get(tid)
-            if prio is None:
-                prio = self._prio[tid] = self.depth + self.rng.random()
-            heapq.heappush(self._heap, (-prio, seq, tid))
+    def _pop(self) -> int:
+        front = self._front
+        contested = bool(self._heap) if front is not None else len(self._heap) > 1
+        if front is None:
+            _, seq, tid = heapq.heappop(self._heap)
         else:
-            super().arrive(seq, handle)
-
-    def choose(self, step: int) -> int:
-        heap = self._heap
-        if self._fair or step >= self.fair_after:
-            return super().choose(step)
-        change = None
-        if len(heap) > 1:  # only a contested decision is a step of the PCT bound
+            self._front = None
+            _, seq, tid = front
+        if contested:  # only a contested decision is a step of the PCT bound
             self._contested += 1
             change = self._changes.get(self._contested)
-        _, seq, tid = heapq.heappop(heap)
-        if change is not None and tid != LOOP_CALLBACK:
-            self._prio[tid] = float(change)
-        if self._queue:
-            self._push(*self._queue.popleft())
+            if change is not None and tid != LOOP_CALLBACK:
+                self._keys[tid] = -float(change)
         return seq
 
 
@@ -315,8 +339,8 @@ class POS(_Priorities):
     def __init__(self, fair_after: int = 20_000) -> None:
         super().__init__(fair_after=fair_after)
 
-    def priority(self, tid: int) -> float:
-        return self.rng.random()
+    def new_key(self, tid: int) -> float:
+        return -self.rng.random()
 
 
 class RankStrategy(BaseStrategy):
