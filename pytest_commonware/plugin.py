@@ -75,6 +75,10 @@ class State:
     sources: dict[str, str] = field(default_factory=dict)  # option -> where its value came from
     first_failures: dict[tuple[str, str], str] = field(default_factory=dict)  # (type, place) -> first node id
     full_tracebacks: bool = False  # --cw-full-tracebacks or -v: no failure is shortened
+    # The traces directory's file names when first looked at, plus the traces written since:
+    # a passing item prunes its old trace only if one is there, so a sweep over a clean
+    # directory costs no system call per item.
+    trace_names: set[str] | None = None
 
 
 @dataclass
@@ -671,6 +675,8 @@ def _run_seed(item: pytest.Function, state: State, seed: int, marker: MarkerArgs
         try:
             trace = trace_from_schedule(result.schedule, test=item.nodeid, seed=seed, config=config.to_dict())
             path = write_trace(trace_path(settings.traces_dir, item.nodeid, seed), trace)
+            if state.trace_names is not None:
+                state.trace_names.add(path.name)
         except (OSError, ValueError) as exc:
             note.lines.append(f"could not write the trace: {exc}")
         else:
@@ -706,8 +712,19 @@ def _prune_trace(item: pytest.Item, state: State, seed: int) -> None:
     """The item passed: an old failure trace of it would only mislead (unless --cw-keep-traces)."""
     if state.settings.keep_traces:
         return
+    names = state.trace_names
+    if names is None:
+        try:
+            names = set(os.listdir(state.settings.traces_dir))
+        except OSError:  # no traces directory yet
+            names = set()
+        state.trace_names = names
+    if not names:
+        return
     try:
-        remove_failure_trace(trace_path(state.settings.traces_dir, item.nodeid, seed))
+        path = trace_path(state.settings.traces_dir, item.nodeid, seed)
+        if path.name in names and remove_failure_trace(path):
+            names.discard(path.name)
     except (OSError, ValueError):
         pass  # a trace that cannot be removed is no reason to fail a passing test
 

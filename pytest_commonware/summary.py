@@ -174,14 +174,19 @@ def _percent(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+# One pattern for every seed: a pattern per seed would be compiled anew for each item of a sweep.
+_SEED_PARAM = re.compile(r"(^|-)seed=(\d+)(?=-|$)")
+_DASHES = re.compile(r"--+")
+
+
 def group_of(nodeid: str, seed: int) -> str:
     """The test a seed's node id belongs to: the id without its seed parameter."""
     head, bracket, params = nodeid.partition("[")
     if not bracket:
         return nodeid
     params = params[:-1] if params.endswith("]") else params
-    rest = re.sub(rf"(^|-)seed={seed}(?=-|$)", r"\1", params)
-    rest = re.sub(r"--+", "-", rest).strip("-")
+    rest = _SEED_PARAM.sub(lambda m: m.group(1) if m.group(2) == str(seed) else m.group(0), params)
+    rest = _DASHES.sub("-", rest).strip("-")
     return f"{head}[{rest}]" if rest else head
 
 

@@ -1297,6 +1297,8 @@ def _round_of(schedule: Schedule, step: int) -> int:
 # file names
 
 _SAFE = re.compile(r"[^A-Za-z0-9._=-]")
+# One pattern for every seed (a pattern per seed would be compiled anew for each item of a sweep).
+_SEED_PARAM = re.compile(r"(?:^|-)(?:deterministic-)?seed=(\d+)(?=-|$)")
 _MAX_NAME = 150
 
 
@@ -1319,7 +1321,7 @@ def trace_path(directory: str | os.PathLike[str], nodeid: str, seed: int) -> Pat
     if cut >= 0 and nodeid.endswith("]"):
         base, params = nodeid[:cut], nodeid[cut + 1 : -1]
     # Drop the seed's parameter id ("seed=17", "deterministic-seed=17") from the ids.
-    params = re.sub(rf"(?:^|-)(?:deterministic-)?seed={seed}(?=-|$)", "", params).strip("-")
+    params = _SEED_PARAM.sub(lambda m: "" if m.group(1) == str(seed) else m.group(0), params).strip("-")
     name = "__".join(part.replace("\\", "/").replace("/", ".") for part in base.split("::"))
     if params:
         name += "__" + params
