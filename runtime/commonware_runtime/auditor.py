@@ -25,12 +25,16 @@ _EVENT_PREFIX = EVENT_MARK.to_bytes(4, "little")
 
 
 class Auditor:
-    __slots__ = ("_hash", "_decisions", "_events")
+    __slots__ = ("_hash", "_decisions", "_events", "trail")
 
     def __init__(self) -> None:
         self._hash = hashlib.sha256()
         self._decisions = array("I")
         self._events = 0
+        # When a list (the determinism check sets one through the recorder), every event also
+        # leaves its tag and a short digest of its fields here: two runs whose states part can
+        # then be compared event by event, to name the first event that differs and its kind.
+        self.trail: list[tuple[str, str]] | None = None
 
     # Exposed so the event loop can bind ``auditor.decision = arr.append`` style fast paths.
     @property
@@ -61,8 +65,11 @@ class Auditor:
                 parts.append(b"b")
             parts.append(len(data).to_bytes(8, "little"))
             parts.append(data)
-        self._hash.update(b"".join(parts))
+        data = b"".join(parts)
+        self._hash.update(data)
         self._events += 1
+        if self.trail is not None:
+            self.trail.append((tag, hashlib.sha256(data).hexdigest()[:16]))
 
     def state(self) -> str:
         """Hex digest of everything audited so far."""
@@ -75,4 +82,5 @@ class Auditor:
         other = Auditor()
         other._hash = self._hash.copy()
         other._events = self._events
+        other.trail = self.trail  # a restarted run goes on leaving its events in the same trail
         return other
