@@ -118,6 +118,138 @@ def test_start_cancels_tasks_still_running(runner_factory: Any) -> None:
     assert cancelled == ["lingering"]
 
 
+class EndOfRun:
+    """What a run leaves for the garbage collector: ``check()`` collects and asserts that
+    nothing was printed to stderr (Python's default unraisable hook, reinstated here because
+    pytest's own would turn it into a warning), logged by asyncio or the runtime, or warned."""
+
+    NOISE = ("Exception ignored", "Task was destroyed but it is pending", "was never awaited")
+
+    def __init__(self, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+        self._capfd = capfd
+        self._caplog = caplog
+
+    def check(self) -> None:
+        import sys
+        import warnings
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            previous = sys.unraisablehook
+            sys.unraisablehook = sys.__unraisablehook__
+            try:
+                gc.collect()
+            finally:
+                sys.unraisablehook = previous
+        err = self._capfd.readouterr().err
+        logged = [r.getMessage() for r in self._caplog.records if r.name == "asyncio"]
+        assert [word for word in self.NOISE if word in err] == [], err
+        assert logged == []
+        assert [str(w.message) for w in caught] == []
+
+
+@pytest.fixture
+def end_of_run(capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> EndOfRun:
+    gc.collect()  # what earlier tests left is not this test's
+    capfd.readouterr()
+    return EndOfRun(capfd, caplog)
+
+
+def _blocked_forever(events: list[str], coros: list[Any]) -> Any:
+    """A spawnable that waits on an Event nobody sets, noting its ``finally``."""
+
+    async def blocked() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            events.append("finally")
+
+    def spawnable(ctx: Any) -> Any:
+        coro = blocked()
+        coros.append(coro)
+        return coro
+
+    return spawnable
+
+
+def test_leftover_task_is_unwound_when_root_returns(runner_factory: Any, end_of_run: EndOfRun) -> None:
+    events: list[str] = []
+    coros: list[Any] = []
+
+    async def main(ctx: Any) -> str:
+        ctx.spawn(_blocked_forever(events, coros))
+        await ctx.sleep(0.01)
+        return "root"
+
+    assert runner_factory.run(main) == "root"
+    # Unwound before start() returned, not later by the garbage collector.
+    assert events == ["finally"]
+    assert [c.cr_frame for c in coros] == [None]
+    end_of_run.check()
+
+
+def test_leftover_task_is_unwound_when_root_raises(runner_factory: Any, end_of_run: EndOfRun) -> None:
+    events: list[str] = []
+    coros: list[Any] = []
+
+    async def main(ctx: Any) -> None:
+        ctx.spawn(_blocked_forever(events, coros))
+        await ctx.sleep(0.01)
+        ctx.spawn(_blocked_forever(events, coros))  # one that never ran a step
+        raise LookupError("root failed")
+
+    with pytest.raises(LookupError, match="root failed"):
+        runner_factory.run(main)
+    # The second task may or may not have taken its first step before the run ended: either
+    # way its coroutine is closed (a started one ran its finally).
+    assert events[:1] == ["finally"]
+    assert [c.cr_frame for c in coros] == [None, None]
+    end_of_run.check()
+
+
+def test_leftover_task_that_swallows_cancellation_is_closed(
+    runner_factory: Any, end_of_run: EndOfRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from commonware_runtime import production
+
+    monkeypatch.setattr(production.Runner, "CANCEL_GRACE", 0.05)  # three grace periods, not three seconds
+    events: list[str] = []
+    coros: list[Any] = []
+
+    async def stubborn() -> None:
+        try:
+            while True:
+                try:
+                    await asyncio.Event().wait()
+                except asyncio.CancelledError:
+                    events.append("swallowed")
+        finally:
+            events.append("finally")
+
+    async def spawner_in_finally(c: Any) -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            # Unwinding spawns another task: it is ended too, not left behind.
+            c.spawn(_blocked_forever(events, coros))
+
+    def spawnable(ctx: Any) -> Any:
+        coro = stubborn()
+        coros.append(coro)
+        return coro
+
+    async def main(ctx: Any) -> str:
+        ctx.spawn(spawnable)
+        ctx.spawn(spawner_in_finally)
+        await ctx.sleep(0.01)
+        return "root"
+
+    assert runner_factory.run(main) == "root"
+    assert events.count("finally") == 2 and "swallowed" in events
+    assert [c.cr_frame for c in coros] == [None, None]
+    end_of_run.check()
+
+
 # -- spawn family ----------------------------------------------------------------------
 
 

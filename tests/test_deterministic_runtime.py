@@ -400,6 +400,91 @@ def test_replay_divergence_teardown_is_clean(leftovers: Leftovers) -> None:
     leftovers.check()
 
 
+def stubborn_leftovers(events: list[str]) -> Callable[[deterministic.Context], Awaitable[None]]:
+    """A root that stalls while one task swallows every cancellation and another spawns a
+    task as it unwinds."""
+
+    async def main(ctx: deterministic.Context) -> None:
+        async def stubborn(c: deterministic.Context) -> None:
+            try:
+                while True:
+                    try:
+                        await asyncio.Event().wait()
+                    except asyncio.CancelledError:
+                        events.append("swallowed")
+            finally:
+                events.append("stubborn closed")
+
+        async def late(c: deterministic.Context) -> None:
+            try:
+                await asyncio.Event().wait()
+            finally:
+                events.append("late unwound")
+
+        async def spawner(c: deterministic.Context) -> None:
+            try:
+                await asyncio.Event().wait()
+            finally:
+                c.with_label("late").spawn(late)
+
+        ctx.with_label("stubborn").spawn(stubborn)
+        ctx.with_label("spawner").spawn(spawner)
+        await asyncio.Event().wait()
+
+    return main
+
+
+def test_stall_with_a_stubborn_task_is_clean(leftovers: Leftovers, caplog: pytest.LogCaptureFixture) -> None:
+    events: list[str] = []
+    _fail_run(deterministic.Runner(), stubborn_leftovers(events), RuntimeStalled)
+    # Cancelled three times (once per round), then closed; the task spawned while unwinding
+    # ran and was unwound in the next round: all before start() raised.
+    assert events.count("swallowed") == 3
+    assert "late unwound" in events and events[-1] == "stubborn closed"
+    assert [r.getMessage() for r in caplog.records if r.name == "commonware_runtime"] == [
+        "task 'stubborn' ignored 3 cancellations at the end of the run: closing its coroutine"
+    ]
+    caplog.clear()
+    leftovers.check()
+
+
+def test_teardown_after_the_root_returned_replays() -> None:
+    # The leftovers are ended on the recorded schedule (stable-id order, virtual grace
+    # periods): a replay makes the same decisions to the last step.
+    async def main(ctx: deterministic.Context) -> str:
+        events: list[str] = []
+        ctx.spawn(lambda c: stubborn_leftovers(events)(c))
+        await ctx.sleep(0.01)
+        return "root"
+
+    recorder = deterministic.Recorder()
+    first = deterministic.Runner(deterministic.Config(seed=5), recorder=recorder)
+    assert first.start(main) == "root"
+    assert recorder.schedule is not None
+    replayed = deterministic.Runner(deterministic.Config(seed=5), replay=recorder.schedule)
+    assert replayed.start(main) == "root"
+    assert replayed.steps == first.steps == recorder.schedule.steps
+
+
+def test_leftover_failing_while_unwound_is_raised(leftovers: Leftovers) -> None:
+    async def main(ctx: deterministic.Context) -> str:
+        async def bad(c: deterministic.Context) -> None:
+            try:
+                await asyncio.Event().wait()
+            finally:
+                raise LookupError("failed while unwinding")
+
+        ctx.spawn(bad)
+        await ctx.sleep(0.01)
+        return "root"
+
+    # catch_panics=False: the failure is the run's, as on production (not a RuntimeError
+    # about the loop that the panic stopped).
+    with pytest.raises(LookupError, match="failed while unwinding"):
+        deterministic.Runner().start(main)
+    leftovers.check()
+
+
 # -- crash checkpoints -----------------------------------------------------------------------
 
 

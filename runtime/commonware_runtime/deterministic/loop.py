@@ -32,6 +32,7 @@ from typing import Any
 from ..arguments import NS_PER_SECOND, Duration, seconds_to_ns
 from ..auditor import Auditor
 from ..errors import RuntimeStalled, RuntimeTimeout
+from ..tasks import is_runtime_plumbing
 from .strategies import LOOP_CALLBACK, ORDERINGS, WINDOW, Random as _RANDOM, Strategy, Swarm, make_strategy
 from .trace import Replayer as _Replay
 
@@ -683,12 +684,6 @@ class EventLoop(asyncio.BaseEventLoop):
 # A stall or timeout report lists this many tasks (the oldest first), then a count.
 _REPORT_TASKS = 50
 
-_LIBRARY_DIRS = (
-    os.path.dirname(asyncio.__file__) + os.sep,
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,
-)
-
-
 _Future = asyncio.Future
 _SET_RESULT_UNLESS_CANCELLED = asyncio.futures._set_result_unless_cancelled  # type: ignore[attr-defined]
 
@@ -770,7 +765,7 @@ def await_site(task: asyncio.Task[Any]) -> str:
         f = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None) or getattr(coro, "ag_frame", None)
         if f is not None:
             innermost = f
-            if not f.f_code.co_filename.startswith(_LIBRARY_DIRS):
+            if not is_runtime_plumbing(f.f_code.co_filename):
                 frame = f
         nxt = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None) or getattr(coro, "ag_await", None)
         if nxt is None or not isinstance(nxt, (types.CoroutineType, types.GeneratorType, types.AsyncGeneratorType)):

@@ -12,8 +12,7 @@ from typing import Any, TypeVar
 
 from ..arguments import NS_PER_SECOND, duration_ns, timestamp_ns
 from ..auditor import Auditor
-from ..errors import RuntimeStalled, RuntimeTimeout
-from ..tasks import Handle, discard_unstarted
+from ..tasks import Handle, cancel_leftovers, discard_unstarted
 from .blocking import DEFAULT_BLOCKING_TIMEOUT, check_blocking_timeout, set_blocking_timeout
 from .context import Context, DeterministicCore
 from .loop import EventLoop
@@ -125,19 +124,6 @@ class Checkpoint:
         return (timestamp_ns(self.config.start_time) + self.now_ns) / NS_PER_SECOND
 
 
-def _close_quietly(task: asyncio.Task[Any]) -> None:
-    """Close the coroutine of a task that would not unwind when cancelled (it swallowed the
-    cancellation and waits again): its frames are released now, deliberately."""
-    coro: Any = task.get_coro()
-    task._log_destroy_pending = False  # type: ignore[attr-defined]
-    try:
-        coro.close()
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as exc:  # noqa: BLE001 - reported: nothing is dropped silently
-        logger.warning("closing task %r that ignored cancellation raised %r", task.get_name(), exc)
-
-
 class Runner:
     """Runs one root task on a fresh deterministic runtime. A Runner is used once."""
 
@@ -240,7 +226,9 @@ class Runner:
         core.root = handle
         try:
             value = core.run_root(loop, main, Context(core, "", handle))
-            self._teardown(loop)
+            self._teardown(core)
+            if core.panic is not None:  # a leftover task failed while it was unwound
+                raise core.panic
             if self.replay is not None and loop.steps != self.replay.steps:
                 raise ReplayDivergence(
                     f"replay diverged: the run ended after {loop.steps} steps, the trace recorded {self.replay.steps}",
@@ -268,24 +256,10 @@ class Runner:
         )
 
     @staticmethod
-    def _teardown(loop: EventLoop, after_failure: bool = False) -> None:
-        """Cancel whatever still runs after the root returned (or the run failed), and let it
-        unwind: its ``finally`` blocks run on the loop, not later in the garbage collector."""
-        pending = loop.blocked_tasks()
-        if not pending:
-            return
-        for task in pending:
-            discard_unstarted(task)
-            task.cancel()
-        try:
-            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        except (RuntimeStalled, RuntimeTimeout) as exc:
-            # A task that refuses cancellation cannot be unwound; say so rather than hang.
-            if not after_failure:
-                logger.warning("tasks still running after the root finished could not be cancelled: %s", exc)
-        for task in pending:
-            if not task.done():
-                _close_quietly(task)
+    def _teardown(core: DeterministicCore) -> None:
+        """End whatever still runs after the root returned (or the run failed): cancelled in
+        stable-id order (cancelling wakes tasks, so the order is part of the schedule)."""
+        cancel_leftovers(core.loop, core, unfinished=core.loop.blocked_tasks)
 
     def _finish(self, core: DeterministicCore, error: BaseException | None) -> None:
         """Summarise the run, then close the loop without running anything that could count."""
@@ -302,11 +276,11 @@ class Runner:
                 schedule.error = {"type": type(error).__name__, "message": str(error)}
         loop.quiesce()
         if error is not None and not loop.is_closed() and not loop.is_running():
-            # What the failed run left suspended is cancelled and unwound now, with no
+            # What the failed run left suspended is cancelled and unwound now, with no run
             # deadline: left to the garbage collector, it would run its finally blocks
             # against a closed loop, at some later moment, in someone else's test.
-            self._teardown(loop, after_failure=True)
-        for task in asyncio.all_tasks(loop):
+            self._teardown(core)
+        for task in asyncio.all_tasks(loop):  # only a loop that could not be run has any left
             discard_unstarted(task, abandon=error is not None)
             task._log_destroy_pending = False  # type: ignore[attr-defined]
         if loop.is_closed():

@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
 
+from .. import tasks
 from ..arguments import NS_PER_SECOND, duration_ns
-from ..tasks import Handle, discard_unstarted
+from ..tasks import Handle
 from .context import Context, ProductionCore
 from .network import NetworkConfig
 
@@ -172,59 +173,6 @@ def _loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractEventLoop]:
     return uvloop.new_event_loop
 
 
-def _retrieve(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
-
-
-def _wait_done(loop: asyncio.AbstractEventLoop, tasks: list[asyncio.Task[Any]], timeout: float) -> None:
-    """Run the loop until every task in ``tasks`` is done or ``timeout`` real seconds passed
-    (without creating a task of its own, which would outlive a stopped loop)."""
-    remaining = {t for t in tasks if not t.done()}
-    if not remaining:
-        return
-    waiter = loop.create_future()
-
-    def done(task: asyncio.Task[Any]) -> None:
-        remaining.discard(task)
-        if not remaining and not waiter.done():
-            waiter.set_result(None)
-
-    def expire() -> None:
-        if not waiter.done():
-            waiter.set_result(None)
-
-    for task in remaining:
-        task.add_done_callback(done)
-    timer = loop.call_later(timeout, expire)
-    try:
-        loop.run_until_complete(waiter)
-    finally:
-        timer.cancel()
-        for task in tasks:
-            task.remove_done_callback(done)
-
-
-def _close_stubborn(task: asyncio.Task[Any], cancellations: int | None) -> None:
-    """Close the coroutine of a task that swallowed ``cancellations`` cancellations (or that
-    is left after every cancellation round): its ``finally`` blocks run now, and the task,
-    which can never finish, is dropped with the loop without a word (should what it awaits
-    still complete, the error of resuming a closed coroutine is retrieved, not logged)."""
-    if cancellations is not None:
-        logger.warning("task %r ignored %d cancellations at the end of the run: closing its coroutine",
-                       task.get_name(), cancellations)
-    task._log_destroy_pending = False  # type: ignore[attr-defined]
-    task.add_done_callback(_retrieve)
-    discard_unstarted(task, abandon=True)  # never started: closed without running its code
-    coro: Any = task.get_coro()
-    try:
-        coro.close()
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as exc:  # noqa: BLE001 - reported: nothing is dropped silently
-        logger.warning("closing task %r that ignored cancellation raised %r", task.get_name(), exc)
-
-
 class Runner:
     """Runs one root task on a fresh production runtime. A Runner is used once."""
 
@@ -361,61 +309,18 @@ class Runner:
             loop.close()
             self._context = None
 
+    # The bounds of ending the leftover tasks (tasks.cancel_leftovers), per runner class so a
+    # test can shorten them.
     #: Real seconds the tasks left at the end of a run get to unwind after each cancellation.
-    CANCEL_GRACE = 1.0
+    CANCEL_GRACE = tasks.CANCEL_GRACE
     #: Cancellations a task that swallows them gets before its coroutine is closed.
-    CANCEL_ATTEMPTS = 3
+    CANCEL_ATTEMPTS = tasks.CANCEL_ATTEMPTS
     #: Cancellation rounds (a cancelled task may spawn another) before the rest is closed.
-    CANCEL_ROUNDS = 100
+    CANCEL_ROUNDS = tasks.CANCEL_ROUNDS
 
     @classmethod
     def _cancel_all(cls, loop: asyncio.AbstractEventLoop, core: ProductionCore | None) -> None:
-        """Cancel whatever still runs, in rounds (a cancelled task may spawn another), until
-        every task is done.  A task that swallows ``CANCEL_ATTEMPTS`` cancellations (it
-        catches ``CancelledError`` and waits again) has its coroutine closed, so that the run
-        ends instead of hanging and nothing is left for the garbage collector."""
-        attempts: dict[asyncio.Task[Any], int] = {}
-        closed: set[asyncio.Task[Any]] = set()
-        for _ in range(cls.CANCEL_ROUNDS):
-            pending = [t for t in asyncio.all_tasks(loop) if not t.done() and t not in closed]
-            if not pending:
-                return
-            for task in pending:
-                tried = attempts.get(task, 0)
-                if tried >= cls.CANCEL_ATTEMPTS:
-                    _close_stubborn(task, tried)
-                    closed.add(task)
-                    continue
-                attempts[task] = tried + 1
-                discard_unstarted(task)
-                task.cancel()
-            try:
-                _wait_done(loop, pending, cls.CANCEL_GRACE)
-            except RuntimeError:
-                # A task panicked (catch_panics=False) while unwinding and stopped the loop.
-                if core is None or core.panic is None:
-                    raise
-                continue
-            for task in pending:
-                if not task.done() or task.cancelled():
-                    continue
-                result = task.exception()
-                if result is not None:
-                    # Runtime tasks report their own failures; only foreign tasks land here.
-                    loop.call_exception_handler(
-                        {"message": "task raised while the runtime shut down", "exception": result, "task": task}
-                    )
-        # Still spawning after every round: close what is left (closing may spawn again, once
-        # more per round; a task never started is closed without running any of its code).
-        for _ in range(cls.CANCEL_ROUNDS):
-            left = [t for t in asyncio.all_tasks(loop) if not t.done() and t not in closed]
-            if not left:
-                return
-            logger.warning("%d task(s) still running after %d cancellation rounds: closing their coroutines (%s)",
-                           len(left), cls.CANCEL_ROUNDS, ", ".join(repr(t.get_name()) for t in left[:10]))
-            for task in left:
-                _close_stubborn(task, None)
-                closed.add(task)
+        tasks.cancel_leftovers(loop, core, grace=cls.CANCEL_GRACE, attempts=cls.CANCEL_ATTEMPTS, rounds=cls.CANCEL_ROUNDS)
 
     @staticmethod
     def _run_closers(loop: asyncio.AbstractEventLoop, core: ProductionCore) -> None:

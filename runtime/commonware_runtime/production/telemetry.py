@@ -36,7 +36,7 @@ from typing import IO, Any
 
 from ..arguments import Address, format_address, parse_address
 from ..errors import BindFailed
-from ..tasks import drive
+from ..tasks import is_runtime_task
 from .context import Context, blocking_label
 
 __all__ = ["Telemetry", "JsonFormatter", "TextFormatter", "TaskFilter", "init", "CONTENT_TYPE"]
@@ -64,8 +64,7 @@ def current_task_label() -> str | None:
         return None
     if task is None:
         return None
-    coro = task.get_coro()
-    if getattr(coro, "cr_code", None) is not drive.__code__:
+    if not is_runtime_task(task):
         return None  # a plain asyncio task, not one of the runtime's
     return task.get_name() or "<unlabeled>"
 
