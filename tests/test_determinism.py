@@ -10,6 +10,7 @@ Python versions.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import json
 import os
@@ -168,29 +169,54 @@ def test_same_seed_across_processes_and_hash_seeds() -> None:
             assert theirs == mine, f"PYTHONHASHSEED={value}, strategy and ordering {combo}: diverged"
 
 
-def _python_versions() -> list[tuple[str, str]]:
-    """Interpreters to compare with: ``CW_PYTHONS`` (paths, separated by the path separator),
-    else ``python3.X`` on PATH, else a pyenv installation."""
+VERSIONS = ("3.11", "3.12", "3.13")
+
+
+def _version_of(python: str, env: dict[str, str] | None = None) -> str | None:
+    """``"3.12"`` for an interpreter that runs, else None (a missing file, a pyenv shim of
+    a version pyenv has not selected)."""
+    try:
+        out = subprocess.run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                             capture_output=True, text=True, env=env, timeout=60)
+    except OSError:
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _pyenv_python(version: str) -> str | None:
+    """``python3.X`` of a pyenv on PATH.  Its shims on PATH answer only for the versions it
+    has selected (``pyenv global``), so it is asked with every installed version selected."""
+    pyenv = shutil.which("pyenv")
+    if pyenv is None:
+        return None
+    installed = subprocess.run([pyenv, "versions", "--bare"], capture_output=True, text=True, timeout=60)
+    if installed.returncode != 0 or not installed.stdout.split():
+        return None
+    env = dict(os.environ, PYENV_VERSION=":".join(installed.stdout.split()))
+    found = subprocess.run([pyenv, "which", f"python{version}"], capture_output=True, text=True, env=env, timeout=60)
+    return (found.stdout.strip() or None) if found.returncode == 0 else None
+
+
+@functools.cache
+def _python_versions() -> dict[str, str]:
+    """Interpreters to compare with, by version: those listed in ``CW_PYTHONS`` (paths or
+    names on PATH, separated by ``os.pathsep``), else ``python3.X`` on PATH (through pyenv's
+    own command when the first one on PATH is a pyenv shim that does not answer)."""
     listed = os.environ.get("CW_PYTHONS")
     if listed:
-        found = []
-        for path in listed.split(os.pathsep):
-            out = subprocess.run([path, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                                 capture_output=True, text=True)
-            if out.returncode == 0:
-                found.append((out.stdout.strip(), path))
+        found: dict[str, str] = {}
+        for python in filter(None, listed.split(os.pathsep)):
+            version = _version_of(shutil.which(python) or python)
+            if version is not None:
+                found.setdefault(version, python)
         return found
-    found = []
-    for version in ("3.11", "3.12", "3.13"):
-        candidates = [p for p in (shutil.which(f"python{version}"),) if p]
-        pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
-        candidates += [str(p) for p in sorted((pyenv_root / "versions").glob(f"{version}*/bin/python"))]
-        for candidate in candidates:
-            ok = subprocess.run([candidate, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                                capture_output=True, text=True)
-            if ok.returncode == 0 and ok.stdout.strip() == version:
-                found.append((version, candidate))
-                break
+    found = {}
+    for version in VERSIONS:
+        python = shutil.which(f"python{version}")
+        if python is None or _version_of(python) != version:
+            python = _pyenv_python(version)
+        if python is not None and _version_of(python) == version:
+            found[version] = python
     return found
 
 
@@ -204,12 +230,15 @@ def foreign_site(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(site)
 
 
-@pytest.mark.parametrize("version", ["3.11", "3.12", "3.13"])
+@pytest.mark.parametrize("version", VERSIONS)
 def test_same_seed_across_python_versions(version: str, foreign_site: str) -> None:
-    pythons = dict(_python_versions())
-    python = pythons.get(version)
+    python = _python_versions().get(version)
     if python is None:
-        pytest.skip(f"no Python {version} found (CW_PYTHONS, python{version} on PATH, pyenv)")
+        where = "in CW_PYTHONS" if os.environ.get("CW_PYTHONS") else f"as python{version} on PATH"
+        pytest.skip(
+            f"no Python {version} found {where}: set CW_PYTHONS to the interpreters to compare with, "
+            f"separated by {os.pathsep!r} (e.g. CW_PYTHONS=/usr/bin/python3.12{os.pathsep}/usr/bin/python3.13)"
+        )
     pythonpath = [str(RUNTIME_DIR), foreign_site]
     probe_env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     probe_env["PYTHONPATH"] = os.pathsep.join(pythonpath)
