@@ -250,6 +250,34 @@ def test_leftover_task_that_swallows_cancellation_is_closed(
     end_of_run.check()
 
 
+def test_runtime_tasks_are_recognised(runner_factory: Any) -> None:
+    from commonware_runtime.tasks import is_runtime_task, spawned_awaitable
+
+    given: list[Any] = []
+
+    async def child() -> tuple[bool, bool]:
+        me = asyncio.current_task()
+        assert me is not None
+        return is_runtime_task(me), spawned_awaitable(me) is given[0]
+
+    def spawnable(ctx: Any) -> Any:
+        given.append(child())
+        return given[0]
+
+    async def plain() -> None:
+        await asyncio.sleep(0)
+
+    async def main(ctx: Any) -> tuple[Any, ...]:
+        root = asyncio.current_task()
+        assert root is not None
+        foreign = asyncio.get_running_loop().create_task(plain())
+        outcome = (is_runtime_task(root), is_runtime_task(foreign), spawned_awaitable(foreign))
+        await foreign
+        return outcome + await ctx.spawn(spawnable)
+
+    assert runner_factory.run(main) == (True, False, None, True, True)
+
+
 # -- spawn family ----------------------------------------------------------------------
 
 
