@@ -155,7 +155,18 @@ def end_of_run(capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixtu
     return EndOfRun(capfd, caplog)
 
 
-def _blocked_forever(events: list[str], coros: list[Any]) -> Any:
+def _noted(coroutine_function: Any, coros: list[Any]) -> Any:
+    """A spawnable running ``coroutine_function()``, its coroutine kept in ``coros``."""
+
+    def spawnable(ctx: Any) -> Any:
+        coro = coroutine_function()
+        coros.append(coro)
+        return coro
+
+    return spawnable
+
+
+def blocked_forever(events: list[str], coros: list[Any]) -> Any:
     """A spawnable that waits on an Event nobody sets, noting its ``finally``."""
 
     async def blocked() -> None:
@@ -164,12 +175,36 @@ def _blocked_forever(events: list[str], coros: list[Any]) -> Any:
         finally:
             events.append("finally")
 
-    def spawnable(ctx: Any) -> Any:
-        coro = blocked()
-        coros.append(coro)
-        return coro
+    return _noted(blocked, coros)
 
-    return spawnable
+
+def swallowing(events: list[str], coros: list[Any]) -> Any:
+    """A spawnable that swallows every cancellation (it waits again), noting each one and
+    its ``finally``."""
+
+    async def stubborn() -> None:
+        try:
+            while True:
+                try:
+                    await asyncio.Event().wait()
+                except asyncio.CancelledError:
+                    events.append("swallowed")
+        finally:
+            events.append("finally")
+
+    return _noted(stubborn, coros)
+
+
+def spawning_as_it_unwinds(events: list[str], coros: list[Any]) -> Any:
+    """A spawnable that waits forever and, when cancelled, spawns ``blocked_forever``."""
+
+    async def spawner(c: Any) -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            c.spawn(blocked_forever(events, coros))
+
+    return spawner
 
 
 def test_leftover_task_is_unwound_when_root_returns(runner_factory: Any, end_of_run: EndOfRun) -> None:
@@ -177,7 +212,7 @@ def test_leftover_task_is_unwound_when_root_returns(runner_factory: Any, end_of_
     coros: list[Any] = []
 
     async def main(ctx: Any) -> str:
-        ctx.spawn(_blocked_forever(events, coros))
+        ctx.spawn(blocked_forever(events, coros))
         await ctx.sleep(0.01)
         return "root"
 
@@ -193,9 +228,9 @@ def test_leftover_task_is_unwound_when_root_raises(runner_factory: Any, end_of_r
     coros: list[Any] = []
 
     async def main(ctx: Any) -> None:
-        ctx.spawn(_blocked_forever(events, coros))
+        ctx.spawn(blocked_forever(events, coros))
         await ctx.sleep(0.01)
-        ctx.spawn(_blocked_forever(events, coros))  # one that never ran a step
+        ctx.spawn(blocked_forever(events, coros))  # one that never ran a step
         raise LookupError("root failed")
 
     with pytest.raises(LookupError, match="root failed"):
@@ -216,31 +251,10 @@ def test_leftover_task_that_swallows_cancellation_is_closed(
     events: list[str] = []
     coros: list[Any] = []
 
-    async def stubborn() -> None:
-        try:
-            while True:
-                try:
-                    await asyncio.Event().wait()
-                except asyncio.CancelledError:
-                    events.append("swallowed")
-        finally:
-            events.append("finally")
-
-    async def spawner_in_finally(c: Any) -> None:
-        try:
-            await asyncio.Event().wait()
-        finally:
-            # Unwinding spawns another task: it is ended too, not left behind.
-            c.spawn(_blocked_forever(events, coros))
-
-    def spawnable(ctx: Any) -> Any:
-        coro = stubborn()
-        coros.append(coro)
-        return coro
-
     async def main(ctx: Any) -> str:
-        ctx.spawn(spawnable)
-        ctx.spawn(spawner_in_finally)
+        ctx.spawn(swallowing(events, coros))
+        # Unwinding spawns another task: it is ended too, not left behind.
+        ctx.spawn(spawning_as_it_unwinds(events, coros))
         await ctx.sleep(0.01)
         return "root"
 

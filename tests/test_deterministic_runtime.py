@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from commonware_runtime import RuntimeStalled, RuntimeTimeout, Signaler, deterministic
 from prometheus_client import Counter
+from test_contract import spawning_as_it_unwinds, swallowing
 
 THIS_FILE = "test_deterministic_runtime.py"
 
@@ -400,35 +401,13 @@ def test_replay_divergence_teardown_is_clean(leftovers: Leftovers) -> None:
     leftovers.check()
 
 
-def stubborn_leftovers(events: list[str]) -> Callable[[deterministic.Context], Awaitable[None]]:
+def stubborn_leftovers(events: list[str], coros: list[Any]) -> Callable[[deterministic.Context], Awaitable[None]]:
     """A root that stalls while one task swallows every cancellation and another spawns a
     task as it unwinds."""
 
     async def main(ctx: deterministic.Context) -> None:
-        async def stubborn(c: deterministic.Context) -> None:
-            try:
-                while True:
-                    try:
-                        await asyncio.Event().wait()
-                    except asyncio.CancelledError:
-                        events.append("swallowed")
-            finally:
-                events.append("stubborn closed")
-
-        async def late(c: deterministic.Context) -> None:
-            try:
-                await asyncio.Event().wait()
-            finally:
-                events.append("late unwound")
-
-        async def spawner(c: deterministic.Context) -> None:
-            try:
-                await asyncio.Event().wait()
-            finally:
-                c.with_label("late").spawn(late)
-
-        ctx.with_label("stubborn").spawn(stubborn)
-        ctx.with_label("spawner").spawn(spawner)
+        ctx.with_label("stubborn").spawn(swallowing(events, coros))
+        ctx.with_label("spawner").spawn(spawning_as_it_unwinds(events, coros))
         await asyncio.Event().wait()
 
     return main
@@ -436,11 +415,12 @@ def stubborn_leftovers(events: list[str]) -> Callable[[deterministic.Context], A
 
 def test_stall_with_a_stubborn_task_is_clean(leftovers: Leftovers, caplog: pytest.LogCaptureFixture) -> None:
     events: list[str] = []
-    _fail_run(deterministic.Runner(), stubborn_leftovers(events), RuntimeStalled)
+    coros: list[Any] = []
+    _fail_run(deterministic.Runner(), stubborn_leftovers(events, coros), RuntimeStalled)
     # Cancelled three times (once per round), then closed; the task spawned while unwinding
     # ran and was unwound in the next round: all before start() raised.
-    assert events.count("swallowed") == 3
-    assert "late unwound" in events and events[-1] == "stubborn closed"
+    assert events.count("swallowed") == 3 and events.count("finally") == 2
+    assert [c.cr_frame for c in coros] == [None, None]
     assert [r.getMessage() for r in caplog.records if r.name == "commonware_runtime"] == [
         "task 'stubborn' ignored 3 cancellations at the end of the run: closing its coroutine"
     ]
@@ -452,8 +432,7 @@ def test_teardown_after_the_root_returned_replays() -> None:
     # The leftovers are ended on the recorded schedule (stable-id order, virtual grace
     # periods): a replay makes the same decisions to the last step.
     async def main(ctx: deterministic.Context) -> str:
-        events: list[str] = []
-        ctx.spawn(lambda c: stubborn_leftovers(events)(c))
+        ctx.spawn(stubborn_leftovers([], []))
         await ctx.sleep(0.01)
         return "root"
 
