@@ -230,7 +230,7 @@ def test_leftover_task_is_unwound_when_root_raises(runner_factory: Any, end_of_r
     async def main(ctx: Any) -> None:
         ctx.spawn(blocked_forever(events, coros))
         await ctx.sleep(0.01)
-        ctx.spawn(blocked_forever(events, coros))  # one that never ran a step
+        ctx.spawn(blocked_forever(events, coros))  # spawned as the root fails
         raise LookupError("root failed")
 
     with pytest.raises(LookupError, match="root failed"):
