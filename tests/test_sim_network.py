@@ -567,3 +567,80 @@ def test_connection_released_when_all_halves_closed() -> None:
         assert "connections=0" in repr(net)
 
     run(main)
+
+
+# -- the fault/audit seam ---------------------------------------------------------------
+
+
+def _every_fault(seed: int) -> tuple[str, list[str], float]:
+    """A run that takes every network audit and fault path: jittered links, a failed bind,
+    failed dials (nobody listening, partitioned), bytes held by a partition and delivered by
+    heal, a crashed host, closes.  On the deterministic loop (fifo), so timers are virtual.
+    Returns the network's auditor state, what was received or raised, and the fault
+    stream's next draw."""
+    from commonware_runtime.deterministic.loop import EventLoop
+
+    rng = random.Random(seed)
+    net = Network(auditor=Auditor(), counters=RuntimeCounters(), rng=rng, buffer_size=64)
+    seen: list[str] = []
+
+    async def main() -> None:
+        net.set_link(A, B, latency=0.01, jitter=0.005)
+        net.set_link(B, C, latency=0.002, symmetric=False)
+        listener = await net.bind(A, (A, 7000))
+        with pytest.raises(BindFailed):
+            await net.bind(A, (A, 7000))
+        with pytest.raises(ConnectionFailed):
+            await net.dial(B, (A, 7001))
+
+        async def echo() -> None:
+            _, sink, stream = await listener.accept()
+            for _ in range(8):
+                await sink.send(await stream.recv(5))
+            sink.close()
+
+        server = asyncio.get_running_loop().create_task(echo())
+        sink, stream = await net.dial(B, (A, 7000))
+        for i in range(8):
+            if i == 3:
+                net.partition([A], [B, C])
+                with pytest.raises(ConnectionFailed):
+                    await net.dial(C, (A, 7000))
+            await sink.send(b"hello"[: 1 + i % 5].ljust(5, b"."))
+            if i == 3:
+                await asyncio.sleep(0.05)
+                net.heal()
+            seen.append((await stream.recv(5)).decode())
+        await server
+        net.partition([A], [C])
+        net.heal([A], [C])
+        other = await net.bind(C, (C, 0))
+        far_sink, _ = await net.dial(B, other.local_addr())
+        net.crash_host(C)
+        try:
+            await far_sink.send(b"x")
+        except SendFailed as exc:
+            seen.append(type(exc).__name__)
+        sink.close()
+        stream.close()
+        listener.close()
+
+    with asyncio.Runner(loop_factory=lambda: EventLoop(seed=seed, ordering="fifo")) as runner:
+        runner.run(main())
+    assert net.auditor is not None
+    return net.auditor.state(), seen, rng.random()
+
+
+# Recorded before the seam (issue 10) existed: the seam must fold the same events, in the
+# same order, with the same bytes, and draw the same delays from the same stream.
+_EVERY_FAULT_PINNED = {
+    1: ("736ae79f60e35c01e0a2d248fb70bb378706608abe27d3e4b46defc205670a2f", 0.6958328667684435),
+    2: ("a5228c7f7262acee73581752276f338322e798147b7279def6d72245868d72e7", 0.9357116851572259),
+}
+
+
+@pytest.mark.parametrize("seed", sorted(_EVERY_FAULT_PINNED))
+def test_every_fault_path_audits_and_draws_as_pinned(seed: int) -> None:
+    state, seen, next_draw = _every_fault(seed)
+    assert seen == ["h....", "he...", "hel..", "hell.", "hello", "h....", "he...", "hel..", "SendFailed"]
+    assert (state, next_draw) == _EVERY_FAULT_PINNED[seed]
