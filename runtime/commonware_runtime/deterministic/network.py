@@ -36,6 +36,15 @@ Model
   (``net.bind``, ``net.dial``, ``net.accept``, ``net.send``/``net.recv`` with payloads,
   ``net.close``, ``net.delay``, ``net.hold``, ``net.link``, ``net.partition``, ``net.heal``,
   ``net.crash``, and the failures ``net.bind_failed``/``net.dial_failed``).
+
+Auditing and faults
+-------------------
+The code here moves bytes and manages connections.  The fault plan (links and partitions)
+lives in the network's seam (:class:`.faults.NetworkSeam`, with the auditor and the fault
+stream); operations ask it (``seam.delay`` per send, ``seam.partitioned`` at dial and at
+arrival) and report to it (``seam.event``), and ``set_link``, ``partition`` and ``heal``
+validate their arguments and hand the change to it.  Each flow keeps the seam at hand, so
+a send or a receive costs one call per report, as calling the auditor directly did.
 """
 
 from __future__ import annotations
@@ -52,6 +61,7 @@ from ..completed import COMPLETED, Completed
 from ..errors import BindFailed, Closed, ConnectionFailed
 from ..metrics import RuntimeCounters
 from ..pipe import Pipe, PipeSink, PipeStream
+from .faults import NetworkSeam
 
 __all__ = ["Network", "Listener", "Sink", "Stream", "EPHEMERAL_FIRST", "EPHEMERAL_LAST"]
 
@@ -101,10 +111,11 @@ def _check_hosts(group: object, what: str) -> list[str]:
 class _Flow:
     """One direction of a connection: admitted chunks travel through latency and partitions."""
 
-    __slots__ = ("net", "conn", "pipe", "src_addr", "dst_addr", "src", "dst", "src_host", "dst_host", "inflight", "held", "last_due_ns")
+    __slots__ = ("net", "seam", "conn", "pipe", "src_addr", "dst_addr", "src", "dst", "src_host", "dst_host", "inflight", "held", "last_due_ns")
 
     def __init__(self, net: Network, conn: _Connection, src: tuple[str, int], dst: tuple[str, int], src_host: str, dst_host: str) -> None:
         self.net = net
+        self.seam = net._seam
         self.conn = conn
         self.src_addr = src
         self.dst_addr = dst
@@ -139,11 +150,9 @@ class _Flow:
         self._arrive_item(item)
 
     def _arrive_item(self, item: bytes | None) -> None:
-        if self.held or self.net.partitioned(self.src_host, self.dst_host):
+        if self.held or self.seam.partitioned(self.src_host, self.dst_host):
             self.held.append(item)
-            net = self.net
-            if net.auditor is not None:
-                net.auditor.event("net.hold", self.src, self.dst, -1 if item is None else len(item))
+            self.seam.event("net.hold", self.src, self.dst, -1 if item is None else len(item))
             return
         self._land(item)
 
@@ -155,7 +164,7 @@ class _Flow:
 
     def flush(self) -> None:
         """Deliver what a partition held, in order (called by heal)."""
-        if not self.held or self.net.partitioned(self.src_host, self.dst_host):
+        if not self.held or self.seam.partitioned(self.src_host, self.dst_host):
             return
         held = self.held
         while held:
@@ -266,9 +275,7 @@ class _Half:
         return (flow.src, flow.dst) if self._OUTBOUND else (flow.dst, flow.src)
 
     def _on_done(self) -> None:
-        auditor = self._flow.net.auditor
-        if auditor is not None:
-            auditor.event("net.close", self._KIND, *self._ends(), 1 if self._closed else 0)
+        self._flow.seam.event("net.close", self._KIND, *self._ends(), 1 if self._closed else 0)
         self._conn.half_done()
 
     def local_addr(self) -> tuple[str, int]:
@@ -292,10 +299,9 @@ class Sink(_Half, PipeSink):
 
     def _on_send(self, view: memoryview) -> int:
         flow = self._flow
-        net = flow.net
-        if net.auditor is not None:
-            net.auditor.event("net.send", flow.src, flow.dst, view)
-        return net._draw_delay(flow.src_host, flow.dst_host, flow.src, flow.dst)
+        seam = flow.seam
+        seam.event("net.send", flow.src, flow.dst, view)
+        return seam.delay(flow)
 
     def _transmit(self, chunk: bytes, token: int) -> None:
         self._flow.net.counters.network["bytes_sent"] += len(chunk)
@@ -303,7 +309,7 @@ class Sink(_Half, PipeSink):
 
     def _transmit_eof(self) -> None:
         flow = self._flow
-        flow.transmit(_EOF, flow.net._base_latency(flow.src_host, flow.dst_host))
+        flow.transmit(_EOF, flow.seam.latency(flow))
 
 
 class Stream(_Half, PipeStream):
@@ -314,10 +320,8 @@ class Stream(_Half, PipeStream):
 
     def _on_recv(self, data: bytes) -> None:
         flow = self._flow
-        net = flow.net
-        net.counters.network["bytes_received"] += len(data)
-        if net.auditor is not None:
-            net.auditor.event("net.recv", flow.src, flow.dst, data)
+        flow.net.counters.network["bytes_received"] += len(data)
+        flow.seam.event("net.recv", flow.src, flow.dst, data)
 
 
 class Listener:
@@ -393,8 +397,7 @@ class Listener:
     def _accepted(self, conn: _Connection) -> tuple[tuple[str, int], Sink, Stream]:
         net = self._net
         net.counters.network["inbound_connections"] += 1
-        if net.auditor is not None:
-            net.auditor.event("net.accept", format_address(conn.acceptor_addr), format_address(conn.dialer_addr))
+        net._seam.event("net.accept", format_address(conn.acceptor_addr), format_address(conn.dialer_addr))
         return conn.dialer_addr, conn.acceptor_sink, conn.acceptor_stream
 
     def close(self) -> Completed:
@@ -407,8 +410,7 @@ class Listener:
         net = self._net
         if net._listeners.get(self._addr) is self:
             del net._listeners[self._addr]
-        if net.auditor is not None:
-            net.auditor.event("net.unbind", format_address(self._addr))
+        net._seam.event("net.unbind", format_address(self._addr))
         waiters = self._waiters
         while waiters:
             fut = waiters.popleft()
@@ -432,17 +434,25 @@ class Network:
             raise TypeError(f"buffer_size must be an int, got {type(buffer_size).__name__} {buffer_size!r}")
         if buffer_size <= 0:
             raise ValueError(f"buffer_size must be positive, got {buffer_size}")
-        self.auditor = auditor
+        # Every audited event and fault decision of this network goes through its seam,
+        # which also holds the fault plan: links (latency, jitter) and partitions.
+        self._seam = NetworkSeam(auditor, rng)
         self.counters = counters
-        self.rng = rng
         self.buffer_size = buffer_size
         self._listeners: dict[tuple[str, int], Listener] = {}
         self._conns: dict[int, _Connection] = {}  # insertion (= creation) order: deterministic
         self._next_cid = 0
         self._source_ports: dict[tuple[str, int], _Connection] = {}
         self._next_port: dict[str, int] = {}
-        self._links: dict[tuple[str, str], tuple[int, int]] = {}
-        self._cuts: set[tuple[str, str]] = set()  # membership tests only, never iterated
+
+    @property
+    def auditor(self) -> Auditor | None:
+        return self._seam.auditor
+
+    @property
+    def rng(self) -> random.Random:
+        """The fault stream (link jitter draws)."""
+        return self._seam.rng
 
     # -- ports ------------------------------------------------------------------------
 
@@ -480,13 +490,11 @@ class Network:
                 raise BindFailed(f"cannot bind {format_address((ip, 0))}: {exc}") from None
         key = (ip, port)
         if key in self._listeners or key in self._source_ports:
-            if self.auditor is not None:
-                self.auditor.event("net.bind_failed", host, format_address(key))
+            self._seam.event("net.bind_failed", host, format_address(key))
             raise BindFailed(f"cannot bind {format_address(key)}: address already in use")
         listener = Listener(self, key, ip if ip not in _WILDCARDS else host, host)
         self._listeners[key] = listener
-        if self.auditor is not None:
-            self.auditor.event("net.bind", host, format_address(key))
+        self._seam.event("net.bind", host, format_address(key))
         return listener
 
     def _lookup(self, ip: str, port: int) -> Listener | None:
@@ -507,11 +515,10 @@ class Network:
         reason = None
         if listener is None:
             reason = "nobody is listening"
-        elif self.partitioned(source_host, listener.host):
+        elif self._seam.partitioned(source_host, listener.host):
             reason = f"host {source_host} is partitioned from {listener.host}"
         if listener is None or reason is not None:
-            if self.auditor is not None:
-                self.auditor.event("net.dial_failed", source_host, format_address(target), reason or "")
+            self._seam.event("net.dial_failed", source_host, format_address(target), reason or "")
             raise ConnectionFailed(f"cannot connect to {format_address(target)} from {source_host}: {reason}")
         source = (source_host, self._allocate_port(source_host, source_host))
         cid = self._next_cid
@@ -520,8 +527,7 @@ class Network:
         self._conns[cid] = conn
         self._source_ports[source] = conn
         self.counters.network["outbound_connections"] += 1
-        if self.auditor is not None:
-            self.auditor.event("net.dial", format_address(source), format_address(target))
+        self._seam.event("net.dial", format_address(source), format_address(target))
         listener._offer(conn)
         return conn.dialer_sink, conn.dialer_stream
 
@@ -536,51 +542,19 @@ class Network:
         jitter_ns = duration_ns(jitter, "jitter")
         if not isinstance(symmetric, bool):
             raise TypeError(f"symmetric must be a bool, got {symmetric!r}")
-        pairs = [(a, b), (b, a)] if symmetric and a != b else [(a, b)]
-        for pair in pairs:
-            if latency_ns or jitter_ns:
-                self._links[pair] = (latency_ns, jitter_ns)
-            else:
-                self._links.pop(pair, None)
-        if self.auditor is not None:
-            self.auditor.event("net.link", a, b, latency_ns, jitter_ns, int(symmetric))
+        self._seam.set_link(a, b, latency_ns, jitter_ns, symmetric)
 
     def link(self, a: str, b: str) -> tuple[float, float]:
         """``(latency, jitter)`` in seconds from ``a`` to ``b``."""
-        latency_ns, jitter_ns = self._links.get((a, b), (0, 0))
+        latency_ns, jitter_ns = self._seam.links.get((a, b), (0, 0))
         return latency_ns / 1_000_000_000, jitter_ns / 1_000_000_000
-
-    def _base_latency(self, src: str, dst: str) -> int:
-        link = self._links.get((src, dst))
-        return 0 if link is None else link[0]
-
-    def _draw_delay(self, src_host: str, dst_host: str, src: str, dst: str) -> int:
-        link = self._links.get((src_host, dst_host))
-        if link is None:
-            return 0
-        latency_ns, jitter_ns = link
-        if not jitter_ns:
-            return latency_ns
-        extra = self.rng.randrange(jitter_ns + 1)
-        if self.auditor is not None:
-            self.auditor.event("net.delay", src, dst, latency_ns + extra)
-        return latency_ns + extra
 
     def partition(self, group_a: Iterable[str], group_b: Iterable[str]) -> None:
         """Cut every host of ``group_a`` from every host of ``group_b`` (both directions)."""
-        hosts_a = _check_hosts(group_a, "group_a")
-        hosts_b = _check_hosts(group_b, "group_b")
-        cuts = self._cuts
-        for a in hosts_a:
-            for b in hosts_b:
-                if a != b:
-                    cuts.add((a, b))
-                    cuts.add((b, a))
-        if self.auditor is not None:
-            self.auditor.event("net.partition", ",".join(hosts_a), ",".join(hosts_b))
+        self._seam.cut(_check_hosts(group_a, "group_a"), _check_hosts(group_b, "group_b"))
 
     def partitioned(self, a: str, b: str) -> bool:
-        return (a, b) in self._cuts
+        return self._seam.partitioned(a, b)
 
     def heal(self, group_a: Iterable[str] | None = None, group_b: Iterable[str] | None = None) -> None:
         """Remove partitions (all of them, or only between two groups) and deliver, in
@@ -588,18 +562,9 @@ class Network:
         if (group_a is None) != (group_b is None):
             raise TypeError("heal() takes no groups (heal everything) or both group_a and group_b")
         if group_a is None or group_b is None:
-            self._cuts.clear()
-            hosts_a: list[str] = []
-            hosts_b: list[str] = []
+            self._seam.mend(None, None)
         else:
-            hosts_a = _check_hosts(group_a, "group_a")
-            hosts_b = _check_hosts(group_b, "group_b")
-            for a in hosts_a:
-                for b in hosts_b:
-                    self._cuts.discard((a, b))
-                    self._cuts.discard((b, a))
-        if self.auditor is not None:
-            self.auditor.event("net.heal", ",".join(hosts_a), ",".join(hosts_b))
+            self._seam.mend(_check_hosts(group_a, "group_a"), _check_hosts(group_b, "group_b"))
         for conn in list(self._conns.values()):
             conn.forward.flush()
             conn.backward.flush()
@@ -607,8 +572,7 @@ class Network:
     def crash_host(self, host: str) -> None:
         """Crash ``host``: its listeners close and every connection touching it breaks."""
         _check_host(host)
-        if self.auditor is not None:
-            self.auditor.event("net.crash", host)
+        self._seam.event("net.crash", host)
         for listener in list(self._listeners.values()):
             if listener._host == host or listener._owner == host:
                 listener.close()

@@ -49,19 +49,25 @@ they never read like operations on the named blob.  A crash discards detached bl
 the rest of the process (their handles close like every other).  ``open_blobs`` counts
 handles, so it drops when a handle is closed, not on removal.
 
-Faults draw only from the fault stream ``rng`` given to :class:`Storage`, and only when
-the matching rate is positive, so a run without faults consumes nothing from it.
+Auditing and faults
+-------------------
+Operations here do the storage's work only.  What they report to the auditor and whether
+they fail is asked of the storage's seam (:class:`.faults.StorageSeam`, built from the
+auditor, the fault stream ``rng`` and the :class:`StorageFaults` plan): ``seam.fails`` /
+``seam.blob_fails`` before an operation yields (each raises its own error here),
+``seam.torn`` for how much of a failing write landed, ``seam.blob`` / ``seam.event``
+once the effect is done, ``seam.draw`` / ``seam.coins`` for what survives a crash.  The
+seam draws from the fault stream only when the matching rate is positive, so a run
+without faults consumes nothing from it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import math
 import random
 from bisect import bisect_left, bisect_right
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from ..arguments import U64_MAX, check_blob_name, check_count, check_data, check_offset, check_partition, format_blob
@@ -80,71 +86,16 @@ from ..errors import (
     WriteFailed,
 )
 from ..metrics import RuntimeCounters
+from .faults import CRASH_MODES, StorageFaults, StorageSeam
 
 __all__ = ["StorageFaults", "Storage", "Blob", "CRASH_MODES"]
 
 BytesLike = bytes | bytearray | memoryview
 
-CRASH_MODES = ("lose", "prefix", "subset")
-_RATE_FIELDS = (
-    "open_rate",
-    "read_rate",
-    "write_rate",
-    "sync_rate",
-    "resize_rate",
-    "remove_rate",
-    "scan_rate",
-    "partial_write_rate",
-)
-
 # Log entry kinds.  A log entry is (kind, offset_or_length, payload).
 _WRITE = 0
 _RESIZE = 1
 _LogEntry = tuple[int, int, bytes]
-
-
-def _check_rate(field: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"StorageFaults.{field} must be a probability (float), got {type(value).__name__} {value!r}")
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise ValueError(f"StorageFaults.{field} must be in [0, 1], got {value!r}")
-    return float(value)
-
-
-@dataclass
-class StorageFaults:
-    """Fault controls of the simulated storage; mutable while the runtime runs.
-
-    Each ``*_rate`` is the probability that one operation of that kind fails with its
-    error.  ``partial_write_rate`` is the probability that a *failing* write of at least
-    two bytes first applied a seeded, strictly partial prefix of its bytes (unsynced).
-    ``crash_unsynced`` picks what survives a crash of the unsynced operations: ``"lose"``,
-    ``"prefix"`` or ``"subset"`` (see the module documentation).
-    """
-
-    open_rate: float = 0.0
-    read_rate: float = 0.0
-    write_rate: float = 0.0
-    sync_rate: float = 0.0
-    resize_rate: float = 0.0
-    remove_rate: float = 0.0
-    scan_rate: float = 0.0
-    partial_write_rate: float = 0.0
-    crash_unsynced: str = "lose"
-
-    def __setattr__(self, field: str, value: object) -> None:
-        # Validating here covers both construction (dataclass __init__ assigns) and later
-        # mutation; unknown names are refused so a typo cannot silently disable a fault.
-        if field in _RATE_FIELDS:
-            value = _check_rate(field, value)
-        elif field == "crash_unsynced":
-            if not isinstance(value, str):
-                raise TypeError(f"StorageFaults.crash_unsynced must be a str, got {type(value).__name__} {value!r}")
-            if value not in CRASH_MODES:
-                raise ValueError(f"StorageFaults.crash_unsynced must be one of {CRASH_MODES}, got {value!r}")
-        else:
-            raise AttributeError(f"StorageFaults has no field {field!r}")
-        object.__setattr__(self, field, value)
 
 
 #: A write that would leave a gap of at least this many zero bytes after the stored data
@@ -385,16 +336,13 @@ class Storage:
         faults: StorageFaults | None = None,
         image: Mapping[str, Mapping[bytes, BytesLike | _Image]] | None = None,
     ) -> None:
-        if auditor is not None and not isinstance(auditor, Auditor):
-            raise TypeError(f"auditor must be an Auditor or None, got {type(auditor).__name__}")
         if not isinstance(counters, RuntimeCounters):
             raise TypeError(f"counters must be RuntimeCounters, got {type(counters).__name__}")
-        if not isinstance(rng, random.Random):
-            raise TypeError(f"rng must be a random.Random, got {type(rng).__name__}")
         if faults is None:
             faults = StorageFaults()
         elif not isinstance(faults, StorageFaults):
             raise TypeError(f"faults must be StorageFaults or None, got {type(faults).__name__}")
+        seam = StorageSeam(auditor, rng, faults)
         partitions: dict[str, dict[bytes, _BlobState]] = {}
         if image is not None:
             for partition in sorted(image):
@@ -408,10 +356,9 @@ class Storage:
                         contents = check_data(contents, f"image[{partition!r}][{name!r}]")
                     blobs[name] = _BlobState(partition, name, contents)
                 partitions[partition] = blobs
-        self._auditor = auditor
+        # Every audited event and fault decision of this storage goes through its seam.
+        self._seam = seam
         self._counters = counters
-        self._rng = rng
-        self._faults = faults
         self._partitions = partitions
         self._crashed = False
         self._next_handle = 0
@@ -424,13 +371,13 @@ class Storage:
     @property
     def faults(self) -> StorageFaults:
         """The live fault controls (``context.storage_faults``)."""
-        return self._faults
+        return self._seam.plan
 
     @faults.setter
     def faults(self, value: StorageFaults) -> None:
         if not isinstance(value, StorageFaults):
             raise TypeError(f"faults must be StorageFaults, got {type(value).__name__}")
-        self._faults = value
+        self._seam.plan = value
 
     @property
     def crashed(self) -> bool:
@@ -442,25 +389,6 @@ class Storage:
     def _check_alive(self, op: str) -> None:
         if self._crashed:
             raise Closed(f"storage {op} after a crash: this storage belongs to the crashed process")
-
-    def _fault(self, rate: float, op: str, partition: str, name: bytes, detached: int | None = None) -> bool:
-        if rate <= 0.0:
-            return False
-        failed = self._rng.random() < rate
-        if self._auditor is not None:
-            if detached is None:
-                self._auditor.event("storage.fault", op, partition, name, int(failed))
-            else:
-                self._auditor.event("storage.fault.detached", op, partition, name, detached, int(failed))
-        return failed
-
-    def _event(self, tag: str, state: _BlobState, *fields: int | bytes | bytearray | memoryview) -> None:
-        """Audit an operation on a blob (the caller checked that an auditor is set)."""
-        assert self._auditor is not None
-        if state.detached is None:
-            self._auditor.event(tag, state.partition, state.name, *fields)
-        else:
-            self._auditor.event(tag + ".detached", state.partition, state.name, state.detached, *fields)
 
     def _detach(self, state: _BlobState) -> None:
         """The blob lost its name: open handles keep its contents, nothing else sees them."""
@@ -479,7 +407,8 @@ class Storage:
         partition = check_partition(partition)
         name = check_blob_name(name)
         self._check_alive("open")
-        if self._fault(self._faults.open_rate, "open", partition, name):
+        seam = self._seam
+        if seam.fails("open", partition, name):
             raise BlobOpenFailed(f"injected fault: open of {format_blob(partition, name)} failed")
         await asyncio.sleep(0)
         self._check_alive("open")
@@ -496,8 +425,7 @@ class Storage:
         self._open[handle._serial] = handle
         self._counters.storage["open_blobs"] += 1
         size = state.current.size
-        if self._auditor is not None:
-            self._auditor.event("storage.open", partition, name, size, int(created))
+        seam.event("storage.open", partition, name, size, int(created))
         return handle, size
 
     async def remove(self, partition: str, name: BytesLike | None = None) -> None:
@@ -511,7 +439,8 @@ class Storage:
         partition = check_partition(partition)
         blob_name = None if name is None else check_blob_name(name)
         self._check_alive("remove")
-        if self._fault(self._faults.remove_rate, "remove", partition, blob_name or b""):
+        seam = self._seam
+        if seam.fails("remove", partition, blob_name or b""):
             what = f"partition {partition!r}" if blob_name is None else format_blob(partition, blob_name)
             raise WriteFailed(f"injected fault: remove of {what} failed")
         await asyncio.sleep(0)
@@ -523,22 +452,21 @@ class Storage:
             for existing in sorted(blobs):
                 self._detach(blobs[existing])
             del self._partitions[partition]
-            if self._auditor is not None:
-                self._auditor.event("storage.remove", partition)
+            seam.event("storage.remove", partition)
             return
         state = blobs.get(blob_name)
         if state is None:
             raise BlobMissing(f"{format_blob(partition, blob_name)} does not exist")
         self._detach(state)
         del blobs[blob_name]
-        if self._auditor is not None:
-            self._auditor.event("storage.remove", partition, blob_name)
+        seam.event("storage.remove", partition, blob_name)
 
     async def scan(self, partition: str) -> list[bytes]:
         """The names of the partition's blobs, sorted.  An injected fault raises ``PartitionCorrupt``."""
         partition = check_partition(partition)
         self._check_alive("scan")
-        if self._fault(self._faults.scan_rate, "scan", partition, b""):
+        seam = self._seam
+        if seam.fails("scan", partition, b""):
             raise PartitionCorrupt(f"injected fault: scan of partition {partition!r} failed")
         await asyncio.sleep(0)
         self._check_alive("scan")
@@ -546,8 +474,7 @@ class Storage:
         if blobs is None:
             raise PartitionMissing(f"partition {partition!r} does not exist")
         names = sorted(blobs)
-        if self._auditor is not None:
-            self._auditor.event("storage.scan", partition, *names)
+        seam.event("storage.scan", partition, *names)
         return names
 
     # -- durability -----------------------------------------------------------------
@@ -588,23 +515,21 @@ class Storage:
             # A poisoned blob's unsynced writes are lost whatever the mode: the failed sync
             # may have dropped them, and nothing later can have made them durable.
             return image
-        rng = self._rng
+        seam = self._seam
         if mode == "prefix":
-            kept = rng.randrange(len(log) + 1)
+            kept = seam.draw(len(log) + 1)
             _replay(image, log[:kept])
             torn = 0
             if kept < len(log):
                 kind, offset, payload = log[kept]
                 if kind == _WRITE and len(payload) >= 2:
-                    torn = rng.randrange(len(payload))
+                    torn = seam.draw(len(payload))
                     image.write(offset, payload[:torn])
-            if self._auditor is not None:
-                self._auditor.event("storage.crash.prefix", state.partition, state.name, len(log), kept, torn)
+            seam.event("storage.crash.prefix", state.partition, state.name, len(log), kept, torn)
         else:
-            mask = bytes(rng.getrandbits(1) for _ in log)
+            mask = seam.coins(len(log))
             _replay(image, [entry for entry, keep in zip(log, mask, strict=True) if keep])
-            if self._auditor is not None:
-                self._auditor.event("storage.crash.subset", state.partition, state.name, mask)
+            seam.event("storage.crash.subset", state.partition, state.name, mask)
         return image
 
     def crash(
@@ -622,9 +547,9 @@ class Storage:
         fault stream and fault controls unless given others.  Calling ``crash`` again on a
         crashed storage is allowed and draws a new survivor image from the same frozen state.
         """
-        mode = self._faults.crash_unsynced
-        if self._auditor is not None:
-            self._auditor.event("storage.crash", mode)
+        seam = self._seam
+        mode = seam.plan.crash_unsynced
+        seam.event("storage.crash", mode)
         image: dict[str, dict[bytes, _Image]] = {}
         for partition in sorted(self._partitions):
             blobs = self._partitions[partition]
@@ -635,10 +560,10 @@ class Storage:
             for handle in list(self._open.values()):
                 handle._release("crashed")
         return Storage(
-            auditor=self._auditor if isinstance(auditor, _Keep) else auditor,
+            auditor=seam.auditor if isinstance(auditor, _Keep) else auditor,
             counters=self._counters if isinstance(counters, _Keep) else counters,
-            rng=self._rng if isinstance(rng, _Keep) else rng,
-            faults=self._faults if isinstance(faults, _Keep) else faults,
+            rng=seam.rng if isinstance(rng, _Keep) else rng,
+            faults=seam.plan if isinstance(faults, _Keep) else faults,
             image=image,
         )
 
@@ -706,8 +631,8 @@ class Blob:
         storage = self._storage
         del storage._open[self._serial]
         storage._counters.storage["open_blobs"] -= 1
-        if reason == "closed" and storage._auditor is not None:
-            storage._event("storage.close", state)
+        if reason == "closed":
+            storage._seam.blob("storage.close", state)
         if state.poisoned is not None and not state.handles and reason == "closed":
             # The last handle of a poisoned blob closed: reopening finds the durable
             # contents (the failed sync may have dropped the dirty pages), unpoisoned.
@@ -740,7 +665,8 @@ class Blob:
             raise OffsetOverflow(f"read of {n} bytes at offset {offset} overflows u64 in {format_blob(self.partition, self.name)}")
         state = self._live("read")
         storage = self._storage
-        if storage._fault(storage._faults.read_rate, "read", state.partition, state.name, state.detached):
+        seam = storage._seam
+        if seam.blob_fails("read", state):
             raise ReadFailed(f"injected fault: read of {format_blob(state.partition, state.name)} failed")
         await asyncio.sleep(0)
         state = self._live("read")
@@ -752,7 +678,6 @@ class Blob:
                 f"read of {format_blob(state.partition, state.name)} at offset {offset} length {n} "
                 f"passes its end (size {size})"
             )
-        auditor = storage._auditor
         data = current.bufs[0]  # dense blobs: all of it; holes and far extents take read()
         result: bytes | bytearray | memoryview
         if buffer is None:
@@ -761,8 +686,7 @@ class Blob:
                     result = part.tobytes()
             else:
                 result = bytes(current.read(offset, n))
-            if auditor is not None:
-                storage._event("storage.read", state, offset, result)
+            seam.blob("storage.read", state, offset, result)
         else:
             with memoryview(buffer) as target, target.cast("B") as flat:
                 if end <= len(data):
@@ -770,8 +694,7 @@ class Blob:
                         flat[:] = source[offset:end]
                 else:
                     current.read_into(flat, offset)
-                if auditor is not None:
-                    storage._event("storage.read", state, offset, flat)
+                seam.blob("storage.read", state, offset, flat)
             result = buffer
         counters = storage._counters.storage
         counters["reads"] += 1
@@ -788,19 +711,15 @@ class Blob:
             )
         state = self._live("write")
         storage = self._storage
-        faults = storage._faults
-        if storage._fault(faults.write_rate, "write", state.partition, state.name, state.detached):
+        seam = storage._seam
+        if seam.blob_fails("write", state):
             detail = ""
-            if faults.partial_write_rate > 0.0 and len(payload) >= 2:
-                partial = storage._rng.random() < faults.partial_write_rate
-                applied = storage._rng.randrange(1, len(payload)) if partial else 0
-                if storage._auditor is not None:
-                    storage._event("storage.partial_write", state, offset, applied)
-                if applied:
-                    prefix = payload[:applied]
-                    state.current.write(offset, prefix)
-                    state.record((_WRITE, offset, prefix))
-                    detail = f" after applying {applied} of {len(payload)} bytes"
+            applied = seam.torn(state, offset, len(payload))
+            if applied:
+                prefix = payload[:applied]
+                state.current.write(offset, prefix)
+                state.record((_WRITE, offset, prefix))
+                detail = f" after applying {applied} of {len(payload)} bytes"
             raise WriteFailed(
                 f"injected fault: write of {len(payload)} bytes at offset {offset} to "
                 f"{format_blob(state.partition, state.name)} failed{detail}"
@@ -812,8 +731,7 @@ class Blob:
         counters = storage._counters.storage
         counters["writes"] += 1
         counters["bytes_written"] += len(payload)
-        if storage._auditor is not None:
-            storage._event("storage.write", state, offset, payload)
+        seam.blob("storage.write", state, offset, payload)
 
     async def resize(self, length: int) -> None:
         """Truncate or zero-extend to ``length`` bytes (not durable until :meth:`sync`);
@@ -822,15 +740,14 @@ class Blob:
         if length > U64_MAX:
             raise OffsetOverflow(f"resize to {length} bytes overflows u64 in {format_blob(self.partition, self.name)}")
         state = self._live("resize")
-        storage = self._storage
-        if storage._fault(storage._faults.resize_rate, "resize", state.partition, state.name, state.detached):
+        seam = self._storage._seam
+        if seam.blob_fails("resize", state):
             raise BlobResizeFailed(f"injected fault: resize of {format_blob(state.partition, state.name)} to {length} failed")
         await asyncio.sleep(0)
         state = self._live("resize")
         state.current.resize(length)
         state.record((_RESIZE, length, b""))
-        if storage._auditor is not None:
-            storage._event("storage.resize", state, length)
+        seam.blob("storage.resize", state, length)
 
     async def sync(self) -> None:
         """Make every earlier write and resize of this blob (through any handle) durable.
@@ -842,7 +759,8 @@ class Blob:
         those durable contents."""
         state = self._live("sync")
         storage = self._storage
-        if storage._fault(storage._faults.sync_rate, "sync", state.partition, state.name, state.detached):
+        seam = storage._seam
+        if seam.blob_fails("sync", state):
             state.poisoned = "injected fault"
             raise BlobSyncFailed(
                 f"injected fault: sync of {format_blob(state.partition, state.name)} failed; the blob is "
@@ -852,8 +770,7 @@ class Blob:
         state = self._live("sync")
         state.make_durable()
         storage._counters.storage["syncs"] += 1
-        if storage._auditor is not None:
-            storage._event("storage.sync", state)
+        seam.blob("storage.sync", state)
 
     async def close(self) -> None:
         """Sync, then close the handle; later operations raise ``Closed``.
