@@ -8,6 +8,7 @@ deterministic simulation and on real asyncio/TCP/files.
 from __future__ import annotations
 
 import asyncio
+import enum
 import gc
 import os
 import socket
@@ -24,6 +25,7 @@ from commonware_runtime import (
     ConnectionFailed,
     Error,
     Exited,
+    OffsetOverflow,
     PartitionMissing,
     PartitionNameInvalid,
     RecvFailed,
@@ -1235,6 +1237,63 @@ def test_storage_bad_arguments(runner_factory: Any) -> None:
         await blob.close()
 
     runner_factory.run(main)
+
+
+class _Two(enum.IntEnum):
+    TWO = 2
+
+
+# Bad ``read_at`` arguments and the error every runtime raises for them, message and all
+# (one helper, ``arguments.read_at_args``, parses them for both).
+_READ_AT_BAD = [
+    ((1, -1), ValueError, "offset must not be negative, got -1"),
+    ((1, True), TypeError, "offset must be an int, got bool True"),
+    ((1, 1.0), TypeError, "offset must be an int, got float 1.0"),
+    ((1, "0"), TypeError, "offset must be an int, got str '0'"),
+    ((-1, 0), ValueError, "read_at byte count must not be negative, got -1"),
+    ((-1, -1), ValueError, "read_at byte count must not be negative, got -1"),  # the count first
+    ((1.0, 0), TypeError, "read_at takes a byte count (int) or a writable buffer (bytearray, memoryview), got float 1.0"),
+    ((True, 0), TypeError, "read_at takes a byte count (int) or a writable buffer (bytearray, memoryview), got bool True"),
+    ((None, 0), TypeError, "read_at takes a byte count (int) or a writable buffer (bytearray, memoryview), got NoneType None"),
+    (("3", 0), TypeError, "read_at takes a byte count (int) or a writable buffer (bytearray, memoryview), got str '3'"),
+    (([0, 0], 0), TypeError, "read_at takes a byte count (int) or a writable buffer (bytearray, memoryview), got list [0, 0]"),
+    ((b"immutable", 0), TypeError, "read_at buffer must be writable (a bytearray or a writable memoryview), got bytes of length 9"),
+    ((memoryview(b"ro"), 0), TypeError, "read_at buffer must be writable, got a read-only memoryview"),
+    ((memoryview(bytearray(4)).toreadonly(), 0), TypeError, "read_at buffer must be writable, got a read-only memoryview"),
+    ((memoryview(bytearray(8))[::2], 0), TypeError, "read_at buffer must be C-contiguous, got a memoryview with shape (4,) and strides (2,)"),
+    ((2, (1 << 64) - 1), OffsetOverflow, f"read of 2 bytes at offset {(1 << 64) - 1} overflows u64 in blob b'args' in partition 'p'"),
+    ((bytearray(1), 1 << 64), OffsetOverflow, f"read of 1 bytes at offset {1 << 64} overflows u64 in blob b'args' in partition 'p'"),
+]
+
+
+@pytest.mark.storage_runtimes
+def test_storage_read_at_arguments_fail_alike(runner_factory: Any) -> None:
+    async def main(ctx: Any) -> list[tuple[str, str]]:
+        blob, _ = await ctx.open("p", b"args")
+        await blob.write_at(b"abcd", 0)
+        raised = []
+        for (n_or_buffer, offset), _, _ in _READ_AT_BAD:
+            with pytest.raises(Exception) as info:
+                await blob.read_at(n_or_buffer, offset)
+            raised.append((type(info.value).__name__, str(info.value)))
+        # Nothing above had an effect: the blob and the read counters are as they were.
+        assert blob.size == 4
+        assert await blob.read_at(4, 0) == b"abcd"
+        # An int subclass is a count; a writable view of any C-contiguous shape is a buffer.
+        assert await blob.read_at(_Two.TWO, 1) == b"bc"
+        grid = memoryview(bytearray(4)).cast("B", (2, 2))
+        assert await blob.read_at(grid, 0) is grid and grid.tobytes() == b"abcd"
+        # Arguments are checked before the handle's state: a bad one on a closed blob is
+        # still the argument's error, a good one meets Closed.
+        await blob.close()
+        with pytest.raises(TypeError, match="got float 1.0"):
+            await blob.read_at(1.0, 0)
+        with pytest.raises(Closed):
+            await blob.read_at(1, 0)
+        return raised
+
+    expected = [(error.__name__, message) for _, error, message in _READ_AT_BAD]
+    assert runner_factory.run(main) == expected
 
 
 @pytest.mark.storage_runtimes

@@ -10,7 +10,7 @@ import math
 import re
 from datetime import timedelta
 
-from .errors import PartitionNameInvalid
+from .errors import OffsetOverflow, PartitionNameInvalid
 
 Duration = float | int | timedelta
 Address = tuple[str, int] | str
@@ -129,6 +129,58 @@ def check_count(n: object, what: str = "n") -> int:
     if n < 0:
         raise ValueError(f"{what} must not be negative, got {n}")
     return n
+
+
+def _shown(value: object) -> str:
+    """A wrong argument as a message names it: its type, and its repr when that is short."""
+    text = repr(value)
+    return type(value).__name__ if len(text) > 40 else f"{type(value).__name__} {text}"
+
+
+def read_at_args(
+    n_or_buffer: object, offset: object, partition: str, name: bytes
+) -> tuple[int, int, bytearray | memoryview | None]:
+    """``Blob.read_at(n_or_buffer, offset)`` as ``(n, offset, buffer)``, on every runtime.
+
+    ``n_or_buffer`` is a byte count (an ``int``, not a ``bool``, >= 0) or a writable,
+    C-contiguous ``bytearray``/``memoryview`` to fill (``buffer``, else None).  A wrong
+    type is a ``TypeError`` (``bytes`` and read-only views included: a read cannot fill
+    them), a negative count or offset a ``ValueError``, ``offset + n`` past u64
+    ``OffsetOverflow``; each names the value.  ``partition`` and ``name`` only name the
+    blob in the overflow message.
+    """
+    # The common call (two non-negative ints) costs two type tests and two comparisons.
+    if type(n_or_buffer) is int and n_or_buffer >= 0:
+        n = n_or_buffer
+        buffer = None
+    elif isinstance(n_or_buffer, (bytearray, memoryview)):
+        buffer = n_or_buffer
+        with memoryview(buffer) as view:
+            if view.readonly:
+                raise TypeError("read_at buffer must be writable, got a read-only memoryview")
+            # A read fills the buffer as flat bytes (production casts it to "B"), which
+            # only a C-contiguous view allows; refused here so both runtimes agree.
+            if not view.c_contiguous:
+                raise TypeError(
+                    f"read_at buffer must be C-contiguous, got a memoryview with shape {view.shape} and strides {view.strides}"
+                )
+            n = view.nbytes
+    elif isinstance(n_or_buffer, int) and not isinstance(n_or_buffer, bool):
+        n = check_count(n_or_buffer, "read_at byte count")  # negative, or an int subclass
+        buffer = None
+    elif isinstance(n_or_buffer, bytes):
+        raise TypeError(
+            f"read_at buffer must be writable (a bytearray or a writable memoryview), got bytes of length {len(n_or_buffer)}"
+        )
+    else:
+        raise TypeError(
+            f"read_at takes a byte count (int) or a writable buffer (bytearray, memoryview), got {_shown(n_or_buffer)}"
+        )
+    if type(offset) is not int or offset < 0:
+        offset = check_offset(offset)
+    if offset + n > U64_MAX:
+        raise OffsetOverflow(f"read of {n} bytes at offset {offset} overflows u64 in {format_blob(partition, name)}")
+    return n, offset, buffer
 
 
 #: Largest length one ``Stream.recv(n)`` may ask for, on every runtime: 64 GiB.  A length

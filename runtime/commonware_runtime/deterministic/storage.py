@@ -70,7 +70,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Mapping
 from typing import Any
 
-from ..arguments import U64_MAX, check_blob_name, check_count, check_data, check_offset, check_partition, format_blob
+from ..arguments import U64_MAX, check_blob_name, check_data, check_offset, check_partition, format_blob, read_at_args
 from ..auditor import Auditor
 from ..errors import (
     BlobInsufficientLength,
@@ -644,25 +644,8 @@ class Blob:
 
     async def read_at(self, n_or_buffer: int | bytearray | memoryview, offset: int) -> bytes | bytearray | memoryview:
         """Read exactly n bytes at ``offset`` (or fill the given writable buffer and return it)."""
-        buffer: bytearray | memoryview | None = None
-        if isinstance(n_or_buffer, (bytearray, memoryview)):
-            buffer = n_or_buffer
-            with memoryview(buffer) as view:
-                if view.readonly:
-                    raise TypeError("read_at buffer must be writable, got a read-only memoryview")
-                if not view.c_contiguous:
-                    raise TypeError("read_at buffer must be C-contiguous")
-                n = view.nbytes
-        elif isinstance(n_or_buffer, int) and not isinstance(n_or_buffer, bool):
-            n = check_count(n_or_buffer, "n")
-        else:
-            raise TypeError(
-                f"read_at takes a byte count (int) or a writable buffer (bytearray, memoryview), "
-                f"got {type(n_or_buffer).__name__}"
-            )
-        offset = check_offset(offset)
-        if offset + n > U64_MAX:
-            raise OffsetOverflow(f"read of {n} bytes at offset {offset} overflows u64 in {format_blob(self.partition, self.name)}")
+        state = self._state
+        n, offset, buffer = read_at_args(n_or_buffer, offset, state.partition, state.name)
         state = self._live("read")
         storage = self._storage
         seam = storage._seam

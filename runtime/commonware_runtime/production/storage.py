@@ -107,7 +107,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ..arguments import U64_MAX, check_blob_name, check_count, check_offset, check_partition, format_blob
+from ..arguments import U64_MAX, check_blob_name, check_count, check_offset, check_partition, format_blob, read_at_args
 from ..errors import (
     BlobInsufficientLength,
     BlobMissing,
@@ -691,28 +691,8 @@ class Blob:
     async def read_at(self, n_or_buffer: int | bytearray | memoryview, offset: int) -> Any:
         """Read exactly ``n`` bytes at ``offset`` (returns ``bytes``), or fill the given
         writable buffer and return it.  Past the end raises ``BlobInsufficientLength``."""
-        target: bytearray | memoryview | None = None
-        if type(n_or_buffer) is int and n_or_buffer >= 0:
-            n = n_or_buffer
-        elif isinstance(n_or_buffer, (bytearray, memoryview)):
-            target = n_or_buffer
-            if isinstance(target, memoryview):
-                if target.readonly:
-                    raise TypeError("read_at buffer must be writable, got a read-only memoryview")
-                if not target.contiguous:
-                    raise TypeError("read_at buffer must be a contiguous memoryview")
-                n = target.nbytes
-            else:
-                n = len(target)
-        elif isinstance(n_or_buffer, int):
-            n = check_count(n_or_buffer, "read length")
-        else:
-            raise TypeError(f"read_at takes a length (int) or a writable buffer, got {type(n_or_buffer).__name__}")
-        if type(offset) is not int or offset < 0:
-            offset = check_offset(offset)
+        n, offset, target = read_at_args(n_or_buffer, offset, self.partition, self.name)
         end = offset + n
-        if end > U64_MAX:
-            raise OffsetOverflow(f"{format_blob(self.partition, self.name)}: offset {offset} + length {n} overflows u64")
         shared = self._shared
         if self._closed is not None or shared.poisoned is not None:
             self._check_open("read")
