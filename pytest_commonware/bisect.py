@@ -50,8 +50,8 @@ from pathlib import Path
 from typing import Any
 
 from commonware_runtime import deterministic
-from commonware_runtime.arguments import NS_PER_SECOND
 from commonware_runtime.deterministic.loop import await_site
+from commonware_runtime.deterministic.trace import format_seconds
 from commonware_runtime.deterministic.strategies import RankStrategy
 
 from .engine import config_from_dict, run_deterministic
@@ -104,7 +104,7 @@ class Decision:
         return self.rank != 0
 
     def describe(self) -> str:
-        t = f"t={self.time_ns / NS_PER_SECOND:.9f}s"
+        t = f"t={format_seconds(self.time_ns)}s"
         ran = f"{_show(self.label)} (id {self.tid})" if self.tid else "a loop callback"
         canon = f"{_show(self.canonical_label)} (id {self.canonical_tid})" if self.canonical_tid else "a loop callback"
         where = f", resuming from {self.site}" if self.site else ""
@@ -129,7 +129,7 @@ class TimingDecision:
         return self.value != 0
 
     def describe(self) -> str:
-        t = f"t={self.time_ns / NS_PER_SECOND:.9f}s"
+        t = f"t={format_seconds(self.time_ns)}s"
         head = f"timing choice {self.index} (before step {self.step}, {t})"
         what = f"the idle loop woke {self.value} ns late (at most {self.options} ns)"
         canon = "wakes on time"

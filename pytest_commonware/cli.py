@@ -19,17 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from .tracefile import (
-    FORMAT,
-    NS_PER_SECOND,
-    Trace,
-    TraceError,
-    atomic_write,
-    first_divergence,
-    format_version,
-    load_trace,
-    step_times,
-)
+from commonware_runtime.arguments import NS_PER_SECOND
+from commonware_runtime.deterministic.trace import format_seconds
+
+from .tracefile import FORMAT, Trace, TraceError, atomic_write, first_divergence, format_version, load_trace
 
 __all__ = ["chrome_trace", "diff", "main", "show"]
 
@@ -39,10 +32,6 @@ class _Usage(Exception):
 
 
 _TIMING_SHOWN = 20  # timing choices listed in `show`'s header
-
-
-def _seconds(ns: int) -> str:
-    return f"{ns / NS_PER_SECOND:.9f}"
 
 
 def _task(trace: Trace, tid: int) -> str:
@@ -86,20 +75,14 @@ def show(trace: Trace, out: TextIO, *, start: int = 0, limit: int | None = None)
     checkpoints = {c["step"]: c["auditor"] for c in trace.checkpoints}
     bounds = list(s.round_steps[1:]) + [trace.steps]
     end = trace.steps if limit is None else min(trace.steps, start + limit)
-    for step, r, t in step_times(s):
-        if step < start:
-            continue
-        if step >= end:
-            break
-        if s.round_steps[r] == step:
-            ready = bounds[r] - step
-            out.write(f"{'':>8}  {_seconds(t):>16}  -- round {r}: {ready} ready --\n")
+    for step, t, r, new_round, pick, tid in s.iter_steps(start, end):
+        time = format_seconds(t)
+        if new_round:
+            out.write(f"{'':>8}  {time:>16}  -- round {r}: {bounds[r] - step} ready --\n")
             if step in checkpoints:
-                out.write(f"{'':>8}  {_seconds(t):>16}  -- checkpoint: auditor {checkpoints[step]} --\n")
-        tid = s.ids[step]
+                out.write(f"{'':>8}  {time:>16}  -- checkpoint: auditor {checkpoints[step]} --\n")
         event = "callback" if tid == 0 else "run"
-        seq = f"#{s.picks[step]}"
-        out.write(f"{step:>8}  {_seconds(t):>16}  {_task(trace, tid):<32}  {seq:>9}  {event}\n")
+        out.write(f"{step:>8}  {time:>16}  {_task(trace, tid):<32}  {'#' + str(pick):>9}  {event}\n")
     if end < trace.steps:
         out.write(f"... {trace.steps - end} more steps (use --start/--limit)\n")
     else:
@@ -114,7 +97,7 @@ def diff(a: Trace, b: Trace, name_a: str, name_b: str, out: TextIO) -> bool:
         return True
     out.write(f"A: {name_a} ({a.test}, seed {a.seed}, {a.steps} steps, {a.outcome})\n")
     out.write(f"B: {name_b} ({b.test}, seed {b.seed}, {b.steps} steps, {b.outcome})\n")
-    when = "" if d.time_ns is None else f", t={_seconds(d.time_ns)}s"
+    when = "" if d.time_ns is None else f", t={format_seconds(d.time_ns)}s"
     out.write(f"first divergence at step {d.step}{when}\n")
     out.write(f"  A: {d.expected}\n")
     out.write(f"  B: {d.actual}\n")

@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 from commonware_runtime import deterministic, production
-from commonware_runtime.arguments import NS_PER_SECOND
 from commonware_runtime.deterministic import strategies
 
 __all__ = [
@@ -39,7 +38,6 @@ __all__ = [
     "TestTimeout",
     "deterministic_config",
     "fifo_check",
-    "first_divergence",
     "make_main",
     "marker_args",
     "plan",
@@ -662,54 +660,3 @@ def run_production(
             raise TestTimeout(f"the test did not finish within its timeout of {timeout}s (real time)") from None
 
     production.Runner(config).start(timed)
-
-
-def _fmt_time(ns: int) -> str:
-    return f"t={ns / NS_PER_SECOND:.9f}s"
-
-
-def _time_at(schedule: deterministic.Schedule, step: int) -> int:
-    times = schedule.round_times
-    steps = schedule.round_steps
-    lo, hi = 0, len(steps) - 1
-    if hi < 0:
-        return 0
-    while lo < hi:  # the last round starting at or before ``step``
-        mid = (lo + hi + 1) // 2
-        if steps[mid] <= step:
-            lo = mid
-        else:
-            hi = mid - 1
-    return times[lo]
-
-
-def first_divergence(a: deterministic.Schedule, b: deterministic.Schedule) -> str | None:
-    """Where two recordings of the same (test, seed) first differ, in words; None if they don't."""
-    for step in range(min(len(a.ids), len(b.ids))):
-        ta, tb = _time_at(a, step), _time_at(b, step)
-        if ta != tb:
-            return (f"step {step}: run 1 was at {_fmt_time(ta)}, run 2 at {_fmt_time(tb)} "
-                    f"(run 1 ran {a.task_label(a.ids[step])!r}, run 2 ran {b.task_label(b.ids[step])!r})")
-        if a.ids[step] != b.ids[step]:
-            return (f"step {step} ({_fmt_time(ta)}): run 1 ran task {a.task_label(a.ids[step])!r} (id {a.ids[step]}), "
-                    f"run 2 ran task {b.task_label(b.ids[step])!r} (id {b.ids[step]})")
-        if step < len(a.picks) and step < len(b.picks) and a.picks[step] != b.picks[step]:
-            return (f"step {step} ({_fmt_time(ta)}): both runs ran task {a.task_label(a.ids[step])!r}, but run 1 "
-                    f"ran ready callback #{a.picks[step]}, run 2 #{b.picks[step]}")
-    if len(a.ids) == len(b.ids) and a.timing != b.timing:
-        i = next((i for i, (x, y) in enumerate(zip(a.timing, b.timing, strict=False)) if x != y),
-                 min(len(a.timing), len(b.timing)))
-        one = a.timing[i] if i < len(a.timing) else "none"
-        two = b.timing[i] if i < len(b.timing) else "none"
-        return (f"timing choice {i} (how late an idle wake-up was): run 1 chose {one}, run 2 {two}, "
-                f"with the same {len(a.ids)} scheduling decisions")
-    for (sa, ta, ha), (sb, tb, hb) in zip(a.checkpoints, b.checkpoints, strict=False):
-        if (sa, ta) != (sb, tb) or ha != hb:
-            return (f"before step {sa} ({_fmt_time(ta)}): same scheduling decisions so far, but the auditor states differ "
-                    f"({ha[:16]}... vs {hb[:16]}...): network, storage, context.rng or metrics events differ")
-    if len(a.ids) != len(b.ids):
-        return f"step {min(len(a.ids), len(b.ids))}: run 1 made {len(a.ids)} scheduling decisions, run 2 made {len(b.ids)}"
-    if a.auditor != b.auditor:
-        return (f"after the last checkpoint: same scheduling decisions, final auditor states differ "
-                f"({a.auditor[:16]}... vs {b.auditor[:16]}...)")
-    return None

@@ -13,12 +13,13 @@ consecutive steps in which the task ran at least once, and the page says so.
 
 from __future__ import annotations
 
-import bisect
 import json
 from html import escape
 from typing import Any
 
-from .tracefile import NS_PER_SECOND, Trace
+from commonware_runtime.deterministic.trace import format_seconds
+
+from .tracefile import Trace
 
 __all__ = ["MAX_MARKS", "html_page"]
 
@@ -36,7 +37,8 @@ def _a(value: Any) -> str:
 
 
 def _seconds(ns: int) -> str:
-    return f"{ns / NS_PER_SECOND:.9f}".rstrip("0").rstrip(".") + "s"
+    # Short on the ruler: the nine decimals without trailing zeros.
+    return format_seconds(ns).rstrip("0").rstrip(".") + "s"
 
 
 def _decisive_step(trace: Trace) -> tuple[int | None, str | None]:
@@ -192,7 +194,7 @@ def html_page(trace: Trace, *, max_marks: int = MAX_MARKS) -> str:
             if aggregated:
                 tip = f"steps {int(m * per)}..{min(steps, int((m + 1) * per)) - 1}"
             else:
-                tip = f"step {m} t={_seconds(_time_at(s, m))}"
+                tip = f"step {m} t={_seconds(s.time_at(m))}"
             out(f"<rect class=\"{mclass}\" data-{what}=\"{m}\" x=\"{x:.2f}\" y=\"{y + 3}\" width=\"{mark_w:.2f}\" "
                 f"height=\"{_LANE_H - 6}\"><title>{_a(tip)}</title></rect>")
         out(f"<desc>{ran} {what}s</desc></g>")
@@ -223,7 +225,3 @@ def html_page(trace: Trace, *, max_marks: int = MAX_MARKS) -> str:
     out(f"<p>{len(shown)} lanes, {sum(len(v) for v in marks.values())} marks.</p></body></html>\n")
     return "".join(parts)
 
-
-def _time_at(s: Any, step: int) -> int:
-    r = bisect.bisect_right(s.round_steps, step) - 1
-    return int(s.round_times[max(r, 0)]) if len(s.round_times) else 0

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from commonware_runtime.deterministic.trace import Schedule
+from commonware_runtime.deterministic.trace import Divergence, Schedule
 
 __all__ = [
     "ENCODING",
@@ -47,7 +47,6 @@ __all__ = [
     "format_version",
     "load_trace",
     "runtime_version",
-    "step_times",
     "trace_from_schedule",
     "trace_path",
     "write_trace",
@@ -59,8 +58,6 @@ VERSIONS = (2, 3)  # the versions this module reads
 ENCODING = "le-zlib-base64"  # the only `decisions.encoding` of versions 2 and 3
 LABELS_ENCODING = "json"  # the prefix of a compact `tasks` block (version 3)
 ORDERINGS = ("any", "fifo")
-
-NS_PER_SECOND = 1_000_000_000
 
 # Limits that keep a hostile or corrupt file from exhausting memory or time, each enforced
 # while the file is read, before what it bounds is built (docs/trace-format.md, "Limits").
@@ -159,13 +156,7 @@ class Trace:
 
     def failure(self, limit: int = 200) -> str:
         """``Type: message`` on one line (reports are one line per fact); empty if passed."""
-        if self.error is None:
-            return ""
-        lines = str(self.error.get("message", "")).strip().splitlines() or [""]
-        text = f"{self.error.get('type')}: {lines[0]}"
-        if len(lines) > 1 or len(text) > limit:
-            text = text[: limit - 1] + "…" if len(text) > limit else text + " …"
-        return text
+        return self.schedule.failure(limit)
 
 
 def runtime_version() -> str:
@@ -1174,123 +1165,13 @@ def _inflate(text: str, what: str, bound: int) -> bytes:
 
 
 # ------------------------------------------------------------------------------------------
-# reading schedules
-
-
-def step_times(schedule: Schedule) -> Iterator[tuple[int, int, int]]:
-    """``(step, round index, virtual time ns)`` for every decision, in order."""
-    bounds = list(schedule.round_steps[1:]) + [len(schedule.ids)]
-    for r, (start, end) in enumerate(zip(schedule.round_steps, bounds, strict=False)):
-        t = schedule.round_times[r]
-        for step in range(start, end):
-            yield step, r, t
-
-
-@dataclass(frozen=True)
-class Divergence:
-    """Where two traces first differ: ``step`` (and its time), what each one has there.
-
-    ``kind`` is ``"schedule"`` (a different task, time, round boundary, callback or
-    timing choice), ``"length"`` (one run ends first), ``"auditor"`` (same decisions, a
-    checkpoint's state differs), ``"final-auditor"`` or ``"outcome"``; ``message`` says it
-    all in one line.
-    """
-
-    kind: str
-    step: int
-    time_ns: int | None
-    expected: str
-    actual: str
-    message: str
-
-
-def _task(trace: Trace, tid: int) -> str:
-    return f"task #{tid} {trace.label(tid)!r}"
-
-
-def _t(ns: int) -> str:
-    return f"{ns / NS_PER_SECOND:.9f}s"
+# comparing runs
 
 
 def first_divergence(expected: Trace, actual: Trace) -> Divergence | None:
-    """The first difference between two runs, or None when their schedules and states agree.
-
-    Scheduling decisions are compared first (task and label, time, round boundary, the
-    callback's seq), then the timing choices, then auditor checkpoints (an event other than scheduling differed), then the end
-    (length, final auditor, outcome).
-    """
-    a, b = expected.schedule, actual.schedule
-    if (a.ids == b.ids and a.picks == b.picks and a.round_steps == b.round_steps
-            and a.round_times == b.round_times and a.labels == b.labels):
-        n = len(a.ids)
-    else:
-        n = 0
-        for (step, ra, ta), (_, rb, tb) in zip(step_times(a), step_times(b), strict=False):
-            tid_a, tid_b = a.ids[step], b.ids[step]
-            task_a, task_b = _task(expected, tid_a), _task(actual, tid_b)
-            new_a = a.round_steps[ra] == step
-            new_b = b.round_steps[rb] == step
-            if ta != tb or new_a != new_b or task_a != task_b:
-                exp = f"{task_a} at t={_t(ta)}" + (" (new round)" if new_a else "")
-                act = f"{task_b} at t={_t(tb)}" + (" (new round)" if new_b else "")
-                return Divergence("schedule", step, ta, exp, act, f"first divergence at step {step}: {exp} vs {act}")
-            if a.picks[step] != b.picks[step]:
-                exp = f"{task_a} as callback #{a.picks[step]}"
-                act = f"{task_b} as callback #{b.picks[step]}"
-                return Divergence("schedule", step, ta, exp, act,
-                                  f"first divergence at step {step} (t={_t(ta)}): another ready callback ran: "
-                                  f"{exp} vs {act}")
-            n = step + 1
-    if len(a.ids) == len(b.ids) and a.timing != b.timing:
-        # The same decisions so far, but a tie among due timers or a late wake-up went
-        # another way (which the trace does not tie to a step).
-        i = next((i for i, (x, y) in enumerate(zip(a.timing, b.timing, strict=False)) if x != y),
-                 min(len(a.timing), len(b.timing)))
-        exp = f"timing choice {i}: {a.timing[i]}" if i < len(a.timing) else f"{len(a.timing)} timing choices"
-        act = f"timing choice {i}: {b.timing[i]}" if i < len(b.timing) else f"{len(b.timing)} timing choices"
-        return Divergence("schedule", n, None, exp, act,
-                          f"the same {n} decisions, but the timing choices differ: {exp} vs {act}")
-    if len(a.ids) != len(b.ids):
-        def at(trace: Trace, s: Schedule) -> tuple[str, int | None]:
-            if n >= len(s.ids):
-                return f"the end of the run ({len(s.ids)} steps)", None
-            r = _round_of(s, n)
-            return f"{_task(trace, s.ids[n])} at t={_t(s.round_times[r])}", s.round_times[r]
-
-        exp, ta2 = at(expected, a)
-        act, tb2 = at(actual, b)
-        return Divergence("length", n, ta2 if ta2 is not None else tb2, exp, act, f"first divergence at step {n}: {exp} vs {act}")
-    checkpoints_b = {step: (t, aud) for step, t, aud in b.checkpoints}
-    for step, t, aud in a.checkpoints:
-        other = checkpoints_b.get(step)
-        if other is not None and other[1] != aud:
-            return Divergence(
-                "auditor", step, t, f"auditor {aud[:16]}...", f"auditor {other[1][:16]}...",
-                f"first divergence before step {step} (t={_t(t)}): same schedule, but the auditor state differs "
-                f"({aud[:16]}... vs {other[1][:16]}...): an event other than scheduling (network, storage, RNG, "
-                f"metrics) differs",
-            )
-    end_time = a.round_times[-1] if len(a.round_times) else None
-    if expected.auditor != actual.auditor:
-        return Divergence(
-            "final-auditor", n, end_time, f"final auditor {expected.auditor[:16]}...", f"final auditor {actual.auditor[:16]}...",
-            f"same schedule ({n} steps), but the final auditor state differs ({expected.auditor[:16]}... vs "
-            f"{actual.auditor[:16]}...): an event other than scheduling differs after the last checkpoint",
-        )
-    if expected.outcome != actual.outcome or expected.error != actual.error:
-        exp, act = _outcome(expected), _outcome(actual)
-        return Divergence("outcome", n, end_time, exp, act, f"same schedule and auditor, but the outcomes differ: {exp} vs {act}")
-    return None
-
-
-def _outcome(trace: Trace) -> str:
-    if trace.error is None:
-        return trace.outcome
-    return f"{trace.outcome} ({trace.failure()})"
-
-
-def _round_of(schedule: Schedule, step: int) -> int:
-    return bisect.bisect_right(schedule.round_steps, step) - 1
+    """The first difference between two traced runs, or None when they agree: their schedules'
+    ``Schedule.first_divergence`` (a trace's auditor, outcome and error are its schedule's)."""
+    return expected.schedule.first_divergence(actual.schedule)
 
 
 # ------------------------------------------------------------------------------------------

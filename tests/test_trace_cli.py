@@ -22,7 +22,6 @@ from commonware_runtime import deterministic
 from pytest_commonware.cli import main
 from pytest_commonware.tracefile import (
     Trace,
-    step_times,
     trace_from_schedule,
     write_trace,
 )
@@ -63,8 +62,9 @@ def traces(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "p1b": write_trace(d / "one-again.yaml", recorded(1)), "dir": d}
 
 
-def step_times_at(s: Any, step: int) -> int:
-    return next(t for st, _, t in step_times(s) if st == step)
+def step_times(s: Any) -> list[tuple[int, int, int]]:
+    """(step, round, virtual time) of every decision, from the schedule's own query."""
+    return [(d.step, d.round, d.time_ns) for d in s.iter_steps()]
 
 
 def test_show_prints_every_decision_and_round(traces: dict[str, Any]) -> None:
@@ -138,7 +138,7 @@ def test_export_chrome(traces: dict[str, Any], tmp_path: Path) -> None:
         assert e["tid"] == s.ids[step] and e["name"] == trace.label(s.ids[step])
         assert e["args"]["virtual_time_ns"] == t and t / 1000 <= e["ts"] and e["dur"] > 0
         assert e["args"]["seq"] == s.picks[step]
-        if step == 0 or step_times_at(s, step - 1) != t:
+        if step == 0 or s.time_at(step - 1) != t:
             assert e["ts"] == t / 1000  # an instant's first decision sits at its virtual time
         later = [u for u in times if u > t]
         if later:

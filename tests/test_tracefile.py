@@ -602,8 +602,8 @@ def test_first_divergence_of_two_seeds() -> None:
     expected_step = next(
         s for s in range(min(sa.steps, sb.steps))
         if (sa.ids[s], sa.picks[s], s in sa.round_steps) != (sb.ids[s], sb.picks[s], s in sb.round_steps)
-        or tracefile._round_of(sa, s) != tracefile._round_of(sb, s)
-        or sa.round_times[tracefile._round_of(sa, s)] != sb.round_times[tracefile._round_of(sb, s)]
+        or sa.round_of(s) != sb.round_of(s)
+        or sa.time_at(s) != sb.time_at(s)
     )
     assert d.step == expected_step
     assert f"#{sa.ids[d.step]} {a.label(sa.ids[d.step])!r}" in d.expected
@@ -618,6 +618,45 @@ def test_first_divergence_beyond_the_schedule() -> None:
     assert d is not None and d.kind in ("final-auditor", "outcome", "length")
     if d.kind == "outcome":
         assert "AssertionError" in d.actual
+
+
+def test_schedule_queries_agree_with_its_rounds() -> None:
+    _, trace = record(1, workers=30)
+    s = trace.schedule
+    steps = list(s.iter_steps())
+    assert [d.step for d in steps] == list(range(s.steps))
+    for d in steps:
+        r = d.round
+        assert s.round_steps[r] <= d.step and (r + 1 == len(s.round_steps) or d.step < s.round_steps[r + 1])
+        assert d.time_ns == s.round_times[r] == s.time_at(d.step) and r == s.round_of(d.step)
+        assert d.new_round == (s.round_steps[r] == d.step)
+        assert (d.pick, d.tid) == (s.picks[d.step], s.ids[d.step])
+    assert list(s.iter_steps(5, 9)) == steps[5:9]
+    assert s.decisions() == [(d.step, d.time_ns, d.tid, s.task_label(d.tid)) for d in steps]
+    empty = deterministic.Schedule(seed=0)
+    assert empty.round_of(0) == -1 and empty.time_at(0) == 0 and list(empty.iter_steps()) == []
+
+
+def test_format_seconds_is_exact() -> None:
+    from commonware_runtime.deterministic.trace import format_seconds
+
+    assert format_seconds(0) == "0.000000000"
+    assert format_seconds(86_839_471) == "0.086839471"
+    assert format_seconds(-1) == "-0.000000001"
+    assert format_seconds(2**62 + 1) == f"{(2**62 + 1) // 10**9}.{(2**62 + 1) % 10**9:09d}"
+    for ns in (1, 999_999_999, 3_600 * 10**9 + 7, 10**15 + 123):  # as a float division printed them
+        assert format_seconds(ns) == f"{ns / 1e9:.9f}"
+
+
+def test_divergence_names_the_event() -> None:
+    _, a = record(1, workers=30)
+    _, b = record(2, workers=30)
+    d = a.schedule.first_divergence(b.schedule)
+    assert d is not None and d == first_divergence(a, b)
+    assert d.kind == "schedule" and d.event in ("task", "time", "round", "callback")
+    _, failed = record(1, workers=30, fail=True)
+    d = a.schedule.first_divergence(failed.schedule)
+    assert d is not None and d.event == d.kind
 
 
 def test_trace_path() -> None:

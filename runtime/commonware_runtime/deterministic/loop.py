@@ -34,7 +34,7 @@ from ..auditor import Auditor
 from ..errors import RuntimeStalled, RuntimeTimeout
 from ..tasks import is_runtime_plumbing
 from .strategies import LOOP_CALLBACK, ORDERINGS, WINDOW, Random as _RANDOM, Strategy, Swarm, make_strategy
-from .trace import Replayer as _Replay
+from .trace import Replayer as _Replay, format_seconds
 
 __all__ = ["EventLoop", "UnsupportedOperation", "derive_seed", "MARK_TIME", "MARK_SPAWN"]
 
@@ -333,7 +333,7 @@ class EventLoop(asyncio.BaseEventLoop):
             self._now_ns = self._deadline_ns
             raise RuntimeTimeout(
                 f"virtual time reached the deadline of {self._deadline_ns / NS_PER_SECOND}s (the next event was "
-                f"due at {now / NS_PER_SECOND:.9f}s) after {self.steps} scheduling decisions. Tasks still waiting:\n"
+                f"due at {format_seconds(now)}s) after {self.steps} scheduling decisions. Tasks still waiting:\n"
                 + self._waiting_report()
             )
         self._now_ns = now
@@ -657,7 +657,7 @@ class EventLoop(asyncio.BaseEventLoop):
 
     def stalled(self) -> RuntimeStalled:
         return RuntimeStalled(
-            f"runtime stalled at virtual time {self._now_ns / NS_PER_SECOND:.9f}s after {self.steps} scheduling "
+            f"runtime stalled at virtual time {format_seconds(self._now_ns)}s after {self.steps} scheduling "
             f"decisions: no task is ready and no timer is pending. Blocked tasks:\n" + self._waiting_report()
         )
 

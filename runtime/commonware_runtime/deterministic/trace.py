@@ -12,19 +12,38 @@ The recorder only watches.  Replay is one more chooser: it hands the loop the re
 that the task about to run is the one recorded, at every round that the time matches and
 at every checkpoint that the auditor matches.  The first mismatch raises
 ``ReplayDivergence`` naming the step, time, and expected vs actual task.
+
+A ``Schedule`` answers the questions every reader of a recording asks, so that none of them
+works it out again: at what virtual time a step ran (``time_at``) and in which round
+(``round_of``), every step with its time, round, callback and task (``iter_steps``), where
+two recordings first part (``first_divergence``, a ``Divergence``: what differs, at which
+step, in words).  ``format_seconds`` prints a virtual instant the one way every report of
+this package prints it (nine decimals, exact).
 """
 
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable
+from bisect import bisect_right
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..arguments import NS_PER_SECOND
 from ..errors import Error
 
-__all__ = ["Recorder", "Schedule", "Replayer", "ReplayDivergence"]
+__all__ = ["Divergence", "Recorder", "Schedule", "Step", "Replayer", "ReplayDivergence", "format_seconds"]
+
+
+def format_seconds(ns: int) -> str:
+    """Virtual time ``ns`` (nanoseconds) in seconds with nine decimals: ``"0.086839471"``.
+
+    Every message that names a virtual instant (replay divergences, stalls, traces, bisect
+    reports) prints it through this, so the same instant reads the same everywhere.  Integer
+    arithmetic keeps every digit exact (a float division drops the last ones past ~52 days).
+    """
+    whole, frac = divmod(abs(ns), NS_PER_SECOND)
+    return f"{'-' if ns < 0 else ''}{whole}.{frac:09d}"
 
 
 class ReplayDivergence(Error):
@@ -36,6 +55,53 @@ class ReplayDivergence(Error):
         self.time = time_ns / NS_PER_SECOND
         self.expected = expected
         self.actual = actual
+
+
+class Step(NamedTuple):
+    """One scheduling decision of a recorded run, as ``Schedule.iter_steps`` yields it."""
+
+    step: int
+    time_ns: int  # the virtual time of its round
+    round: int  # the index of its round (-1 only in a schedule without rounds)
+    new_round: bool  # the first decision of its round
+    pick: int  # the seq of the callback that ran (callbacks are numbered as they became ready)
+    tid: int  # the stable id of its task; 0 for a plain loop callback
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """Where two recorded runs first differ (``Schedule.first_divergence``).
+
+    ``kind`` is ``"schedule"`` (a different task, time, round boundary, callback or timing
+    choice), ``"length"`` (one run ends first), ``"auditor"`` (the same decisions, a
+    checkpoint's state differs: an event other than scheduling), ``"final-auditor"`` or
+    ``"outcome"``.  ``event`` says which event of a ``"schedule"`` difference it is:
+    ``"task"`` (another task, or another label, ran), ``"time"`` (the same task at another
+    virtual time), ``"round"`` (the same task and time, but a round begins in one run only),
+    ``"callback"`` (another ready callback of the same task) or ``"timing"`` (a timer tie or
+    a late wake-up went another way); for the other kinds it is the kind.  ``step`` and
+    ``time_ns`` say where (``time_ns`` is None for a timing choice, which no step owns, and
+    at the end of an empty run); ``expected`` and ``actual`` what each run has there, and
+    ``message`` all of it in one line.
+    """
+
+    kind: str
+    step: int
+    time_ns: int | None
+    expected: str
+    actual: str
+    message: str
+    event: str
+
+
+def _failure_line(error: Mapping[str, Any] | None, limit: int) -> str:
+    if error is None:
+        return ""
+    lines = str(error.get("message", "")).strip().splitlines() or [""]
+    text = f"{error.get('type')}: {lines[0]}"
+    if len(lines) > 1 or len(text) > limit:
+        text = text[: limit - 1] + "…" if len(text) > limit else text + " …"
+    return text
 
 
 @dataclass
@@ -65,18 +131,128 @@ class Schedule:
             return "<callback>"
         return self.labels[tid] if tid < len(self.labels) else f"<task {tid}>"
 
+    def failure(self, limit: int = 200) -> str:
+        """``Type: message`` of the run's error on one line (at most ``limit`` characters,
+        ``…`` where cut); empty when the run passed."""
+        return _failure_line(self.error, limit)
+
+    # -- queries: every reader of a recording asks these, none works them out again -----------
+
+    def round_of(self, step: int) -> int:
+        """The index of the round ``step`` was decided in (-1 when the schedule has no rounds)."""
+        if not self.round_steps:
+            return -1
+        return max(bisect_right(self.round_steps, step) - 1, 0)
+
+    def time_at(self, step: int) -> int:
+        """The virtual time (ns) at which ``step`` was decided: its round's (0 without rounds)."""
+        r = self.round_of(step)
+        return int(self.round_times[r]) if r >= 0 else 0
+
+    def iter_steps(self, start: int = 0, stop: int | None = None) -> Iterator[Step]:
+        """Every decision from ``start`` up to ``stop`` (default: the end), in order, as ``Step``s."""
+        ids, picks = self.ids, self.picks
+        end = len(ids) if stop is None else min(stop, len(ids))
+        npicks = len(picks)
+        starts, times = self.round_steps, self.round_times
+        nrounds = len(starts)
+        if nrounds == 0:
+            for s in range(start, end):
+                yield Step(s, 0, -1, False, picks[s] if s < npicks else 0, ids[s])
+            return
+        r = self.round_of(start)
+        step = start
+        while step < end:
+            first, t = starts[r], times[r]
+            bound = min(starts[r + 1] if r + 1 < nrounds else end, end)
+            for s in range(step, bound):
+                yield Step(s, t, r, s == first, picks[s] if s < npicks else 0, ids[s])
+            step = bound
+            r += 1
+
     def decisions(self) -> list[tuple[int, int, int, str]]:
         """(step, time_ns, task id, label) for every decision, in order."""
-        out = []
-        r = 0
-        nrounds = len(self.round_steps)
-        for step in range(len(self.ids)):
-            while r + 1 < nrounds and self.round_steps[r + 1] <= step:
-                r += 1
-            t = self.round_times[r] if nrounds else 0
-            tid = self.ids[step]
-            out.append((step, t, tid, self.task_label(tid)))
-        return out
+        return [(d.step, d.time_ns, d.tid, self.task_label(d.tid)) for d in self.iter_steps()]
+
+    def first_divergence(self, other: Schedule) -> Divergence | None:
+        """The first difference between this run (the expected one) and ``other``; None when
+        their schedules, states and outcomes agree.
+
+        Scheduling decisions are compared first, step by step (the task and its label, the
+        time, where rounds begin, the callback's seq), then the timing choices, then the
+        length, then auditor checkpoints (an event other than scheduling differed), the final
+        auditor state and the outcome.
+        """
+        a, b = self, other
+        if (a.ids == b.ids and a.picks == b.picks and a.round_steps == b.round_steps
+                and a.round_times == b.round_times and a.labels == b.labels):
+            n = len(a.ids)
+        else:
+            n = 0
+            for x, y in zip(a.iter_steps(), b.iter_steps(), strict=False):
+                task_a, task_b = a._task(x.tid), b._task(y.tid)
+                step, ta = x.step, x.time_ns
+                if ta != y.time_ns or x.new_round != y.new_round or task_a != task_b:
+                    event = "task" if task_a != task_b else "time" if ta != y.time_ns else "round"
+                    exp = f"{task_a} at t={format_seconds(ta)}s" + (" (new round)" if x.new_round else "")
+                    act = f"{task_b} at t={format_seconds(y.time_ns)}s" + (" (new round)" if y.new_round else "")
+                    return Divergence("schedule", step, ta, exp, act, f"first divergence at step {step}: {exp} vs {act}",
+                                      event)
+                if x.pick != y.pick:
+                    exp, act = f"{task_a} as callback #{x.pick}", f"{task_b} as callback #{y.pick}"
+                    return Divergence("schedule", step, ta, exp, act,
+                                      f"first divergence at step {step} (t={format_seconds(ta)}s): another ready "
+                                      f"callback ran: {exp} vs {act}", "callback")
+                n = step + 1
+        if len(a.ids) == len(b.ids) and a.timing != b.timing:
+            # The same decisions so far, but a tie among due timers or a late wake-up went
+            # another way (which the schedule does not tie to a step).
+            i = next((i for i, (x_, y_) in enumerate(zip(a.timing, b.timing, strict=False)) if x_ != y_),
+                     min(len(a.timing), len(b.timing)))
+            exp = f"timing choice {i}: {a.timing[i]}" if i < len(a.timing) else f"{len(a.timing)} timing choices"
+            act = f"timing choice {i}: {b.timing[i]}" if i < len(b.timing) else f"{len(b.timing)} timing choices"
+            return Divergence("schedule", n, None, exp, act,
+                              f"the same {n} decisions, but the timing choices differ: {exp} vs {act}", "timing")
+        if len(a.ids) != len(b.ids):
+            exp, time_a = a._at_step(n)
+            act, time_b = b._at_step(n)
+            return Divergence("length", n, time_a if time_a is not None else time_b, exp, act,
+                              f"first divergence at step {n}: {exp} vs {act}", "length")
+        checkpoints_b = {step: auditor for step, _, auditor in b.checkpoints}
+        for step, t, auditor in a.checkpoints:
+            theirs = checkpoints_b.get(step)
+            if theirs is not None and theirs != auditor:
+                return Divergence(
+                    "auditor", step, t, f"auditor {auditor[:16]}...", f"auditor {theirs[:16]}...",
+                    f"first divergence before step {step} (t={format_seconds(t)}s): same schedule, but the auditor "
+                    f"state differs ({auditor[:16]}... vs {theirs[:16]}...): an event other than scheduling (network, "
+                    f"storage, RNG, metrics) differs", "auditor",
+                )
+        end_time = int(a.round_times[-1]) if len(a.round_times) else None
+        if a.auditor != b.auditor:
+            return Divergence(
+                "final-auditor", n, end_time, f"final auditor {a.auditor[:16]}...", f"final auditor {b.auditor[:16]}...",
+                f"same schedule ({n} steps), but the final auditor state differs ({a.auditor[:16]}... vs "
+                f"{b.auditor[:16]}...): an event other than scheduling differs after the last checkpoint", "final-auditor",
+            )
+        if a.outcome != b.outcome or a.error != b.error:
+            exp, act = a._outcome(), b._outcome()
+            return Divergence("outcome", n, end_time, exp, act,
+                              f"same schedule and auditor, but the outcomes differ: {exp} vs {act}", "outcome")
+        return None
+
+    def _task(self, tid: int) -> str:
+        return f"task #{tid} {self.task_label(tid)!r}"
+
+    def _at_step(self, step: int) -> tuple[str, int | None]:
+        """What ran at ``step`` and when, or the end of the run."""
+        if step >= len(self.ids):
+            return f"the end of the run ({len(self.ids)} steps)", None
+        t = self.time_at(step)
+        return f"{self._task(self.ids[step])} at t={format_seconds(t)}s", t
+
+    def _outcome(self) -> str:
+        return self.outcome if self.error is None else f"{self.outcome} ({self.failure()})"
 
 
 class Recorder:
@@ -157,14 +333,14 @@ class Replayer:
         pending = loop.pending_labels()
         if step >= len(self.schedule.picks):
             return ReplayDivergence(
-                f"replay diverged at step {step} (t={now_ns / NS_PER_SECOND:.9f}s): the trace ended after "
+                f"replay diverged at step {step} (t={format_seconds(now_ns)}s): the trace ended after "
                 f"{len(self.schedule.picks)} decisions, the run still has ready tasks {sorted(pending)}",
                 step=step, time_ns=now_ns, expected="end of run", actual=f"ready tasks {sorted(pending)}",
             )
         tid = self.schedule.ids[step]
         expected = f"task {self.schedule.task_label(tid)!r} (id {tid}), ready callback #{seq}"
         return ReplayDivergence(
-            f"replay diverged at step {step} (t={now_ns / NS_PER_SECOND:.9f}s): the trace ran {expected}, "
+            f"replay diverged at step {step} (t={format_seconds(now_ns)}s): the trace ran {expected}, "
             f"which is not ready in this run (ready: {sorted(pending)})",
             step=step, time_ns=now_ns, expected=expected, actual=f"ready tasks {sorted(pending)}",
         )
@@ -193,9 +369,9 @@ class Replayer:
             else:
                 at = schedule.round_steps[r]
                 nxt = schedule.task_label(schedule.ids[at]) if at < len(schedule.ids) else "nothing"
-                expected = f"a round at step {at}, t={schedule.round_times[r] / NS_PER_SECOND:.9f}s, running {nxt!r} first"
+                expected = f"a round at step {at}, t={format_seconds(schedule.round_times[r])}s, running {nxt!r} first"
             ready_labels = sorted(ready())
-            actual = f"a round at step {step}, t={now_ns / NS_PER_SECOND:.9f}s, with ready tasks {ready_labels}"
+            actual = f"a round at step {step}, t={format_seconds(now_ns)}s, with ready tasks {ready_labels}"
             raise ReplayDivergence(
                 f"replay diverged at step {step}: the trace expected {expected}; the run has {actual}",
                 step=step, time_ns=now_ns, expected=expected, actual=actual,
@@ -207,7 +383,7 @@ class Replayer:
             actual = auditor.state()
             if actual != cps[c][2]:
                 raise ReplayDivergence(
-                    f"replay diverged before step {step} (t={now_ns / NS_PER_SECOND:.9f}s): auditor state is "
+                    f"replay diverged before step {step} (t={format_seconds(now_ns)}s): auditor state is "
                     f"{actual[:16]}..., the trace recorded {cps[c][2][:16]}... (an event other than a scheduling "
                     f"decision differs: network, storage, RNG or metrics)",
                     step=step, time_ns=now_ns, expected=cps[c][2], actual=actual,
@@ -219,7 +395,7 @@ class Replayer:
         expected = f"task {self.schedule.task_label(tid)!r} (id {tid})"
         actual = f"task {actual_label!r} (id {actual_tid})"
         return ReplayDivergence(
-            f"replay diverged at step {step} (t={now_ns / NS_PER_SECOND:.9f}s): the trace expected {expected}, "
+            f"replay diverged at step {step} (t={format_seconds(now_ns)}s): the trace expected {expected}, "
             f"the run would run {actual}",
             step=step, time_ns=now_ns, expected=expected, actual=actual,
         )
