@@ -257,11 +257,7 @@ def cancel_leftovers(
         for task in pending:
             count = tried.get(task, 0)
             if count >= attempts:
-                # A cancellation still undelivered means the task never ran again, so it
-                # ignored nothing: the simulation's loop lost its step when the run failed in
-                # the middle of a round (a replay divergence).  Closed without a warning.
-                undelivered = getattr(task, "_must_cancel", False)
-                _close_stubborn(task, None if undelivered else count)
+                _close_stubborn(task, count)
                 closed.add(task)
                 continue
             tried[task] = count + 1

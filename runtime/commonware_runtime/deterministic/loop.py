@@ -517,8 +517,13 @@ class EventLoop(asyncio.BaseEventLoop):
         observer = self.observer
         if observer is not None:
             self._round_batch = batch
-            observer.round(self.steps, self._now_ns, self)
-            self._round_batch = []
+            try:
+                observer.round(self.steps, self._now_ns, self)
+            except BaseException:
+                self._ready[:0] = batch  # a replay diverged at the round's start: nothing ran
+                raise
+            finally:
+                self._round_batch = []
         if self._fifo and chooser is not observer:
             self._run_batch_fifo_observed(batch)
             return
@@ -557,7 +562,15 @@ class EventLoop(asyncio.BaseEventLoop):
                 picks(seq)
                 ids(tid)
             if check is not None:
-                check(step, seq, tid, self)
+                try:
+                    check(step, seq, tid, self)
+                except BaseException:
+                    # The replay diverged: the callback did not run, so it stays pending
+                    # (teardown still owes its task a step, to deliver the cancellation).
+                    pending[seq] = handle
+                    self._pending = dict(sorted(pending.items()))
+                    self.steps = step
+                    raise
             step += 1
             if not cancelled:
                 self.steps = step
@@ -585,7 +598,7 @@ class EventLoop(asyncio.BaseEventLoop):
         """ordering="fifo" under a recorder: asyncio's order (strategies choose timing only)."""
         record = self._decisions.append
         picks, ids, check = self._observed
-        for handle in batch:
+        for i, handle in enumerate(batch):
             seq = self._seq = self._seq + 1
             step = self.steps
             tid = self.owner_id(handle)
@@ -594,7 +607,11 @@ class EventLoop(asyncio.BaseEventLoop):
                 picks(seq)
                 ids(tid)
             if check is not None:
-                check(step, seq, tid, self)
+                try:
+                    check(step, seq, tid, self)
+                except BaseException:
+                    self._ready[:0] = batch[i:]  # not run: as in _run_batch_chosen
+                    raise
             self.steps = step + 1
             if not handle._cancelled:
                 handle._run()
