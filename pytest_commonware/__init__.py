@@ -1,8 +1,10 @@
 """pytest-commonware: run async tests on commonware_runtime, over many seeds, with traces.
 
 The pytest plugin lives in ``pytest_commonware.plugin`` (loaded through the ``pytest11``
-entry point); trace files in ``pytest_commonware.tracefile``; the ``trace`` command line
-(``python -m pytest_commonware trace show|diff|export``) in ``pytest_commonware.cli``.
+entry point); the ``trace`` command line (``python -m pytest_commonware trace
+show|diff|export``) in ``pytest_commonware.cli``.  Trace files are the runtime's
+(``commonware_runtime.deterministic.tracefile``); the names below are that module's, kept
+importable from here for code written when they lived in this package.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # Loaded on first use: importing the package (which pytest does for the plugin) stays cheap.
     if name in __all__:
-        from . import tracefile
+        from commonware_runtime.deterministic import tracefile
 
         return getattr(tracefile, name)
     raise AttributeError(f"module 'pytest_commonware' has no attribute {name!r}")

@@ -21,8 +21,15 @@ from typing import Any, TextIO
 
 from commonware_runtime.arguments import NS_PER_SECOND
 from commonware_runtime.deterministic.trace import format_seconds
-
-from .tracefile import FORMAT, Trace, TraceError, atomic_write, first_divergence, format_version, load_trace
+from commonware_runtime.deterministic.tracefile import (
+    FORMAT,
+    Trace,
+    TraceError,
+    atomic_write,
+    first_divergence,
+    format_version,
+    load_trace,
+)
 
 __all__ = ["chrome_trace", "diff", "main", "show"]
 
@@ -240,7 +247,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0 if diff(a, b, args.a, args.b, out) else 1
     trace = _load(args.file)
     if args.format == "html":
-        from .picture import html_page
+        from commonware_runtime.deterministic.picture import html_page
 
         page = html_page(trace)
         if args.output is None:

@@ -8,7 +8,6 @@ module (the way pytest-xdist keeps its hooks thin over its scheduling code), so 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import inspect
 import os
 import re
@@ -20,7 +19,7 @@ from typing import Any
 
 import pytest
 from commonware_runtime import deterministic, production
-from commonware_runtime.deterministic import strategies
+from commonware_runtime.deterministic import strategies, tracefile
 
 __all__ = [
     "CONTEXT_FIXTURES",
@@ -392,29 +391,12 @@ def with_horizon(config: deterministic.Config, test: str, main: Callable[[Any], 
 
 
 def config_from_dict(values: Mapping[str, Any], where: str) -> deterministic.Config:
-    """A ``deterministic.Config`` from a trace's ``config`` mapping (unknown keys are an error).
-
-    ``ordering`` and ``strategy`` are plain strings there (``Config.to_dict()``).  A replay
-    or a bisect never asks the recorded strategy anything (the trace names every choice), so
-    a strategy this session does not know (a user object's name, one a conftest elsewhere
-    registered) is replaced by the canonical one rather than refused.
-    """
-    known = {f.name for f in dataclasses.fields(deterministic.Config)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise pytest.UsageError(f"{where}: the trace's config has keys this version does not know: {', '.join(unknown)}")
-    for key in ("ordering", "strategy"):
-        if key in values and not isinstance(values[key], str):
-            raise pytest.UsageError(f"{where}: the trace's config is invalid: {key} must be a string, "
-                                    f"got {values[key]!r}")
-    values = dict(values)
-    strategy = values.get("strategy")
-    if isinstance(strategy, str) and strategy.split(":")[0] not in strategies.strategy_names():
-        values["strategy"] = "canonical"
+    """The ``deterministic.Config`` of a trace's ``config`` (``tracefile.config_from_dict``);
+    a config it cannot describe is a usage error."""
     try:
-        return deterministic.Config(**values)
-    except (TypeError, ValueError) as exc:
-        raise pytest.UsageError(f"{where}: the trace's config is invalid: {exc}") from None
+        return tracefile.config_from_dict(values, where)
+    except tracefile.TraceError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """pytest-commonware: run ``async def`` tests on commonware runtimes (see docs/plugin.md).
 
 Auto-loaded through the ``pytest11`` entry point ``commonware``.  The hooks here are thin:
-options and plans come from ``engine``, the golden file from ``golden``, ``--cw-bisect``
-from ``bisect``, trace files from ``tracefile``, the plugin's own hook specifications from
-``hooks``.
+options and plans come from ``engine``, the plugin's own hook specifications from ``hooks``,
+the sweep summary from ``summary``; trace files, the golden file and ``--cw-bisect`` are
+the runtime's (``commonware_runtime.deterministic.tracefile``, ``.golden``, ``.bisect``).
 """
 
 from __future__ import annotations
@@ -24,6 +24,18 @@ from typing import Any
 import pytest
 from commonware_runtime import RuntimeStalled, RuntimeTimeout, deterministic
 from commonware_runtime.deterministic import strategies
+from commonware_runtime.deterministic.golden import GoldenError, load_golden, merge_golden, write_golden
+from commonware_runtime.deterministic.tracefile import (
+    Divergence,
+    Trace,
+    TraceError,
+    first_divergence,
+    load_trace,
+    remove_failure_trace,
+    trace_from_schedule,
+    trace_path,
+    write_trace,
+)
 
 from . import engine
 from .engine import (
@@ -34,19 +46,7 @@ from .engine import (
     RunSpec,
     Settings,
 )
-from .files import remove_failure_trace
-from .golden import GoldenError, load_golden, merge_golden, write_golden
 from .summary import Failure, Sweep, describe_failure, repeat_line
-from .tracefile import (
-    Divergence,
-    Trace,
-    TraceError,
-    first_divergence,
-    load_trace,
-    trace_from_schedule,
-    trace_path,
-    write_trace,
-)
 
 CHECK_CHILD_ENV = "PYTEST_COMMONWARE_CHECK_CHILD"  # set in the other-process run of --cw-check-determinism
 RUN_PARAM = "_cw_run"  # the hidden fixture every claimed test is parametrized over
@@ -984,7 +984,7 @@ def _traced_strategy(trace: Trace) -> str | None:
 
 
 def _run_bisect(item: pytest.Function, state: State, make_main: Any, note: ItemRun) -> None:
-    from .bisect import BisectError, bisect_trace, min_trace_path
+    from commonware_runtime.deterministic.bisect import BisectError, bisect_trace, min_trace_path
 
     trace = state.bisect_trace
     source = state.settings.bisect

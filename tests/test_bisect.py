@@ -8,9 +8,7 @@ from typing import Any
 
 import pytest
 from commonware_runtime import deterministic
-from race_program import RACE
-
-from pytest_commonware.bisect import (
+from commonware_runtime.deterministic.bisect import (
     BisectError,
     Deviation,
     DeviationStrategy,
@@ -20,8 +18,10 @@ from pytest_commonware.bisect import (
     bisect_trace,
     min_trace_path,
 )
+from commonware_runtime.deterministic.tracefile import load_trace, trace_from_schedule
+from race_program import RACE
+
 from pytest_commonware.engine import run_deterministic
-from pytest_commonware.tracefile import load_trace, trace_from_schedule
 
 pytest_plugins = ["pytester"]
 

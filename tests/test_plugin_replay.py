@@ -7,9 +7,8 @@ import shlex
 from pathlib import Path
 
 import pytest
+from commonware_runtime.deterministic.tracefile import load_trace
 from race_program import RACE as RACE_MODULE
-
-from pytest_commonware.tracefile import load_trace
 
 pytest_plugins = ["pytester"]
 

@@ -20,8 +20,10 @@ import time
 from pathlib import Path
 
 import pytest
+from commonware_runtime import atomicfile
+from commonware_runtime.deterministic import golden, tracefile
 
-from pytest_commonware import files, golden, summary, tracefile
+from pytest_commonware import summary
 
 pytest_plugins = ["pytester"]
 
@@ -439,7 +441,7 @@ def test_a_stale_replay_says_how_to_rerun_the_seed(pytester: pytest.Pytester) ->
 def test_interrupted_writes_leave_nothing_behind(tmp_path: Path) -> None:
     directory = tmp_path / "traces"
     directory.mkdir()
-    host = files._HOST
+    host = atomicfile._HOST
     dead = 2**22 + 12345  # no such process (above the usual pid_max)
     old = directory / ".a.yaml.k3j4h5g6.tmp"  # an older writer's name, left long ago
     old.write_text("partial")
@@ -463,11 +465,11 @@ def test_interrupted_writes_leave_nothing_behind(tmp_path: Path) -> None:
 
 def test_trace_and_golden_writes_sync_the_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     synced: list[Path] = []
-    monkeypatch.setattr(files, "fsync_dir", synced.append)
+    monkeypatch.setattr(atomicfile, "fsync_dir", synced.append)
     golden.write_golden(tmp_path / "g" / "golden.yaml", {})
     tracefile.atomic_write(tmp_path / "t" / "x.yaml", b"x")
     assert synced == [tmp_path / "g", tmp_path / "t"]
-    stale = tmp_path / "t" / f".y.yaml.{files._HOST}-{2**22 + 1}.abc.tmp"
+    stale = tmp_path / "t" / f".y.yaml.{atomicfile._HOST}-{2**22 + 1}.abc.tmp"
     stale.write_bytes(b"partial")
     tracefile.atomic_write(tmp_path / "t" / "y.yaml", b"y")
     assert not stale.exists() and (tmp_path / "t" / "y.yaml").read_bytes() == b"y"
@@ -479,9 +481,9 @@ def test_remove_failure_trace(tmp_path: Path) -> None:
     failing.write_text("format: commonware-trace\nversion: 2\noutcome: failed\nerror:\n  type: X\n")
     passing = tmp_path / "p.yaml"
     passing.write_text("format: commonware-trace\nversion: 2\noutcome: passed\n")
-    assert files.remove_failure_trace(failing) and not failing.exists()
-    assert not files.remove_failure_trace(passing) and passing.exists()
-    assert not files.remove_failure_trace(tmp_path / "none.yaml")
+    assert tracefile.remove_failure_trace(failing) and not failing.exists()
+    assert not tracefile.remove_failure_trace(passing) and passing.exists()
+    assert not tracefile.remove_failure_trace(tmp_path / "none.yaml")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,13 +18,13 @@ except ImportError:  # not installed yet: the package sits next to runtime/ in t
     sys.path.insert(0, str(ROOT))
 
 from commonware_runtime import deterministic
-
-from pytest_commonware.cli import main
-from pytest_commonware.tracefile import (
+from commonware_runtime.deterministic.tracefile import (
     Trace,
     trace_from_schedule,
     write_trace,
 )
+
+from pytest_commonware.cli import main
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 from commonware_runtime import deterministic
+from commonware_runtime.deterministic.bisect import bisect_trace
+from commonware_runtime.deterministic.picture import html_page
+from commonware_runtime.deterministic.tracefile import Trace, load_trace, trace_from_schedule, write_trace
 
-from pytest_commonware.bisect import bisect_trace
 from pytest_commonware.cli import main as cli_main
 from pytest_commonware.engine import run_deterministic
-from pytest_commonware.picture import html_page
-from pytest_commonware.tracefile import Trace, load_trace, trace_from_schedule, write_trace
 
 
 def race_main() -> Any:

@@ -30,9 +30,8 @@ except ImportError:  # not installed yet: the package sits next to runtime/ in t
     sys.path.insert(0, str(ROOT))
 
 from commonware_runtime import deterministic
-
-from pytest_commonware import tracefile
-from pytest_commonware.tracefile import TraceError, load_trace, trace_from_schedule, write_trace
+from commonware_runtime.deterministic import tracefile
+from commonware_runtime.deterministic.tracefile import TraceError, load_trace, trace_from_schedule, write_trace
 
 pytest_plugins = ["pytester"]
 
@@ -94,7 +93,7 @@ CHILD = textwrap.dedent(
     """
     import json, os, resource, sys, time
     sys.path[:0] = {paths!r}
-    from pytest_commonware.tracefile import TraceError, load_trace
+    from commonware_runtime.deterministic.tracefile import TraceError, load_trace
 
     def peak_mb():
         try:

@@ -23,9 +23,8 @@ except ImportError:  # not installed yet: the package sits next to runtime/ in t
     sys.path.insert(0, str(ROOT))
 
 from commonware_runtime import deterministic
-
-from pytest_commonware import tracefile
-from pytest_commonware.tracefile import (
+from commonware_runtime.deterministic import tracefile
+from commonware_runtime.deterministic.tracefile import (
     FORMAT,
     VERSION,
     Trace,
@@ -200,7 +199,7 @@ def test_traces_of_other_strategies_replay(tmp_path: Path, strategy: str) -> Non
 
 
 def engine_config(trace: Trace) -> deterministic.Config:
-    from pytest_commonware.engine import config_from_dict
+    from commonware_runtime.deterministic.tracefile import config_from_dict
 
     return config_from_dict(trace.config, "t.yaml")
 

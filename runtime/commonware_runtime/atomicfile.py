@@ -1,9 +1,12 @@
-"""Durable, atomic file writes for traces and the golden file, and the removal of stale ones.
+"""Durable, atomic file replacement: readers see the old file or the new one, never a part.
 
+Every file this package writes whole for others to read (trace files, the golden file, an
+exported trace) goes through ``atomic_write``, so there is one way to do it right.
 ``atomic_write`` writes a temp file in the target's directory, fsyncs it, makes it 0644,
 renames it over the target and fsyncs the directory (the rename is durable only then, on
 POSIX).  A writer killed in between leaves its temp file behind; the next write to the
-directory removes such leftovers: a temp file of a process of this host that no longer runs,
+directory removes such leftovers of YAML files (traces and golden files, which directories
+full of them collect): a temp file of a process of this host that no longer runs,
 or any temp file older than ``STALE_SECONDS`` (a write takes milliseconds, so that one was
 abandoned too).  Temp files of writers still at work (other xdist workers, other machines on
 a shared directory) are left alone.
@@ -20,10 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["STALE_SECONDS", "atomic_write", "remove_failure_trace", "remove_stale_temps"]
+__all__ = ["STALE_SECONDS", "atomic_write", "fsync_dir", "remove_stale_temps"]
 
 STALE_SECONDS = 60.0
-_FAILED = re.compile(rb"^outcome: failed\s*$", re.MULTILINE)
 # .<name>.yaml.<host>-<pid>.<random>.tmp (this module's) or .<name>.yaml.<random>.tmp (older writers)
 _TEMP = re.compile(r"\A\..+\.ya?ml\.(?:(?P<host>[0-9a-f]{8})-(?P<pid>\d+)\.)?[^.]+\.tmp\Z")
 
@@ -106,19 +108,3 @@ def fsync_dir(directory: Path) -> None:
     finally:
         os.close(fd)
 
-
-def remove_failure_trace(path: Path) -> bool:
-    """Remove the trace file at ``path`` when it records a failed run (its ``outcome:`` line,
-    near the top); a trace of a passing run (``--cw-record=all``) stays.  True if removed."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8192)
-    except OSError:  # none there (the usual case), or unreadable
-        return False
-    if _FAILED.search(head) is None:
-        return False
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        return False
-    return True

@@ -1,4 +1,4 @@
-"""``--cw-bisect``: from a failing trace to the decisive choice and a minimal schedule.
+"""Bisecting a failing trace (the plugin's ``--cw-bisect``): the decisive choice, a minimal schedule.
 
 Vocabulary.  A run is a sequence of *choices* made by its strategy.  Under ``ordering="any"``
 they are scheduling *decisions*: which ready callback runs next.  Callbacks are numbered
@@ -49,13 +49,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from commonware_runtime import deterministic
-from commonware_runtime.deterministic.loop import await_site
-from commonware_runtime.deterministic.trace import format_seconds
-from commonware_runtime.deterministic.strategies import RankStrategy
-
-from .engine import config_from_dict, run_deterministic
-from .tracefile import Trace, trace_from_schedule, write_trace
+from .loop import await_site
+from .runner import Runner
+from .strategies import RankStrategy
+from .trace import Recorder, Schedule, format_seconds
+from .tracefile import Trace, TraceError, config_from_dict, trace_from_schedule, write_trace
 
 __all__ = [
     "BisectError",
@@ -285,7 +283,7 @@ class PrefixStrategy(BisectStrategy):
     """The trace's first ``k`` choices (recorded seqs; under fifo, recorded timing values),
     then canonical ones.  A trace has choices of one kind only, so ``k`` counts those."""
 
-    def __init__(self, schedule: deterministic.Schedule, k: int, note: int | None = None) -> None:
+    def __init__(self, schedule: Schedule, k: int, note: int | None = None) -> None:
         super().__init__(note)
         self.schedule = schedule
         self.k = k
@@ -360,7 +358,7 @@ class DeviationStrategy(BisectStrategy):
 @dataclass
 class StrategyRun:
     error: BaseException | None
-    schedule: deterministic.Schedule
+    schedule: Schedule
     deviations: list[Decision | TimingDecision]
     noted: Decision | TimingDecision | None
 
@@ -397,7 +395,10 @@ class _Bisector:
         self.trace = trace
         self.make_main = make_main
         self.where = where
-        self.config = config_from_dict(trace.config, where)
+        try:
+            self.config = config_from_dict(trace.config, where)
+        except TraceError as exc:
+            raise BisectError(str(exc)) from None
         if self.config.ordering != trace.schedule.ordering:  # a config without the key: the schedule's
             self.config = self.config.with_ordering(trace.schedule.ordering)
         self.max_runs = max_runs
@@ -410,20 +411,21 @@ class _Bisector:
         if self.runs >= self.max_runs:
             raise BisectError(f"{self.where}: gave up after {self.runs} runs (the limit)")
         self.runs += 1
-        recorder = deterministic.Recorder()
-        runner = deterministic.Runner(self.config.with_strategy(strategy), recorder=recorder)
-        error: BaseException | None = None
-        try:
-            runner.start(self.make_main())
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BisectError:
-            raise
-        except BaseException as exc:  # noqa: BLE001 - the failure under study
-            error = exc
+        recorder = Recorder()
+        error = self.failure(Runner(self.config.with_strategy(strategy), recorder=recorder))
         assert recorder.schedule is not None
         deviations: list[Decision | TimingDecision] = [*strategy.decisions, *strategy.timings]
         return StrategyRun(error, recorder.schedule, deviations, strategy.noted)
+
+    def failure(self, runner: Runner) -> BaseException | None:
+        """Run the test on ``runner``: what it failed with, or None when it passed."""
+        try:
+            runner.start(self.make_main())
+        except (KeyboardInterrupt, SystemExit, BisectError):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - the failure under study
+            return exc
+        return None
 
     def fails(self, run: StrategyRun) -> bool:
         return run.error is not None and type(run.error).__name__ == self.expected
@@ -527,15 +529,15 @@ def bisect_trace(
     write_trace(output, min_trace)
 
     # The written trace must replay, with the runtime's own Replayer, to the same failure.
-    replayed = run_deterministic(b.config, make_main(), replay=recorded)
-    replay_ok = replayed.error is not None and type(replayed.error).__name__ == b.expected
+    replayed = b.failure(Runner(b.config, replay=recorded))
+    replay_ok = replayed is not None and type(replayed).__name__ == b.expected
     result = BisectResult(
         test=trace.test, seed=trace.seed, failure=failure, canonical_fails=canonical_fails, prefix=k,
         decisive=decisive, trace_deviations=len(full.deviations), minimal=minimal_run.deviations,
         min_trace=output, replay_ok=replay_ok, runs=b.runs + 1, ordering=schedule.ordering,
     )
     if not replay_ok:
-        got = "it passed" if replayed.error is None else f"{type(replayed.error).__name__}: {replayed.error}"
+        got = "it passed" if replayed is None else f"{type(replayed).__name__}: {replayed}"
         result.notes.append(f"WARNING: replaying the minimal trace did not reproduce {b.expected} ({got})")
     result.report = _report(result, trace, where, display)
     return result

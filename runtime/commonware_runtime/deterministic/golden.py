@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from .files import atomic_write
+from ..atomicfile import atomic_write
 
 __all__ = ["GoldenError", "load_golden", "merge_golden", "write_golden"]
 

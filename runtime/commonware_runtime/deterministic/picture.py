@@ -17,8 +17,7 @@ import json
 from html import escape
 from typing import Any
 
-from commonware_runtime.deterministic.trace import format_seconds
-
+from .trace import format_seconds
 from .tracefile import Trace
 
 __all__ = ["MAX_MARKS", "html_page"]

@@ -1,8 +1,14 @@
 """Trace files: a recorded deterministic run as versioned YAML (see docs/trace-format.md).
 
-A trace holds what is needed to replay a run (the config and every scheduling decision)
-and what is needed to explain it (test id, outcome, task labels, auditor checkpoints).
-Writing is atomic (temp file, fsync, rename). Loading builds plain data only (no YAML
+A ``Recorder`` leaves a ``Schedule`` in memory (``trace.py``); this module is how one lives
+on disk.  A trace holds what is needed to replay a run (the config and every scheduling
+decision) and what is needed to explain it (test id, outcome, task labels, auditor
+checkpoints): ``trace_from_schedule`` makes one of a finished run, ``write_trace`` and
+``load_trace`` store and read it, ``config_from_dict`` turns its ``config`` back into the
+``Config`` that replays it, ``trace_path`` names its file after the test and seed, and
+``first_divergence`` compares two (the schedules' own comparison).
+
+Writing is atomic (``atomicfile``: temp file, fsync, rename). Loading builds plain data only (no YAML
 tags run code) from the YAML parser's events, with every size limit enforced as the file is
 read (its size before reading, then nesting, values, aliases and the bytes of each part), so
 a hostile file is refused after a bounded amount of work whatever its size or shape. Every
@@ -18,6 +24,7 @@ import binascii
 import bisect
 import codecs
 import collections
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -28,13 +35,18 @@ import re
 import sys
 import zlib
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from commonware_runtime.deterministic.trace import Divergence, Schedule
+
+from ..atomicfile import atomic_write
+from . import strategies
+from .runner import Config
+from .strategies import ORDERINGS
+from .trace import Divergence, Schedule
 
 __all__ = [
     "ENCODING",
@@ -43,9 +55,12 @@ __all__ = [
     "Divergence",
     "Trace",
     "TraceError",
+    "atomic_write",
+    "config_from_dict",
     "first_divergence",
     "format_version",
     "load_trace",
+    "remove_failure_trace",
     "runtime_version",
     "trace_from_schedule",
     "trace_path",
@@ -57,7 +72,6 @@ VERSION = 3  # the newest version read and written; a trace without compact bloc
 VERSIONS = (2, 3)  # the versions this module reads
 ENCODING = "le-zlib-base64"  # the only `decisions.encoding` of versions 2 and 3
 LABELS_ENCODING = "json"  # the prefix of a compact `tasks` block (version 3)
-ORDERINGS = ("any", "fifo")
 
 # Limits that keep a hostile or corrupt file from exhausting memory or time, each enforced
 # while the file is read, before what it bounds is built (docs/trace-format.md, "Limits").
@@ -235,14 +249,6 @@ def write_trace(path: str | os.PathLike[str], trace: Trace) -> Path:
     return target
 
 
-def atomic_write(target: Path, data: bytes) -> None:
-    """Replace ``target`` with ``data`` so readers see the old file or the new one, never a part
-    (temp file, fsync, 0644, rename, directory fsync; leftovers of interrupted writes removed)."""
-    from .files import atomic_write as write
-
-    write(target, data)
-
-
 def format_version(trace: Trace) -> int:
     """The version ``write_trace`` writes ``trace`` as: 2 unless it needs a compact block (3).
 
@@ -299,7 +305,7 @@ class _Block(str):
     """A str dumped as a YAML literal block (wrapped base64 stays readable and diffable)."""
 
 
-class _Flow(dict):
+class _Flow(dict[str, Any]):
     """A mapping dumped on one line."""
 
 
@@ -347,7 +353,7 @@ def _wrap(text: str) -> str:
     return "\n".join([text[i : i + 76] for i in range(0, len(text), 76)] or [""]) + "\n"
 
 
-def _encode_array(values: array | list[int], *, delta: bool) -> str:
+def _encode_array(values: array[int] | list[int], *, delta: bool) -> str:
     """``<u|i><bits>:`` then base64 of zlib of the little-endian fixed-width values, wrapped at 76."""
     data = values.tolist() if isinstance(values, array) else list(values)
     if delta and data:
@@ -587,14 +593,8 @@ def load_trace(path: str | os.PathLike[str]) -> Trace:
     name = os.fspath(path)
     try:
         f = open(name, "rb")
-    except FileNotFoundError:
-        raise TraceError(name, "no such file") from None
-    except IsADirectoryError:
-        raise TraceError(name, "is a directory, not a trace file") from None
-    except PermissionError:
-        raise TraceError(name, "permission denied") from None
     except OSError as exc:
-        raise TraceError(name, f"cannot read: {exc.strerror or exc}") from None
+        raise TraceError(name, _os_problem(exc)) from None
     with f:
         try:
             size = os.fstat(f.fileno()).st_size
@@ -607,11 +607,19 @@ def load_trace(path: str | os.PathLike[str]) -> Trace:
             raise TraceError(name, f"not valid YAML: {_yaml_problem(exc)}") from None
         except RecursionError:
             raise TraceError(name, "not valid YAML: nested too deeply") from None
-        except IsADirectoryError:
-            raise TraceError(name, "is a directory, not a trace file") from None
-        except OSError as exc:
-            raise TraceError(name, f"cannot read: {exc.strerror or exc}") from None
+        except OSError as exc:  # reading a directory fails only here on some systems
+            raise TraceError(name, _os_problem(exc)) from None
     return _parse_document(document, name)
+
+
+def _os_problem(exc: OSError) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory, not a trace file"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    return f"cannot read: {exc.strerror or exc}"
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
@@ -992,7 +1000,7 @@ def _parse_decisions(value: Any, steps: int, ntasks: int) -> Schedule:
     )
 
 
-def _check_picks(picks: array, round_steps: array, steps: int, *, ordering: str, holds_back: bool) -> None:
+def _check_picks(picks: array[int], round_steps: array[int], steps: int, *, ordering: str, holds_back: bool) -> None:
     """Picks name callbacks by seq (1, 2, ... in the order they became ready); each runs once.
 
     Without holding back, every callback ready when a round begins runs in that round and
@@ -1084,7 +1092,7 @@ def _distinct_positive(values: array[int]) -> bool:
     return seen[0] == 0 and top + 1 - seen.count(0) == len(values)
 
 
-def _decode_array(value: Any, what: str, count: int, *, delta: bool, typecode: str) -> array:
+def _decode_array(value: Any, what: str, count: int, *, delta: bool, typecode: str) -> array[int]:
     if not isinstance(value, str):
         raise _Problem(f"{what} must be an encoded string, got {_type_name(value)}")
     m = _ARRAY_SPEC.match(value)
@@ -1165,7 +1173,32 @@ def _inflate(text: str, what: str, bound: int) -> bytes:
 
 
 # ------------------------------------------------------------------------------------------
-# comparing runs
+# replaying and comparing runs
+
+
+def config_from_dict(values: Mapping[str, Any], where: str) -> Config:
+    """The ``deterministic.Config`` a trace's ``config`` mapping describes (``where`` names the
+    trace in a ``TraceError`` when it describes none: an unknown key, a value ``Config`` refuses).
+
+    ``ordering`` and ``strategy`` are plain strings there (``Config.to_dict()``).  A replay
+    or a bisect never asks the recorded strategy anything (the trace names every choice), so
+    a strategy this process does not know (a user object's name, one a conftest elsewhere
+    registered) is replaced by the canonical one rather than refused.
+    """
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(Config)})
+    if unknown:
+        raise TraceError(where, f"the trace's config has keys this version does not know: {', '.join(unknown)}")
+    for key in ("ordering", "strategy"):
+        if key in values and not isinstance(values[key], str):
+            raise TraceError(where, f"the trace's config is invalid: {key} must be a string, got {values[key]!r}")
+    values = dict(values)
+    strategy = values.get("strategy")
+    if isinstance(strategy, str) and strategy.split(":")[0] not in strategies.strategy_names():
+        values["strategy"] = "canonical"
+    try:
+        return Config(**values)
+    except (TypeError, ValueError) as exc:
+        raise TraceError(where, f"the trace's config is invalid: {exc}") from None
 
 
 def first_divergence(expected: Trace, actual: Trace) -> Divergence | None:
@@ -1212,3 +1245,23 @@ def trace_path(directory: str | os.PathLike[str], nodeid: str, seed: int) -> Pat
         digest = hashlib.sha256(nodeid.encode("utf-8", "surrogatepass")).hexdigest()[:8]
         safe = f"{safe[:_MAX_NAME]}-{digest}"
     return Path(os.fspath(directory)) / f"{safe}__seed-{seed}.yaml"
+
+
+_FAILED = re.compile(rb"^outcome: failed\s*$", re.MULTILINE)
+
+
+def remove_failure_trace(path: Path) -> bool:
+    """Remove the trace file at ``path`` when it records a failed run (its ``outcome:`` line,
+    near the top); a trace of a passing run (``--cw-record=all``) stays.  True if removed."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8192)
+    except OSError:  # none there (the usual case), or unreadable
+        return False
+    if _FAILED.search(head) is None:
+        return False
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
