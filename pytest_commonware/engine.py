@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from commonware_runtime import deterministic, production
@@ -44,6 +44,8 @@ __all__ = [
     "run_production",
     "seed_list",
 ]
+
+T = TypeVar("T")
 
 CONTEXT_FIXTURES = ("deterministic_context", "production_context", "runtime_context")
 RUNTIMES = ("deterministic", "production", "both")
@@ -200,25 +202,14 @@ class Settings:
 
     def strategy_for(self, marker: MarkerArgs) -> str | deterministic.Strategy:
         """Command line > ini key > marker > default, as for every setting."""
-        if self.strategy is not None:
-            return self.strategy
-        if marker.strategy is not None:
-            return marker.strategy
-        return DEFAULT_STRATEGY
+        default: str | deterministic.Strategy = DEFAULT_STRATEGY
+        return _closest(self.strategy, marker.strategy, default)
 
     def ordering_for(self, marker: MarkerArgs) -> str:
-        if self.ordering is not None:
-            return self.ordering
-        if marker.ordering is not None:
-            return marker.ordering
-        return DEFAULT_ORDERING
+        return _closest(self.ordering, marker.ordering, DEFAULT_ORDERING)
 
     def record_for(self, marker: MarkerArgs) -> str:
-        if self.record is not None:
-            return self.record
-        if marker.record is not None:
-            return marker.record
-        return "failed"
+        return _closest(self.record, marker.record, "failed")
 
     def display_path(self, path: Path) -> str:
         """``path`` as the user would type it from where pytest was started."""
@@ -226,6 +217,13 @@ class Settings:
             return os.path.relpath(path, self.invocation_dir) if path.is_absolute() else str(path)
         except ValueError:  # another drive (Windows)
             return str(path)
+
+
+def _closest(option: T | None, marker: T | None, default: T) -> T:
+    """The option (command line, else ini key), else the marker, else the default."""
+    if option is not None:
+        return option
+    return marker if marker is not None else default
 
 
 def parse_int(name: str, text: Any, minimum: int) -> int:
@@ -246,6 +244,12 @@ def parse_choice(name: str, text: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise pytest.UsageError(f"{name}: must be one of {', '.join(choices)}, got {text!r}")
     return value
+
+
+def parse_horizon(name: str, text: Any) -> str | int:
+    """``auto``, ``none`` or a number of contested decisions (at least 1)."""
+    value = str(text).strip()
+    return value if value in ("auto", "none") else parse_int(name, value, 1)
 
 
 def parse_strategy(name: str, text: Any) -> str:

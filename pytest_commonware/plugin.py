@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,26 +62,6 @@ class ExploreLimitWarning(UserWarning):
 
 
 @dataclass
-class State:
-    """Per-session plugin state (on ``config.stash``)."""
-
-    settings: Settings
-    replay_trace: Trace | None = None
-    bisect_trace: Trace | None = None
-    golden: dict[str, str] | None = None  # compared against (None: no golden file)
-    golden_fresh: dict[str, str] = field(default_factory=dict)  # --cw-update-golden results
-    bisect_reports: list[str] = field(default_factory=list)
-    golden_written: str | None = None
-    sources: dict[str, str] = field(default_factory=dict)  # option -> where its value came from
-    first_failures: dict[tuple[str, str], str] = field(default_factory=dict)  # (type, place) -> first node id
-    full_tracebacks: bool = False  # --cw-full-tracebacks or -v: no failure is shortened
-    # The traces directory's file names when first looked at, plus the traces written since:
-    # a passing item prunes its old trace only if one is there, so a sweep over a clean
-    # directory costs no system call per item.
-    trace_names: set[str] | None = None
-
-
-@dataclass
 class ItemRun:
     """What one item's run wants to say in its report."""
 
@@ -90,7 +70,6 @@ class ItemRun:
     picture: str | None = None  # the command that draws the failing trace as one HTML page
 
 
-STATE = pytest.StashKey[State]()
 ITEM_RUN = pytest.StashKey[ItemRun]()
 FAILURE = pytest.StashKey[Failure]()  # how this item's run failed (type and place)
 REPEAT = pytest.StashKey[str]()  # the node id of an earlier seed this one failed like
@@ -136,21 +115,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "auto (default: measured by one canonical run of each test), none (drawn per run), or a number", metavar="H")
     add("--cw-fifo-check", "cw_fifo_check", f"when a seed fails under ordering any, rerun the test on K fifo schedules "
         f"to say whether stock asyncio can fail the same way (default {engine.DEFAULT_FIFO_CHECK}; 0: off)", metavar="K")
-    group.addoption("--cw-check-determinism", dest="cw_check_determinism", action="store_true", default=None,
-                    help="rerun every deterministic seed in this process and in a fresh one with another "
-                         "PYTHONHASHSEED, and fail when the runs differ")
-    parser.addini("cw_check_determinism", help="run every deterministic seed twice", type="bool", default=False)
-    group.addoption("--cw-update-golden", dest="cw_update_golden", action="store_true", default=None,
-                    help="write/refresh the golden file instead of comparing with it")
-    parser.addini("cw_update_golden", help="write/refresh the golden file", type="bool", default=False)
-    group.addoption("--cw-full-tracebacks", dest="cw_full_tracebacks", action="store_true", default=None,
-                    help="print the full traceback of every failing seed (default: one per distinct failure, "
-                         "the other seeds one line each; -v does the same)")
-    parser.addini("cw_full_tracebacks", help="print the full traceback of every failing seed", type="bool",
-                  default=False)
-    group.addoption("--cw-keep-traces", dest="cw_keep_traces", action="store_true", default=None,
-                    help="keep an item's old failure trace when it passes (default: a passing run removes it)")
-    parser.addini("cw_keep_traces", help="keep old failure traces of items that pass", type="bool", default=False)
+    def flag(flag: str, ini: str, help: str, ini_help: str) -> None:
+        group.addoption(flag, dest=ini, action="store_true", default=None, help=help)
+        parser.addini(ini, help=ini_help, type="bool", default=False)
+
+    flag("--cw-check-determinism", "cw_check_determinism", "rerun every deterministic seed in this process and in a "
+         "fresh one with another PYTHONHASHSEED, and fail when the runs differ", "run every deterministic seed twice")
+    flag("--cw-update-golden", "cw_update_golden", "write/refresh the golden file instead of comparing with it",
+         "write/refresh the golden file")
+    flag("--cw-full-tracebacks", "cw_full_tracebacks", "print the full traceback of every failing seed (default: one "
+         "per distinct failure, the other seeds one line each; -v does the same)",
+         "print the full traceback of every failing seed")
+    flag("--cw-keep-traces", "cw_keep_traces", "keep an item's old failure trace when it passes (default: a passing "
+         "run removes it)", "keep old failure traces of items that pass")
 
 
 def _value(config: pytest.Config, name: str) -> tuple[Any, str, Path]:
@@ -161,6 +138,27 @@ def _value(config: pytest.Config, name: str) -> tuple[Any, str, Path]:
     ini = config.getini(name)
     base = config.inipath.parent if config.inipath is not None else config.rootpath
     return (ini if ini not in ("", None, []) else None), f"ini {name}", base
+
+
+def _flag(config: pytest.Config, name: str) -> bool:
+    return bool(config.getoption(name) or config.getini(name))
+
+
+# The options read alike, in the order their errors are checked: (option, Settings attribute,
+# parser of (where it came from, value), whether the report header names where it came from).
+_PARSED_OPTIONS: tuple[tuple[str, str, Callable[[str, Any], Any], bool], ...] = (
+    ("cw_seeds", "seeds", lambda where, value: engine.parse_int(where, value, 1), True),
+    ("cw_seed_base", "seed_base", lambda where, value: engine.parse_int(where, value, 0), True),
+    ("cw_seed", "seed", lambda where, value: engine.parse_int(where, value, 0), True),
+    ("cw_strategy", "strategy", engine.parse_strategy, True),
+    ("cw_ordering", "ordering", lambda where, value: engine.parse_choice(where, value, engine.ORDERINGS), True),
+    ("cw_explore", "explore", lambda where, value: engine.parse_int(where, value, 0), True),
+    ("cw_explore_limit", "explore_limit", lambda where, value: engine.parse_int(where, value, 1), True),
+    ("cw_horizon", "horizon", engine.parse_horizon, True),
+    ("cw_fifo_check", "fifo_check", lambda where, value: engine.parse_int(where, value, 0), True),
+    ("cw_runtime", "runtime", lambda where, value: engine.parse_choice(where, value, engine.RUNTIMES), False),
+    ("cw_record", "record", lambda where, value: engine.parse_choice(where, value, engine.RECORD_MODES), False),
+)
 
 
 def _settings(config: pytest.Config, sources: dict[str, str] | None = None) -> Settings:
@@ -178,49 +176,19 @@ def _settings(config: pytest.Config, sources: dict[str, str] | None = None) -> S
         return value, where, base
 
     # An ini key is the option given in a file: it overrides markers exactly as the option does.
-    value, where, _ = given("cw_seeds")
-    if value is not None:
-        s.seeds = engine.parse_int(where, value, 1)
-    value, where, _ = given("cw_seed_base")
-    if value is not None:
-        s.seed_base = engine.parse_int(where, value, 0)
-    value, where, _ = given("cw_seed")
-    if value is not None:
-        s.seed = engine.parse_int(where, value, 0)
-    value, where, _ = given("cw_strategy")
-    if value is not None:
-        s.strategy = engine.parse_strategy(where, value)
-    value, where, _ = given("cw_ordering")
-    if value is not None:
-        s.ordering = engine.parse_choice(where, value, engine.ORDERINGS)
-    value, where, _ = given("cw_explore")
-    if value is not None:
-        s.explore = engine.parse_int(where, value, 0)
-    value, where, _ = given("cw_explore_limit")
-    if value is not None:
-        s.explore_limit = engine.parse_int(where, value, 1)
-    value, where, _ = given("cw_horizon")
-    if value is not None:
-        text = str(value).strip()
-        s.horizon = text if text in ("auto", "none") else engine.parse_int(where, text, 1)
-    value, where, _ = given("cw_fifo_check")
-    if value is not None:
-        s.fifo_check = engine.parse_int(where, value, 0)
-    value, where, _ = _value(config, "cw_runtime")
-    if value is not None:
-        s.runtime = engine.parse_choice(where, value, engine.RUNTIMES)
+    for name, attribute, parse, shown in _PARSED_OPTIONS:
+        value, where, _ = given(name) if shown else _value(config, name)
+        if value is not None:
+            setattr(s, attribute, parse(where, value))
     value, where, base = _value(config, "cw_traces")
     s.traces_dir = (base / value) if value is not None else config.rootpath / "traces"
-    value, where, _ = _value(config, "cw_record")
-    if value is not None:
-        s.record = engine.parse_choice(where, value, engine.RECORD_MODES)
     for name in ("cw_replay", "cw_bisect"):
         value, where, base = _value(config, name)
         if value is not None:
             setattr(s, name[3:], base / value)
     if s.replay is not None and s.bisect is not None:
         raise pytest.UsageError("--cw-replay and --cw-bisect cannot be combined (bisect replays the trace itself)")
-    s.check_determinism = bool(config.getoption("cw_check_determinism") or config.getini("cw_check_determinism"))
+    s.check_determinism = _flag(config, "cw_check_determinism")
     if os.environ.get(CHECK_CHILD_ENV):
         s.check_determinism = False  # the other-process run of a check: record, judge nothing
     if s.explore is not None and (s.replay is not None or s.bisect is not None):
@@ -228,11 +196,11 @@ def _settings(config: pytest.Config, sources: dict[str, str] | None = None) -> S
     if s.explore is not None and s.check_determinism:
         raise pytest.UsageError("--cw-explore and --cw-check-determinism cannot be combined (an exploration runs "
                                 "many schedules, not one seed twice); check the seeds without --cw-explore")
-    s.update_golden = bool(config.getoption("cw_update_golden") or config.getini("cw_update_golden"))
+    s.update_golden = _flag(config, "cw_update_golden")
     if os.environ.get(CHECK_CHILD_ENV):
         s.update_golden = False
-    s.full_tracebacks = bool(config.getoption("cw_full_tracebacks") or config.getini("cw_full_tracebacks"))
-    s.keep_traces = bool(config.getoption("cw_keep_traces") or config.getini("cw_keep_traces"))
+    s.full_tracebacks = _flag(config, "cw_full_tracebacks")
+    s.keep_traces = _flag(config, "cw_keep_traces")
     value, where, base = _value(config, "cw_golden")
     if value is not None:
         s.golden, s.golden_explicit = base / value, True
@@ -276,22 +244,187 @@ def register_strategies(config: pytest.Config) -> list[str]:
     return sorted(chosen)
 
 
-_STRATEGY_HOOKS_PENDING = False  # a plugin implementing the hook was registered after configure
+# ---------------------------------------------------------------------------------------------
+# the session
 
 
-def pytest_plugin_registered(plugin: Any) -> None:
-    # conftest.py files below the rootdir are loaded during collection, after configure:
-    # their strategies are registered before the tests below them are collected.
-    global _STRATEGY_HOOKS_PENDING
-    if hasattr(plugin, "pytest_commonware_strategies"):
-        _STRATEGY_HOOKS_PENDING = True
+SESSION_PLUGIN = "commonware-session"  # its name in the plugin manager
 
 
-def _refresh_strategies(config: pytest.Config) -> None:
-    global _STRATEGY_HOOKS_PENDING
-    if _STRATEGY_HOOKS_PENDING:
-        _STRATEGY_HOOKS_PENDING = False
-        register_strategies(config)
+class CommonwareSession:
+    """The plugin's state for one pytest session, and its session-level hooks.
+
+    ``pytest_configure`` makes it from the options (reading a replayed or bisected trace and
+    the golden file, so that any problem is a usage error before collection) and registers it
+    with the plugin manager as ``"commonware-session"``; ``pytest_unconfigure`` unregisters
+    it.  This is how pytest-xdist keeps its ``DSession``: the state lives and dies with the
+    session (an in-process ``pytester`` run gets its own), and the hooks that read it are its
+    methods.  Item-level work (running a seed, a replay, a bisect) is done by the module's
+    functions, which take the session (``config.stash[SESSION]``, one lookup per item).
+    """
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.sources: dict[str, str] = {}  # option -> where its value came from (the report header)
+        settings = self.settings = _settings(config, self.sources)
+        self.full_tracebacks = settings.full_tracebacks or (config.getoption("verbose", 0) or 0) >= 1
+        self.replay_trace: Trace | None = None
+        self.bisect_trace: Trace | None = None
+        self.golden: dict[str, str] | None = None  # compared against (None: no golden file)
+        self.golden_fresh: dict[str, str] = {}  # --cw-update-golden results
+        self.golden_written: str | None = None
+        self.first_failures: dict[tuple[str, str], str] = {}  # (type, place) -> first node id
+        # The traces directory's file names when first looked at, plus the traces written since:
+        # a passing item prunes its old trace only if one is there, so a sweep over a clean
+        # directory costs no system call per item.
+        self.trace_names: set[str] | None = None
+        self.strategy_hooks_pending = False  # a plugin implementing the hook was registered since last asked
+        self.bisect_reports: list[str] = []  # from every item's report (on the xdist controller too)
+        self.explore_reports: list[str] = []
+        if settings.replay is not None:
+            self.replay_trace = _load(settings.replay, "--cw-replay", settings)
+        if settings.bisect is not None:
+            self.bisect_trace = _load(settings.bisect, "--cw-bisect", settings)
+        if self.bisect_trace is not None and self.bisect_trace.outcome != "failed":
+            raise pytest.UsageError(f"--cw-bisect: {settings.display_path(settings.bisect or Path())}: the trace "
+                                    f"records a passing run: there is no failure to bisect (replay it with --cw-replay)")
+        target = self.target
+        if target is not None:
+            if target.runtime != "deterministic":
+                raise pytest.UsageError(f"{settings.replay or settings.bisect}: only deterministic runs can be replayed")
+            # Without explicit paths, collect only the file the trace names (not the whole suite).
+            if config.args_source != pytest.Config.ArgsSource.ARGS:
+                config.args = [str(config.rootpath / target.test.split("::")[0])]
+        elif not settings.update_golden and settings.golden is not None:
+            if settings.golden.exists():
+                try:
+                    self.golden = load_golden(settings.golden)
+                except GoldenError as exc:
+                    raise pytest.UsageError(f"--cw-golden: {exc}") from None
+            elif settings.golden_explicit:
+                raise pytest.UsageError(f"--cw-golden: {settings.display_path(settings.golden)}: no such file "
+                                        f"(create it with --cw-update-golden)")
+
+    @property
+    def target(self) -> Trace | None:
+        """The trace this session replays or bisects (None: a normal session)."""
+        return self.replay_trace or self.bisect_trace
+
+    def refresh_strategies(self) -> None:
+        """Register the strategies of hook implementations registered since the last time."""
+        if self.strategy_hooks_pending:
+            self.strategy_hooks_pending = False
+            register_strategies(self.config)
+
+    # -- hooks ------------------------------------------------------------------------------
+
+    def pytest_plugin_registered(self, plugin: Any) -> None:
+        # conftest.py files below the rootdir are loaded during collection, after configure:
+        # their strategies are registered before the tests below them are collected.
+        if hasattr(plugin, "pytest_commonware_strategies"):
+            self.strategy_hooks_pending = True
+
+    def pytest_collection_modifyitems(self, session: pytest.Session, config: pytest.Config,
+                                      items: list[pytest.Item]) -> None:
+        target = self.target
+        if target is None:
+            return
+        keep = [item for item in items if engine.same_run(item.nodeid, target.test) and _is_deterministic(item)]
+        drop = [item for item in items if item not in keep]
+        if not keep:
+            path = self.settings.replay or self.settings.bisect
+            raise pytest.UsageError(
+                f"{path}: the trace names test {target.test!r} (seed {target.seed}), which this session did not "
+                f"collect (renamed or removed? run pytest from the directory the trace was recorded in)"
+            )
+        if drop:
+            config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        # On the xdist controller too: user_properties travel with the report.
+        if report.when != "call":
+            return
+        for name, value in getattr(report, "user_properties", ()):
+            if name == "cw_bisect":
+                self.bisect_reports.append(str(value))
+            elif name == "cw_explore":
+                self.explore_reports.append(str(value))
+
+    def pytest_report_header(self, config: pytest.Config) -> str:
+        """What the deterministic runs of this session are: enough to rerun them from a log."""
+        s, src = self.settings, self.sources
+
+        def origin(*names: str) -> str:
+            given = [src[n] for n in names if n in src]
+            return f" ({', '.join(given)})" if given else ""
+
+        target = self.target
+        if target is not None:
+            what = "replaying" if self.replay_trace is not None else "bisecting"
+            source = s.replay or s.bisect
+            path = s.display_path(source) if source is not None else "?"
+            cfg = target.config
+            return (f"commonware: {what} {path} ({target.test}, seed {target.seed}, strategy "
+                    f"{cfg.get('strategy', '?')}, ordering {cfg.get('ordering', '?')})")
+        if s.explore is not None:
+            first = s.seed if s.seed is not None else s.seed_base
+            seeds = (f"explore every schedule within {_plural(s.explore, 'deviation')}{origin('cw_explore')}, "
+                     f"at most {s.explore_limit} per test{origin('cw_explore_limit')}, seed {first}")
+        elif s.seed is not None:
+            seeds = f"seed {s.seed}{origin('cw_seed')}"
+        elif s.seeds is not None:
+            seeds = f"seeds {s.seed_base}..{s.seed_base + s.seeds - 1}{origin('cw_seeds', 'cw_seed_base')}"
+        else:
+            seeds = f"seeds from {s.seed_base}, as each test's marker says (default 1){origin('cw_seed_base')}"
+        strategy = s.strategy if s.strategy is not None else engine.DEFAULT_STRATEGY
+        ordering = s.ordering if s.ordering is not None else engine.DEFAULT_ORDERING
+        marked = "" if s.strategy is not None and s.ordering is not None else " (unless a marker says otherwise)"
+        fifo = f", fifo check {s.fifo_check}{origin('cw_fifo_check')}" if s.fifo_check != engine.DEFAULT_FIFO_CHECK else ""
+        return (f"commonware: {seeds}, strategy {strategy}{origin('cw_strategy')}, "
+                f"ordering {ordering}{origin('cw_ordering')}{marked}{fifo}")
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        """xdist controller: collect a finished worker's golden results."""
+        output = getattr(node, "workeroutput", None) or {}
+        fresh = output.get("cw_golden")
+        if fresh:
+            self.golden_fresh.update(fresh)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        settings = self.settings
+        if not settings.update_golden:
+            return
+        workeroutput = getattr(self.config, "workeroutput", None)
+        if workeroutput is not None:  # an xdist worker: the controller merges and writes
+            workeroutput["cw_golden"] = dict(self.golden_fresh)
+            return
+        path = settings.golden
+        if path is None or not self.golden_fresh:
+            return
+        existing: dict[str, str] = {}
+        if path.exists():
+            try:
+                existing = load_golden(path)
+            except GoldenError:
+                existing = {}  # being rewritten: a broken file is replaced (said in the summary)
+        write_golden(path, merge_golden(existing, self.golden_fresh))
+        self.golden_written = f"{settings.display_path(path)}: {len(self.golden_fresh)} auditor state(s) written"
+
+    def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+        for section, reports in ((BISECT_SECTION, self.bisect_reports), (EXPLORE_SECTION, self.explore_reports)):
+            if reports:
+                terminalreporter.section(section)
+                for text in reports:
+                    terminalreporter.write_line(text)
+                reports.clear()
+        if self.golden_written:
+            terminalreporter.write_line(f"commonware golden: {self.golden_written}")
+
+
+SESSION = pytest.StashKey[CommonwareSession]()  # the same object, found in one lookup per item
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -301,44 +434,22 @@ def pytest_configure(config: pytest.Config) -> None:
         "catch_panics=bool, record='failed'|'all'|'none', strategy=NAME, ordering='any'|'fifo'): "
         "how pytest-commonware runs this async test",
     )
-    global _STRATEGY_HOOKS_PENDING
-    _STRATEGY_HOOKS_PENDING = False
     register_strategies(config)  # before the options: --cw-strategy may name a registered strategy
-    sources: dict[str, str] = {}
-    settings = _settings(config, sources)
-    state = State(settings, sources=sources)
-    state.full_tracebacks = settings.full_tracebacks or (config.getoption("verbose", 0) or 0) >= 1
-    if settings.replay is not None:
-        state.replay_trace = _load(settings.replay, "--cw-replay", settings)
-    if settings.bisect is not None:
-        state.bisect_trace = _load(settings.bisect, "--cw-bisect", settings)
-    if state.bisect_trace is not None and state.bisect_trace.outcome != "failed":
-        raise pytest.UsageError(f"--cw-bisect: {settings.display_path(settings.bisect or Path())}: the trace records "
-                                f"a passing run: there is no failure to bisect (replay it with --cw-replay)")
-    target = state.replay_trace or state.bisect_trace
-    if target is not None:
-        if target.runtime != "deterministic":
-            raise pytest.UsageError(f"{settings.replay or settings.bisect}: only deterministic runs can be replayed")
-        # Without explicit paths, collect only the file the trace names (not the whole suite).
-        if config.args_source != pytest.Config.ArgsSource.ARGS:
-            config.args = [str(config.rootpath / target.test.split("::")[0])]
-    elif not settings.update_golden and settings.golden is not None:
-        if settings.golden.exists():
-            try:
-                state.golden = load_golden(settings.golden)
-            except GoldenError as exc:
-                raise pytest.UsageError(f"--cw-golden: {exc}") from None
-        elif settings.golden_explicit:
-            raise pytest.UsageError(f"--cw-golden: {settings.display_path(settings.golden)}: no such file "
-                                    f"(create it with --cw-update-golden)")
-    config.stash[STATE] = state
+    cw = CommonwareSession(config)
+    config.pluginmanager.register(cw, SESSION_PLUGIN)
+    # Registering showed it every plugin registered so far, whose strategies were just asked for.
+    cw.strategy_hooks_pending = False
+    config.stash[SESSION] = cw
     if not hasattr(config, "workerinput"):  # the process that reports (not an xdist worker)
-        traces = settings.display_path(settings.traces_dir)
-        config.pluginmanager.register(Sweep(config, state.full_tracebacks, traces), "commonware-sweep")
+        traces = cw.settings.display_path(cw.settings.traces_dir)
+        config.pluginmanager.register(Sweep(config, cw.full_tracebacks, traces), "commonware-sweep")
 
 
-def _state(config: pytest.Config) -> State:
-    return config.stash[STATE]
+def pytest_unconfigure(config: pytest.Config) -> None:
+    cw = config.stash.get(SESSION, None)
+    if cw is not None:
+        del config.stash[SESSION]
+        config.pluginmanager.unregister(cw)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,12 +484,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     if RUN_PARAM not in metafunc.fixturenames:
         metafunc.fixturenames.append(RUN_PARAM)  # claimed by its marker alone
-    _refresh_strategies(metafunc.config)
-    state = _state(metafunc.config)
+    cw = metafunc.config.stash[SESSION]
+    cw.refresh_strategies()
     path, lineno, _ = metafunc.definition.location
     where = f"{metafunc.definition.nodeid} ({path}:{lineno + 1})" if lineno is not None else metafunc.definition.nodeid
-    settings = state.settings
-    target = state.replay_trace or state.bisect_trace
+    settings = cw.settings
+    target = cw.target
     if target is not None:
         # Replaying: the traced seed must be collected, whatever seeds were used to record it
         # (and, for a trace an exploration wrote, as its [explore=K] item).
@@ -393,24 +504,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize(RUN_PARAM, [problem], ids=[USAGE_ERROR_ID], indirect=True)
     else:
         metafunc.parametrize(RUN_PARAM, specs, ids=[s.id for s in specs], indirect=True)
-
-
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    state = _state(config)
-    target = state.replay_trace or state.bisect_trace
-    if target is None:
-        return
-    keep = [item for item in items if engine.same_run(item.nodeid, target.test) and _is_deterministic(item)]
-    drop = [item for item in items if item not in keep]
-    if not keep:
-        path = state.settings.replay or state.settings.bisect
-        raise pytest.UsageError(
-            f"{path}: the trace names test {target.test!r} (seed {target.seed}), which this session did not collect "
-            f"(renamed or removed? run pytest from the directory the trace was recorded in)"
-        )
-    if drop:
-        config.hook.pytest_deselected(items=drop)
-    items[:] = keep
 
 
 def _is_deterministic(item: pytest.Item) -> bool:
@@ -617,7 +710,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     spec = _spec(pyfuncitem)
     if spec is None:
         return None
-    state = _state(pyfuncitem.config)
+    cw = pyfuncitem.config.stash[SESSION]
     note = ItemRun()
     pyfuncitem.stash[ITEM_RUN] = note
     if FAILURE in pyfuncitem.stash:  # a rerun of the item (e.g. pytest-rerunfailures)
@@ -637,33 +730,33 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         engine.run_production(make_main(), marker, directory)
         return True
     assert spec.seed is not None
-    if state.bisect_trace is not None:
-        _run_bisect(pyfuncitem, state, make_main, note)
-    elif state.replay_trace is not None:
-        _run_replay(pyfuncitem, state, make_main, note)
+    if cw.bisect_trace is not None:
+        _run_bisect(pyfuncitem, cw, make_main, note)
+    elif cw.replay_trace is not None:
+        _run_replay(pyfuncitem, cw, make_main, note)
     elif spec.explore is not None:
-        _run_explore(pyfuncitem, state, spec.seed, spec.explore, marker, make_main, note)
+        _run_explore(pyfuncitem, cw, spec.seed, spec.explore, marker, make_main, note)
     else:
-        _run_seed(pyfuncitem, state, spec.seed, marker, make_main, note)
+        _run_seed(pyfuncitem, cw, spec.seed, marker, make_main, note)
     return True
 
 
-def _classify(item: pytest.Item, state: State, config: deterministic.Config, main: Any, error: BaseException,
+def _classify(item: pytest.Item, cw: CommonwareSession, config: deterministic.Config, main: Any, error: BaseException,
               note: ItemRun) -> None:
     """A failure under ordering "any": does it also happen in fifo (on stock asyncio)?  The
     answer goes first in the item's commonware section."""
-    check = engine.fifo_check(config, main, error, state.settings.fifo_check)
+    check = engine.fifo_check(config, main, error, cw.settings.fifo_check)
     if check is None:
         return
     note.lines.insert(0, check.line())
     if check.seed is not None:
         assert check.strategy is not None
         note.lines.insert(1, "  rerun it under fifo: " + _rerun_command(
-            item, state.settings, check.seed, strategy=check.strategy, ordering="fifo"))
+            item, cw.settings, check.seed, strategy=check.strategy, ordering="fifo"))
 
 
-def _run_seed(item: pytest.Function, state: State, seed: int, marker: MarkerArgs, make_main: Any, note: ItemRun) -> None:
-    settings = state.settings
+def _run_seed(item: pytest.Function, cw: CommonwareSession, seed: int, marker: MarkerArgs, make_main: Any, note: ItemRun) -> None:
+    settings = cw.settings
     config = engine.deterministic_config(seed, marker, settings)
     # Keyed by the test function, not the seed: every seed of a test shares its measured length.
     config = engine.with_horizon(config, item.nodeid.split("[", 1)[0], make_main(), settings)
@@ -675,8 +768,8 @@ def _run_seed(item: pytest.Function, state: State, seed: int, marker: MarkerArgs
         try:
             trace = trace_from_schedule(result.schedule, test=item.nodeid, seed=seed, config=config.to_dict())
             path = write_trace(trace_path(settings.traces_dir, item.nodeid, seed), trace)
-            if state.trace_names is not None:
-                state.trace_names.add(path.name)
+            if cw.trace_names is not None:
+                cw.trace_names.add(path.name)
         except (OSError, ValueError) as exc:
             note.lines.append(f"could not write the trace: {exc}")
         else:
@@ -687,17 +780,17 @@ def _run_seed(item: pytest.Function, state: State, seed: int, marker: MarkerArgs
     if result.error is not None and note.reproduce is None:
         note.reproduce = _rerun_command(item, settings, seed)
     if check:
-        _check_determinism(item, state, seed, config, make_main, result, every, note)
+        _check_determinism(item, cw, seed, config, make_main, result, every, note)
     if result.error is not None:
-        _classify(item, state, config, make_main(), result.error, note)
+        _classify(item, cw, config, make_main(), result.error, note)
         raise result.error
     if record != "all":
-        _prune_trace(item, state, seed)
+        _prune_trace(item, cw, seed)
     if result.auditor is not None:
         if settings.update_golden:
-            state.golden_fresh[item.nodeid] = result.auditor
-        elif state.golden is not None and item.nodeid in state.golden:
-            expected = state.golden[item.nodeid]
+            cw.golden_fresh[item.nodeid] = result.auditor
+        elif cw.golden is not None and item.nodeid in cw.golden:
+            expected = cw.golden[item.nodeid]
             if expected != result.auditor:
                 golden = settings.display_path(settings.golden) if settings.golden else "the golden file"
                 pytest.fail(
@@ -708,21 +801,21 @@ def _run_seed(item: pytest.Function, state: State, seed: int, marker: MarkerArgs
                 )
 
 
-def _prune_trace(item: pytest.Item, state: State, seed: int) -> None:
+def _prune_trace(item: pytest.Item, cw: CommonwareSession, seed: int) -> None:
     """The item passed: an old failure trace of it would only mislead (unless --cw-keep-traces)."""
-    if state.settings.keep_traces:
+    if cw.settings.keep_traces:
         return
-    names = state.trace_names
+    names = cw.trace_names
     if names is None:
         try:
-            names = set(os.listdir(state.settings.traces_dir))
+            names = set(os.listdir(cw.settings.traces_dir))
         except OSError:  # no traces directory yet
             names = set()
-        state.trace_names = names
+        cw.trace_names = names
     if not names:
         return
     try:
-        path = trace_path(state.settings.traces_dir, item.nodeid, seed)
+        path = trace_path(cw.settings.traces_dir, item.nodeid, seed)
         if path.name in names and remove_failure_trace(path):
             names.discard(path.name)
     except (OSError, ValueError):
@@ -733,10 +826,10 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def _run_explore(item: pytest.Function, state: State, seed: int, k: int, marker: MarkerArgs, make_main: Any,
+def _run_explore(item: pytest.Function, cw: CommonwareSession, seed: int, k: int, marker: MarkerArgs, make_main: Any,
                  note: ItemRun) -> None:
     """``--cw-explore=K``: every schedule within K deviations of the canonical one (SPEC 5a)."""
-    settings = state.settings
+    settings = cw.settings
     config = engine.deterministic_config(seed, marker, settings)
     limit = settings.explore_limit
     found = deterministic.explore(make_main(), config, max_deviations=k, limit=limit)
@@ -768,10 +861,10 @@ def _run_explore(item: pytest.Function, state: State, seed: int, k: int, marker:
             options += [f"--cw-ordering={settings.ordering}"] if settings.ordering else []
             note.reproduce = f"pytest {' '.join(options)} {shlex.quote(shown)}"
         item.user_properties.append(("cw_explore", f"{item.nodeid}: {summary}"))
-        _classify(item, state, config, make_main(), found.failure, note)
+        _classify(item, cw, config, make_main(), found.failure, note)
         raise found.failure
     if settings.record_for(marker) != "all":
-        _prune_trace(item, state, seed)
+        _prune_trace(item, cw, seed)
     if found.exhausted:
         line = f"explored all {_plural(n, 'schedule')} {within}: none fails"
         note.lines.append(line)
@@ -854,10 +947,10 @@ def _hash_seeds() -> tuple[str, str, str]:
         " (set explicitly, as this process's hash seed is random and unknown)"
 
 
-def _other_process(item: pytest.Item, state: State, seed: int, config: deterministic.Config, hashseed: str,
+def _other_process(item: pytest.Item, cw: CommonwareSession, seed: int, config: deterministic.Config, hashseed: str,
                    directory: Path) -> Path | str:
     """Run the one item again in a fresh interpreter; the path of its trace, or why there is none."""
-    settings = state.settings
+    settings = cw.settings
     pconfig = item.config
     nodeid = _SEED_ID.sub(lambda m: f"{m.group(1)}seed={seed}", item.nodeid)
     path, sep, rest = nodeid.partition("::")
@@ -898,12 +991,12 @@ def _other_process(item: pytest.Item, state: State, seed: int, config: determini
     return found
 
 
-def _check_determinism(item: pytest.Function, state: State, seed: int, config: deterministic.Config,
+def _check_determinism(item: pytest.Function, cw: CommonwareSession, seed: int, config: deterministic.Config,
                        make_main: Any, first: engine.RunResult, every: int, note: ItemRun) -> None:
     """Run the seed again in this process (wall clock, global random, ...) and in a fresh
     process with another PYTHONHASHSEED (set and dict order of str/bytes); fail naming the
     first event that differs and its kind, with both traces written."""
-    settings = state.settings
+    settings = cw.settings
     second = engine.run_deterministic(config, make_main(), record=True, checkpoint_every=every)
     one, two = _as_trace(first, item, seed, config), _as_trace(second, item, seed, config)
     if one is None or two is None:
@@ -923,7 +1016,7 @@ def _check_determinism(item: pytest.Function, state: State, seed: int, config: d
         return  # nothing recorded to compare with another process
     ours, theirs, random_note = _hash_seeds()
     with tempfile.TemporaryDirectory(prefix="cw-check-") as tmp:
-        found = _other_process(item, state, seed, config, theirs, Path(tmp))
+        found = _other_process(item, cw, seed, config, theirs, Path(tmp))
         if isinstance(found, str):
             pytest.fail(f"--cw-check-determinism: the run of seed {seed} in another process (PYTHONHASHSEED={theirs}) "
                         f"failed to produce a trace to compare with: {found}", pytrace=False)
@@ -946,10 +1039,10 @@ def _check_determinism(item: pytest.Function, state: State, seed: int, config: d
         pytrace=False)
 
 
-def _run_replay(item: pytest.Function, state: State, make_main: Any, note: ItemRun) -> None:
-    trace = state.replay_trace
-    assert trace is not None and state.settings.replay is not None
-    shown = state.settings.display_path(state.settings.replay)
+def _run_replay(item: pytest.Function, cw: CommonwareSession, make_main: Any, note: ItemRun) -> None:
+    trace = cw.replay_trace
+    assert trace is not None and cw.settings.replay is not None
+    shown = cw.settings.display_path(cw.settings.replay)
     config = engine.config_from_dict(trace.config, shown)
     result = engine.run_deterministic(config, make_main(), replay=trace.schedule)
     recorded = None if trace.error is None else f"{trace.error.get('type')}: {trace.error.get('message')}"
@@ -957,7 +1050,7 @@ def _run_replay(item: pytest.Function, state: State, make_main: Any, note: ItemR
     from commonware_runtime.deterministic import ReplayDivergence
 
     if isinstance(error, ReplayDivergence):
-        rerun = _rerun_command(item, state.settings, trace.seed, strategy=_traced_strategy(trace),
+        rerun = _rerun_command(item, cw.settings, trace.seed, strategy=_traced_strategy(trace),
                                ordering=str(trace.config.get("ordering", "any")))
         note.lines.append(f"replaying {shown} diverged: the test or the code it runs changed since the trace was "
                           f"recorded, so the trace no longer describes a run of today's code")
@@ -968,7 +1061,7 @@ def _run_replay(item: pytest.Function, state: State, make_main: Any, note: ItemR
         note.lines.append(
             f"replayed {shown}: " + ("reproduced the recorded failure" if same else f"failed differently; recorded: {recorded}")
         )
-        note.reproduce = _reproduce_command(state.settings, state.settings.replay)
+        note.reproduce = _reproduce_command(cw.settings, cw.settings.replay)
         raise error
     if trace.outcome == "failed":
         pytest.fail(f"replaying {shown} did not reproduce the recorded failure ({recorded}): the run passed", pytrace=False)
@@ -983,16 +1076,16 @@ def _traced_strategy(trace: Trace) -> str | None:
     return None
 
 
-def _run_bisect(item: pytest.Function, state: State, make_main: Any, note: ItemRun) -> None:
+def _run_bisect(item: pytest.Function, cw: CommonwareSession, make_main: Any, note: ItemRun) -> None:
     from commonware_runtime.deterministic.bisect import BisectError, bisect_trace, min_trace_path
 
-    trace = state.bisect_trace
-    source = state.settings.bisect
+    trace = cw.bisect_trace
+    source = cw.settings.bisect
     assert trace is not None and source is not None
-    shown = state.settings.display_path(source)
+    shown = cw.settings.display_path(source)
     try:
         result = bisect_trace(trace, make_main, min_trace_path(source), where=shown,
-                              display=state.settings.display_path)
+                              display=cw.settings.display_path)
     except BisectError as exc:
         pytest.fail(f"bisect failed: {exc}", pytrace=False)
     note.lines.append(result.report)
@@ -1011,8 +1104,8 @@ def _sweep_seed(item: pytest.Item) -> int | None:
     spec = _spec(item)
     if spec is None or spec.runtime != "deterministic" or spec.explore is not None:
         return None
-    state = _state(item.config)
-    if state.replay_trace is not None or state.bisect_trace is not None:
+    cw = item.config.stash[SESSION]
+    if cw.target is not None:
         return None
     return spec.seed
 
@@ -1034,15 +1127,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         return None
     if spec.runtime != "deterministic" and not isinstance(error, engine.TestTimeout):
         return None
-    state = _state(item.config)
+    cw = item.config.stash[SESSION]
     failure: Failure | None = None
     first = item.nodeid
     if _sweep_seed(item) is not None:  # one seed of a sweep (not a replay, bisect or exploration)
         failure = describe_failure(error, _test_place(item), item.config.rootpath)
         item.stash[FAILURE] = failure
-        first = state.first_failures.setdefault(failure.key, item.nodeid)
+        first = cw.first_failures.setdefault(failure.key, item.nodeid)
     sections: list[tuple[str, str]] = []
-    if failure is not None and first != item.nodeid and not state.full_tracebacks:
+    if failure is not None and first != item.nodeid and not cw.full_tracebacks:
         item.stash[REPEAT] = first
         longrepr = repeat_line(failure, first)  # no captured output either: it crosses the wire
     elif isinstance(error, (RuntimeStalled, RuntimeTimeout, engine.TestTimeout)):
@@ -1079,107 +1172,3 @@ def pytest_runtest_makereport_wrapper(item: pytest.Item, call: pytest.CallInfo[N
         if lines:
             report.sections.append((SECTION, "\n".join(lines)))
     return report
-
-
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    # On the xdist controller too: user_properties travel with the report.
-    for name, value in getattr(report, "user_properties", ()):
-        if name == "cw_bisect" and report.when == "call":
-            _BISECT_REPORTS.append(str(value))
-        if name == "cw_explore" and report.when == "call":
-            _EXPLORE_REPORTS.append(str(value))
-
-
-_BISECT_REPORTS: list[str] = []
-_EXPLORE_REPORTS: list[str] = []
-
-
-def pytest_report_header(config: pytest.Config) -> str | None:
-    """What the deterministic runs of this session are: enough to rerun them from a log."""
-    state = config.stash.get(STATE, None)
-    if state is None:
-        return None
-    s, src = state.settings, state.sources
-
-    def origin(*names: str) -> str:
-        given = [src[n] for n in names if n in src]
-        return f" ({', '.join(given)})" if given else ""
-
-    target = state.replay_trace or state.bisect_trace
-    if target is not None:
-        what = "replaying" if state.replay_trace is not None else "bisecting"
-        source = s.replay or s.bisect
-        path = s.display_path(source) if source is not None else "?"
-        cfg = target.config
-        return (f"commonware: {what} {path} ({target.test}, seed {target.seed}, strategy {cfg.get('strategy', '?')}, "
-                f"ordering {cfg.get('ordering', '?')})")
-    if s.explore is not None:
-        first = s.seed if s.seed is not None else s.seed_base
-        seeds = (f"explore every schedule within {_plural(s.explore, 'deviation')}{origin('cw_explore')}, "
-                 f"at most {s.explore_limit} per test{origin('cw_explore_limit')}, seed {first}")
-    elif s.seed is not None:
-        seeds = f"seed {s.seed}{origin('cw_seed')}"
-    elif s.seeds is not None:
-        seeds = f"seeds {s.seed_base}..{s.seed_base + s.seeds - 1}{origin('cw_seeds', 'cw_seed_base')}"
-    else:
-        seeds = f"seeds from {s.seed_base}, as each test's marker says (default 1){origin('cw_seed_base')}"
-    strategy = s.strategy if s.strategy is not None else engine.DEFAULT_STRATEGY
-    ordering = s.ordering if s.ordering is not None else engine.DEFAULT_ORDERING
-    marked = "" if s.strategy is not None and s.ordering is not None else " (unless a marker says otherwise)"
-    fifo = f", fifo check {s.fifo_check}{origin('cw_fifo_check')}" if s.fifo_check != engine.DEFAULT_FIFO_CHECK else ""
-    return (f"commonware: {seeds}, strategy {strategy}{origin('cw_strategy')}, "
-            f"ordering {ordering}{origin('cw_ordering')}{marked}{fifo}")
-
-
-# ---------------------------------------------------------------------------------------------
-# golden file across xdist workers
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_testnodedown(node: Any, error: Any) -> None:
-    """xdist controller: collect a finished worker's golden results."""
-    output = getattr(node, "workeroutput", None) or {}
-    fresh = output.get("cw_golden")
-    if fresh:
-        _state(node.config).golden_fresh.update(fresh)
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    config = session.config
-    state = config.stash.get(STATE, None)
-    if state is None or not state.settings.update_golden:
-        return
-    workeroutput = getattr(config, "workeroutput", None)
-    if workeroutput is not None:  # an xdist worker: the controller merges and writes
-        workeroutput["cw_golden"] = dict(state.golden_fresh)
-        return
-    path = state.settings.golden
-    if path is None or not state.golden_fresh:
-        return
-    existing: dict[str, str] = {}
-    if path.exists():
-        try:
-            existing = load_golden(path)
-        except GoldenError:
-            existing = {}  # being rewritten: a broken file is replaced (said in the summary)
-    write_golden(path, merge_golden(existing, state.golden_fresh))
-    state.golden_written = f"{state.settings.display_path(path)}: {len(state.golden_fresh)} auditor state(s) written"
-
-
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    state = config.stash.get(STATE, None)
-    if state is None:
-        return
-    if _BISECT_REPORTS:
-        terminalreporter.section(BISECT_SECTION)
-        for text in _BISECT_REPORTS:
-            terminalreporter.write_line(text)
-        _BISECT_REPORTS.clear()
-    if _EXPLORE_REPORTS:
-        terminalreporter.section(EXPLORE_SECTION)
-        for text in _EXPLORE_REPORTS:
-            terminalreporter.write_line(text)
-        _EXPLORE_REPORTS.clear()
-    if state.golden_written:
-        terminalreporter.write_line(f"commonware golden: {state.golden_written}")
