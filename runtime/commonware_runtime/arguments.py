@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 from datetime import timedelta
+from typing import Protocol
 
 from .errors import OffsetOverflow, PartitionNameInvalid
 
@@ -137,17 +138,26 @@ def _shown(value: object) -> str:
     return type(value).__name__ if len(text) > 40 else f"{type(value).__name__} {text}"
 
 
-def read_at_args(
-    n_or_buffer: object, offset: object, partition: str, name: bytes
-) -> tuple[int, int, bytearray | memoryview | None]:
-    """``Blob.read_at(n_or_buffer, offset)`` as ``(n, offset, buffer)``, on every runtime.
+class NamedBlob(Protocol):
+    """A blob handle as messages name it (both runtimes' ``Blob``)."""
+
+    @property
+    def partition(self) -> str: ...
+
+    @property
+    def name(self) -> bytes: ...
+
+
+def read_at_args(n_or_buffer: object, offset: object, blob: NamedBlob) -> tuple[int, int, bytearray | memoryview | None]:
+    """``blob.read_at(n_or_buffer, offset)``'s arguments as ``(n, offset, buffer)``, on
+    every runtime.
 
     ``n_or_buffer`` is a byte count (an ``int``, not a ``bool``, >= 0) or a writable,
     C-contiguous ``bytearray``/``memoryview`` to fill (``buffer``, else None).  A wrong
     type is a ``TypeError`` (``bytes`` and read-only views included: a read cannot fill
     them), a negative count or offset a ``ValueError``, ``offset + n`` past u64
-    ``OffsetOverflow``; each names the value.  ``partition`` and ``name`` only name the
-    blob in the overflow message.
+    ``OffsetOverflow``; each names the value.  ``blob`` is only read to name it in the
+    overflow message (passing the handle is the cheapest call on the hot path).
     """
     # The common call (two non-negative ints) costs two type tests and two comparisons.
     if type(n_or_buffer) is int and n_or_buffer >= 0:
@@ -179,7 +189,7 @@ def read_at_args(
     if type(offset) is not int or offset < 0:
         offset = check_offset(offset)
     if offset + n > U64_MAX:
-        raise OffsetOverflow(f"read of {n} bytes at offset {offset} overflows u64 in {format_blob(partition, name)}")
+        raise OffsetOverflow(f"read of {n} bytes at offset {offset} overflows u64 in {format_blob(blob.partition, blob.name)}")
     return n, offset, buffer
 
 

@@ -644,8 +644,7 @@ class Blob:
 
     async def read_at(self, n_or_buffer: int | bytearray | memoryview, offset: int) -> bytes | bytearray | memoryview:
         """Read exactly n bytes at ``offset`` (or fill the given writable buffer and return it)."""
-        state = self._state
-        n, offset, buffer = read_at_args(n_or_buffer, offset, state.partition, state.name)
+        n, offset, buffer = read_at_args(n_or_buffer, offset, self)
         state = self._live("read")
         storage = self._storage
         seam = storage._seam

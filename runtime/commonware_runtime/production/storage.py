@@ -691,7 +691,7 @@ class Blob:
     async def read_at(self, n_or_buffer: int | bytearray | memoryview, offset: int) -> Any:
         """Read exactly ``n`` bytes at ``offset`` (returns ``bytes``), or fill the given
         writable buffer and return it.  Past the end raises ``BlobInsufficientLength``."""
-        n, offset, target = read_at_args(n_or_buffer, offset, self.partition, self.name)
+        n, offset, target = read_at_args(n_or_buffer, offset, self)
         end = offset + n
         shared = self._shared
         if self._closed is not None or shared.poisoned is not None:
