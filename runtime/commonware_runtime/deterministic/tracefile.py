@@ -808,12 +808,21 @@ def _parse(doc: Any) -> Trace:
     )
 
 
+def _compact(value: Any, version: int, compact: type, plain: type, expected: str) -> bool:
+    """Whether a part that version 3 may store compactly (as a ``compact``) is so stored; a
+    part that is neither that nor ``plain`` is refused, saying what was ``expected``."""
+    if isinstance(value, compact) and version >= 3:
+        return True
+    if not isinstance(value, plain):
+        hint = f" (a compact {'block' if compact is str else 'mapping'} needs format version 3)" \
+            if isinstance(value, compact) else ""
+        raise _Problem(f"{expected}, got {_type_name(value)}{hint}")
+    return False
+
+
 def _parse_tasks(tasks: Any, version: int) -> list[str]:
-    if isinstance(tasks, str) and version >= 3:
+    if _compact(tasks, version, str, dict, "'tasks' must be a mapping of task id to label"):
         return _decode_labels(tasks)
-    if not isinstance(tasks, dict):
-        compact = " (a compact block needs format version 3)" if isinstance(tasks, str) else ""
-        raise _Problem(f"'tasks' must be a mapping of task id to label, got {_type_name(tasks)}{compact}")
     if len(tasks) > MAX_TASKS:
         raise _Problem(f"'tasks' lists {len(tasks)} tasks, more than {MAX_TASKS}")
     labels = [""]
@@ -867,13 +876,10 @@ _DERIVED = object()  # the time of a compact checkpoint: its round's
 def _parse_checkpoints(value: Any, schedule: Schedule, version: int) -> list[dict[str, Any]]:
     rounds = len(schedule.round_steps)
     entries: Iterable[dict[str, Any]]
-    if isinstance(value, dict) and version >= 3:
+    if _compact(value, version, dict, list, "'checkpoints' must be a list"):
         checked, entries = _decode_checkpoints(value, schedule)
         if checked:
             return list(entries)
-    elif not isinstance(value, list):
-        compact = " (a compact mapping needs format version 3)" if isinstance(value, dict) else ""
-        raise _Problem(f"'checkpoints' must be a list, got {_type_name(value)}{compact}")
     elif len(value) > rounds:
         raise _Problem(f"'checkpoints' has {len(value)} entries for {rounds} rounds (at most one per round)")
     else:
