@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import Any
 
 import pytest
+from commonware_runtime.tasks import is_runtime_plumbing
 
 __all__ = ["Failure", "Sweep", "describe_failure", "repeat_line", "wilson"]
 
@@ -39,12 +40,12 @@ _STALL_SITE = re.compile(r" at (\S+:\d+) in ")
 
 
 def _library_dirs() -> tuple[str, ...]:
+    """Where the code of pytest, this plugin, Python and installed packages lives (the
+    runtime's and asyncio's own frames are ``tasks.is_runtime_plumbing``)."""
     import _pytest
-    import commonware_runtime
     import pluggy
 
     dirs = {
-        os.path.dirname(os.path.abspath(commonware_runtime.__file__)),
         os.path.dirname(os.path.abspath(__file__)),
         os.path.dirname(os.path.abspath(_pytest.__file__)),
         os.path.dirname(os.path.abspath(pluggy.__file__)),
@@ -66,7 +67,8 @@ def _is_user_file(filename: str) -> bool:
         return False
     if _LIBRARIES is None:
         _LIBRARIES = _library_dirs()
-    return not os.path.abspath(filename).startswith(_LIBRARIES)
+    path = os.path.abspath(filename)
+    return not (is_runtime_plumbing(path) or path.startswith(_LIBRARIES))
 
 
 @dataclass(frozen=True)

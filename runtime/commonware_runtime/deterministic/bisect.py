@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..tasks import spawned_awaitable
 from .loop import await_site
 from .runner import Runner
 from .strategies import RankStrategy
@@ -161,10 +162,9 @@ def _site(task: asyncio.Task[Any]) -> str:
     """Where ``task`` resumes: its await site, or its first line when it has not started yet."""
     coro: Any = task.get_coro()
     if inspect.iscoroutine(coro) and inspect.getcoroutinestate(coro) == inspect.CORO_CREATED:
-        # The runtime wraps a spawned coroutine in a driver; name the user's coroutine.
-        frame = coro.cr_frame
-        inner = next((v for v in frame.f_locals.values() if inspect.iscoroutine(v)), coro) if frame else coro
-        code = inner.cr_code
+        # The runtime runs a spawned coroutine inside its driver: name the user's coroutine.
+        inner = spawned_awaitable(task)
+        code = (inner if inspect.iscoroutine(inner) else coro).cr_code
         return f"its start ({code.co_name}() at {os.path.basename(code.co_filename)}:{code.co_firstlineno})"
     site = await_site(task)
     if site.startswith("? "):  # a bare yield: what asyncio.sleep(0) does
