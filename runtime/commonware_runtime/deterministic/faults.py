@@ -19,7 +19,7 @@ Both reach the subsystems through one object per subsystem, its seam, built here
 ``.detached`` and its detach number, so they never read as the named blob's).
 
 ``NetworkSeam`` holds the network's fault plan, its links (latency, jitter) and partitions:
-``delay(route)`` for each send, ``latency(route)`` for an EOF, ``partitioned(a, b)``, and
+``delay(flow)`` for each send, ``latency(flow)`` for an EOF, ``partitioned(a, b)``, and
 the audited changes ``set_link``, ``cut`` and ``mend``.
 
 Rules kept here once, for every subsystem:
@@ -49,9 +49,13 @@ import math
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..auditor import Auditor, Field
+
+if TYPE_CHECKING:  # the seam reads their audited identity: a blob's name, a flow's ends
+    from .network import _Flow
+    from .storage import _BlobState
 
 __all__ = ["Seam", "StorageSeam", "NetworkSeam", "StorageFaults", "CRASH_MODES"]
 
@@ -162,19 +166,6 @@ class StorageFaults:
         object.__setattr__(self, field, value)
 
 
-class BlobRef(Protocol):
-    """What the seam needs of a blob: the identity its events are audited under."""
-
-    @property
-    def partition(self) -> str: ...
-
-    @property
-    def name(self) -> bytes: ...
-
-    @property
-    def detached(self) -> int | None: ...
-
-
 class StorageSeam(Seam):
     """The simulated storage's seam: its fault plan, and events framed per blob."""
 
@@ -184,7 +175,7 @@ class StorageSeam(Seam):
         super().__init__(auditor, rng)
         self.plan = plan
 
-    def blob(self, tag: str, blob: BlobRef, *fields: Field) -> None:
+    def blob(self, tag: str, blob: _BlobState, *fields: Field) -> None:
         """Report an operation on ``blob``.  A detached blob has no name left: its events say
         so (``tag.detached``) and carry its detach number, so they stay distinct from the
         named blob's and from other detached blobs'."""
@@ -199,7 +190,7 @@ class StorageSeam(Seam):
         rate: float = getattr(self.plan, _RATE_OF[op])
         return rate > 0.0 and self.fault(rate, "storage.fault", op, partition, name)
 
-    def blob_fails(self, op: str, blob: BlobRef) -> bool:
+    def blob_fails(self, op: str, blob: _BlobState) -> bool:
         """Does ``op`` (``"read"``, ``"write"``, ``"resize"``, ``"sync"``) on an open blob fail?"""
         rate: float = getattr(self.plan, _RATE_OF[op])
         if rate <= 0.0:
@@ -209,7 +200,7 @@ class StorageSeam(Seam):
             return self.fault(rate, "storage.fault", op, blob.partition, blob.name)
         return self.fault(rate, "storage.fault.detached", op, blob.partition, blob.name, detached)
 
-    def torn(self, blob: BlobRef, offset: int, size: int) -> int:
+    def torn(self, blob: _BlobState, offset: int, size: int) -> int:
         """How many leading bytes of a *failing* write of ``size`` bytes at ``offset`` landed
         first: 0 (none) or a strictly partial prefix, per ``partial_write_rate``."""
         rate = self.plan.partial_write_rate
@@ -224,22 +215,6 @@ class StorageSeam(Seam):
 # -- network -----------------------------------------------------------------------------
 
 
-class Route(Protocol):
-    """What the seam needs of one direction of a connection: its hosts and its ends."""
-
-    @property
-    def src_host(self) -> str: ...
-
-    @property
-    def dst_host(self) -> str: ...
-
-    @property
-    def src(self) -> str: ...
-
-    @property
-    def dst(self) -> str: ...
-
-
 class NetworkSeam(Seam):
     """The simulated network's seam: its fault plan (links and partitions) and delay draws."""
 
@@ -251,22 +226,22 @@ class NetworkSeam(Seam):
         self.links: dict[tuple[str, str], tuple[int, int]] = {}
         self.cuts: set[tuple[str, str]] = set()  # membership tests only, never iterated
 
-    def delay(self, route: Route) -> int:
+    def delay(self, flow: _Flow) -> int:
         """Nanoseconds until the bytes of one send become readable: the link's latency plus
         ``U{0..jitter}``, drawn (and audited as ``net.delay``) only when there is jitter."""
-        link = self.links.get((route.src_host, route.dst_host))
+        link = self.links.get((flow.src_host, flow.dst_host))
         if link is None:
             return 0
         latency_ns, jitter_ns = link
         if not jitter_ns:
             return latency_ns
         delay = latency_ns + self.rng.randrange(jitter_ns + 1)
-        self.event("net.delay", route.src, route.dst, delay)
+        self.event("net.delay", flow.src, flow.dst, delay)
         return delay
 
-    def latency(self, route: Route) -> int:
+    def latency(self, flow: _Flow) -> int:
         """The link's latency without jitter (an EOF draws nothing)."""
-        link = self.links.get((route.src_host, route.dst_host))
+        link = self.links.get((flow.src_host, flow.dst_host))
         return 0 if link is None else link[0]
 
     def partitioned(self, a: str, b: str) -> bool:
