@@ -25,8 +25,8 @@ the audited changes ``set_link``, ``cut`` and ``mend``.
 Rules kept here once, for every subsystem:
 
 - the fault stream is drawn only when the plan enables the fault (a rate or a jitter
-  above zero), so a run without faults draws nothing from it and changing one fault's
-  setting never shifts the draws of a run that does not use it;
+  above zero), so a run without faults draws nothing from it, and a fault that is off
+  adds no draws to a run that uses others;
 - every decision drawn is audited with its outcome, so two runs with the same auditor
   state made the same decisions;
 - without an auditor (a ``Storage`` or ``Network`` built bare, in tests) every report is a
@@ -34,8 +34,8 @@ Rules kept here once, for every subsystem:
 
 Why a seam and not wrapper layers (commonware's Rust runtime stacks audited and faulty
 storage and network around the simulated ones): a Python layer costs a coroutine frame
-per operation, and the hot paths (a 4 KiB read is a few microseconds) would pay that
-twice.  The decisions also sit *inside* the operations: a fault is decided before the
+per operation, and the hot paths (a simulated 4 KiB read costs about ten microseconds,
+most of it the scheduling hop) would pay that twice.  The decisions also sit *inside* the operations: a fault is decided before the
 operation yields, an event reports what only the operation knows (whether ``open``
 created the blob, which names ``scan`` found, how many bytes a torn write left).  So the
 operation calls the seam at those points and its body reads as the operation; the seam
