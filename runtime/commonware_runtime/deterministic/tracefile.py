@@ -740,12 +740,7 @@ def _parse(doc: Any) -> Trace:
     if version not in VERSIONS:
         raise _Problem(f"unknown trace format version {version} (this pytest-commonware reads versions "
                        f"{', '.join(map(str, VERSIONS))})")
-    for key in _REQUIRED:
-        if key not in doc:
-            raise _Problem(f"missing key {key!r}")
-    for key in doc:
-        if key not in _REQUIRED and key not in _OPTIONAL:
-            raise _Problem(f"unknown key {_short(key)} (put additional data under 'extra')")
+    _keys(doc, "", _REQUIRED, _OPTIONAL, " (put additional data under 'extra')")
 
     test = _str(doc, "test", "'test'")
     seed = _int(doc, "seed", "'seed'")
@@ -806,6 +801,18 @@ def _parse(doc: Any) -> Trace:
         steps=steps, tasks={tid: labels[tid] for tid in range(1, len(labels))}, checkpoints=checkpoints,
         schedule=schedule, python=python, commonware_runtime=runtime_ver, extra=extra,
     )
+
+
+def _keys(value: dict[Any, Any], where: str, required: tuple[str, ...], optional: tuple[str, ...] = (),
+          hint: str = "") -> None:
+    """Every ``required`` key is in the mapping and no other but the ``optional`` ones; the
+    first missing one, else the first unknown one, is named (``where`` says which mapping)."""
+    for key in required:
+        if key not in value:
+            raise _Problem(f"{where}missing key {key!r}")
+    for key in value:
+        if key not in required and key not in optional:
+            raise _Problem(f"{where}unknown key {_short(key)}{hint}")
 
 
 def _compact(value: Any, version: int, compact: type, plain: type, expected: str) -> bool:
@@ -922,12 +929,7 @@ def _decode_checkpoints(value: dict[str, Any], schedule: Schedule) -> tuple[bool
     long run recorded with checkpoints every 16 steps has hundreds of thousands), else
     ``(False, entries)`` for the caller's checks to name the first inconsistent one.
     """
-    for key in _COMPACT_CHECKPOINTS:
-        if key not in value:
-            raise _Problem(f"checkpoints: missing key {key!r}")
-    for key in value:
-        if key not in _COMPACT_CHECKPOINTS:
-            raise _Problem(f"checkpoints: unknown key {_short(key)}")
+    _keys(value, "checkpoints: ", _COMPACT_CHECKPOINTS)
     round_steps, round_times = schedule.round_steps, schedule.round_times
     count = _int(value, "count", "checkpoints.count", hi=len(round_steps))
     steps = _decode_array(value["steps"], "checkpoints.steps", count, delta=True, typecode="Q")
@@ -946,12 +948,7 @@ def _decode_checkpoints(value: dict[str, Any], schedule: Schedule) -> tuple[bool
 def _parse_decisions(value: Any, steps: int, ntasks: int) -> Schedule:
     if not isinstance(value, dict):
         raise _Problem(f"'decisions' must be a mapping, got {_type_name(value)}")
-    for key in _DECISION_KEYS:
-        if key not in value:
-            raise _Problem(f"decisions: missing key {key!r}")
-    for key in value:
-        if key not in _DECISION_KEYS:
-            raise _Problem(f"decisions: unknown key {_short(key)}")
+    _keys(value, "decisions: ", _DECISION_KEYS)
     if value["encoding"] != ENCODING:
         raise _Problem(f"decisions.encoding is {_short(value['encoding'])}, this version reads only {ENCODING!r}")
     every = _int(value, "checkpoint_every", "decisions.checkpoint_every", lo=1)
