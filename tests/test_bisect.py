@@ -19,34 +19,13 @@ from commonware_runtime.deterministic.bisect import (
     min_trace_path,
 )
 from commonware_runtime.deterministic.tracefile import load_trace, trace_from_schedule
-from race_program import RACE
+from race_program import RACE, race_main
 
 from pytest_commonware.engine import run_deterministic
 
 pytest_plugins = ["pytester"]
 
 QUIET = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest")
-
-
-def race_main() -> Any:
-    """The lost update: ``a`` reads, yields, writes; ``b`` yields once first, then does the same."""
-    state = {"counter": 0}
-
-    async def bump(delay: int) -> None:
-        for _ in range(delay):
-            await asyncio.sleep(0)
-        value = state["counter"]
-        await asyncio.sleep(0)
-        state["counter"] = value + 1
-
-    async def main(ctx: Any) -> None:
-        a = ctx.with_label("a").spawn(lambda _: bump(0))
-        b = ctx.with_label("b").spawn(lambda _: bump(1))
-        await a
-        await b
-        assert state["counter"] == 2, "lost update"
-
-    return main
 
 
 def _failing_trace(test: str = "t.py::test_race", strategy: str = "random", main: Any = race_main,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import shutil
@@ -17,6 +16,7 @@ from commonware_runtime import deterministic
 from commonware_runtime.deterministic.bisect import bisect_trace
 from commonware_runtime.deterministic.picture import html_page
 from commonware_runtime.deterministic.tracefile import Trace, load_trace, trace_from_schedule, write_trace
+from race_program import race_main as lost_update
 
 from pytest_commonware.cli import main as cli_main
 from pytest_commonware.engine import run_deterministic
@@ -24,22 +24,7 @@ from pytest_commonware.engine import run_deterministic
 
 def race_main() -> Any:
     """The lost update of three labelled workers."""
-    state = {"counter": 0}
-
-    async def bump(delay: int) -> None:
-        for _ in range(delay):
-            await asyncio.sleep(0)
-        value = state["counter"]
-        await asyncio.sleep(0)
-        state["counter"] = value + 1
-
-    async def main(ctx: Any) -> None:
-        handles = [ctx.with_label(n).spawn(lambda _, d=d: bump(d)) for d, n in enumerate("abc")]
-        for h in handles:
-            await h
-        assert state["counter"] == 3, "lost update"
-
-    return main
+    return lost_update(3)
 
 
 def _failing_trace() -> Trace:
