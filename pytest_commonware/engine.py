@@ -197,9 +197,6 @@ class Settings:
     horizon: str | int = "auto"  # --cw-horizon: "auto" (measured), "none" or a number of contested decisions
     horizons: dict[str, int] = field(default_factory=dict)  # "auto": test -> its canonical run's length
 
-    def seeds_for(self, marker: MarkerArgs) -> list[int]:
-        return seed_list(self, marker)
-
     def strategy_for(self, marker: MarkerArgs) -> str | deterministic.Strategy:
         """Command line > ini key > marker > default, as for every setting."""
         default: str | deterministic.Strategy = DEFAULT_STRATEGY
