@@ -4,6 +4,13 @@ Auto-loaded through the ``pytest11`` entry point ``commonware``.  The hooks here
 options and plans come from ``engine``, the plugin's own hook specifications from ``hooks``,
 the sweep summary from ``summary``; trace files, the golden file and ``--cw-bisect`` are
 the runtime's (``commonware_runtime.deterministic.tracefile``, ``.golden``, ``.bisect``).
+
+Two kinds of hooks.  Those pytest calls before a session exists (options, configure) or per
+test function and item (collection, fixtures, running an item, its report) are this
+module's functions.  The session's own state and the hooks that only read or add to it
+(the report header, deselection for a replay, collecting reports, the golden file at the
+end, the terminal summary) are one ``CommonwareSession`` object, which ``pytest_configure``
+registers with the plugin manager and ``pytest_unconfigure`` removes.
 """
 
 from __future__ import annotations
