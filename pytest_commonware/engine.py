@@ -534,9 +534,12 @@ def run_deterministic(
     record: bool = True,
     checkpoint_every: int = 1024,
     replay: deterministic.Schedule | None = None,
+    events: bool = False,
 ) -> RunResult:
-    """One deterministic run.  Test failures are returned, not raised (the caller judges)."""
-    recorder = deterministic.Recorder(checkpoint_every=checkpoint_every) if record and replay is None else None
+    """One deterministic run.  Test failures are returned, not raised (the caller judges).
+    ``events``: the recording keeps every audited event too (the determinism check's)."""
+    recorder = (deterministic.Recorder(checkpoint_every=checkpoint_every, events=events)
+                if record and replay is None else None)
     runner = deterministic.Runner(config, recorder=recorder, replay=replay)
     error: BaseException | None = None
     try:

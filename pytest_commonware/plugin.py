@@ -769,8 +769,10 @@ def _run_seed(item: pytest.Function, cw: CommonwareSession, seed: int, marker: M
     config = engine.with_horizon(config, item.nodeid.split("[", 1)[0], make_main(), settings)
     record = settings.record_for(marker)
     check = settings.check_determinism
-    every = engine.CHECK_CHECKPOINT_EVERY if check or os.environ.get(CHECK_CHILD_ENV) else 1024
-    result = engine.run_deterministic(config, make_main(), record=record != "none" or check, checkpoint_every=every)
+    checking = check or bool(os.environ.get(CHECK_CHILD_ENV))
+    every = engine.CHECK_CHECKPOINT_EVERY if checking else 1024
+    result = engine.run_deterministic(config, make_main(), record=record != "none" or check, checkpoint_every=every,
+                                      events=checking)
     if result.schedule is not None and (record == "all" or (record == "failed" and result.error is not None)):
         try:
             trace = trace_from_schedule(result.schedule, test=item.nodeid, seed=seed, config=config.to_dict())
@@ -910,6 +912,13 @@ _EVENT_WORDS = {
     "time": "virtual time",
     "timing": "virtual time (a timing choice: how late an idle wake-up was)",
     "length": "scheduling decision (one run made more decisions)",
+    "storage": "storage operation",
+    "network": "network operation",
+    "random": "random draw (context.rng)",
+    "metric": "metric",
+    "label": "label (a task or metric name)",
+    "lifecycle": "run start or restart",
+    "other": "an event other than scheduling",
     "auditor": "an event other than scheduling (network, storage, RNG, metrics or a label)",
     "final-auditor": "an event other than scheduling (network, storage, RNG, metrics or a label)",
     "outcome": "outcome",
@@ -1004,7 +1013,7 @@ def _check_determinism(item: pytest.Function, cw: CommonwareSession, seed: int, 
     process with another PYTHONHASHSEED (set and dict order of str/bytes); fail naming the
     first event that differs and its kind, with both traces written."""
     settings = cw.settings
-    second = engine.run_deterministic(config, make_main(), record=True, checkpoint_every=every)
+    second = engine.run_deterministic(config, make_main(), record=True, checkpoint_every=every, events=True)
     one, two = _as_trace(first, item, seed, config), _as_trace(second, item, seed, config)
     if one is None or two is None:
         problem = _compare_runs(first, second)

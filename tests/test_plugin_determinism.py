@@ -78,3 +78,40 @@ def test_ini_check_is_not_inherited_by_the_child(pytester: pytest.Pytester) -> N
     pytester.makeini("[pytest]\ncw_check_determinism = true\n")
     pytester.makepyfile(DETERMINISTIC)
     pytester.runpytest(*QUIET).assert_outcomes(passed=1)
+
+
+STORAGE_HASH_ORDER = """
+async def test_write_set(deterministic_context):
+    blob, _ = await deterministic_context.open("p", b"names")
+    await blob.write_at(",".join({f"node_{i}" for i in range(24)}).encode(), 0)
+    await blob.sync()
+"""
+
+GLOBAL_STATE = """
+RUNS = [0]
+
+async def test_draws(deterministic_context):
+    RUNS[0] += 1  # state outside the runtime: the rerun in this process draws once more
+    for _ in range(RUNS[0]):
+        deterministic_context.rng.random()
+    blob, _ = await deterministic_context.open("p", b"x")
+    await blob.write_at(b"same", 0)
+"""
+
+
+def test_storage_content_differing_across_processes_is_named(pytester: pytest.Pytester) -> None:
+    # One task, so the same schedule: only the bytes written depend on PYTHONHASHSEED.
+    pytester.makepyfile(STORAGE_HASH_ORDER)
+    result = pytester.runpytest(*QUIET, "--cw-check-determinism")
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    assert "differs across processes; the first difference is a storage operation" in out, out
+    assert "storage.write" in out and "with one content" in out and "hash-order" in out
+
+
+def test_random_draws_differing_in_process_are_named(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(GLOBAL_STATE)
+    result = pytester.runpytest(*QUIET, "--cw-check-determinism")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*seed 0 ran twice in this process and the runs differ; the first difference is a "
+                                 "random draw (context.rng)*audited event differs*: event *: storage.open vs event *: rng*"])

@@ -682,3 +682,40 @@ def test_label_helper(recorded: tuple[deterministic.Config, Trace]) -> None:
     trace = recorded[1]
     assert trace.label(0) == "<callback>" and trace.label(1) == "root" and trace.label(2) == "w0"
     assert os.fspath(trace_path(Path("x"), NODEID, 3)).endswith("__seed-3.yaml")
+
+
+def test_audited_events_round_trip_and_name_the_first_difference(tmp_path: Path) -> None:
+    async def main(ctx: Any) -> None:
+        blob, _ = await ctx.open("p", b"b")
+        await blob.write_at(bytes([ctx.rng.randrange(256)]), 0)
+        await ctx.sleep(0.001)
+        ctx.rng.random()
+
+    def record(seed: int) -> deterministic.Schedule:
+        recorder = deterministic.Recorder(events=True)
+        deterministic.Runner(deterministic.Config(seed=seed), recorder=recorder).start(main)
+        assert recorder.schedule is not None and recorder.schedule.events
+        return recorder.schedule
+
+    schedule = record(1)
+    path = write_trace(tmp_path / "t.yaml", trace_from_schedule(schedule, test="t::x", seed=1, config={"seed": 1}))
+    loaded = load_trace(path).schedule
+    assert loaded.events == schedule.events and loaded.event_rounds == schedule.event_rounds
+    assert "rng" in [tag for tag, _ in loaded.events] and "storage.write" in [tag for tag, _ in loaded.events]
+    assert schedule.first_divergence(loaded) is None
+    # The same decisions, one write's bytes changed: named as a storage operation.
+    changed = load_trace(path).schedule
+    assert changed.events is not None
+    i = next(i for i, (tag, _) in enumerate(changed.events) if tag == "storage.write")
+    changed.events[i] = ("storage.write", "0" * 16)
+    where = schedule.first_event_divergence(changed)
+    assert where is not None and where.event == "storage" and f"event {i}: storage.write with one content" in where.message
+    # Traces recorded without events still compare as before.
+    assert record_plain(main).events is None
+
+
+def record_plain(main: Any) -> deterministic.Schedule:
+    recorder = deterministic.Recorder()
+    deterministic.Runner(deterministic.Config(seed=1), recorder=recorder).start(main)
+    assert recorder.schedule is not None
+    return recorder.schedule

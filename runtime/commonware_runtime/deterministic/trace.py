@@ -34,6 +34,10 @@ from ..errors import Error
 
 __all__ = ["Divergence", "Recorder", "Schedule", "Step", "Replayer", "ReplayDivergence", "format_seconds"]
 
+# An audited event's kind, by the first part of its tag (storage.write, net.send, rng, ...).
+_EVENT_KINDS = {"storage": "storage", "net": "network", "rng": "random", "metric": "metric", "label": "label",
+                "start": "lifecycle", "restart": "lifecycle"}
+
 
 def format_seconds(ns: int) -> str:
     """Virtual time ``ns`` (nanoseconds) in seconds with nine decimals: ``"0.086839471"``.
@@ -125,6 +129,10 @@ class Schedule:
     strategy: str = "random"  # the strategy as configured (e.g. "swarm")
     chosen: str = ""  # what it chose for this run, when that says more (swarm: "pct:3")
     holds_back: bool = False  # callbacks made ready mid-round could be chosen at once
+    # With ``Recorder(events=True)``: every audited event other than a scheduling decision,
+    # as (tag, digest of its fields), and how many there were when each round began.
+    events: list[tuple[str, str]] | None = None
+    event_rounds: array[int] = field(default_factory=lambda: array("Q"))
 
     def task_label(self, tid: int) -> str:
         if tid == 0:
@@ -218,6 +226,9 @@ class Schedule:
             act, time_b = b._at_step(n)
             return Divergence("length", n, time_a if time_a is not None else time_b, exp, act,
                               f"first divergence at step {n}: {exp} vs {act}", "length")
+        differs = a.first_event_divergence(b)
+        if differs is not None:
+            return differs
         checkpoints_b = {step: auditor for step, _, auditor in b.checkpoints}
         for step, t, auditor in a.checkpoints:
             theirs = checkpoints_b.get(step)
@@ -241,6 +252,34 @@ class Schedule:
                               f"same schedule and auditor, but the outcomes differ: {exp} vs {act}", "outcome")
         return None
 
+    def first_event_divergence(self, other: Schedule) -> Divergence | None:
+        """The first audited event (other than a scheduling decision) that differs between
+        two runs recorded with ``Recorder(events=True)``; None when either has no events or
+        they agree.  ``event`` names its kind: ``"storage"``, ``"network"``, ``"random"``
+        (a draw from ``context.rng``), ``"metric"``, ``"label"`` or ``"lifecycle"``."""
+        mine, theirs = self.events, other.events
+        if mine is None or theirs is None or mine == theirs:
+            return None
+        i = next((i for i, (x, y) in enumerate(zip(mine, theirs, strict=False)) if x != y), min(len(mine), len(theirs)))
+        r = bisect_right(self.event_rounds, i) - 1  # the round it happened in (-1: before the first)
+        step = int(self.round_steps[r]) if r >= 0 else 0
+        t = int(self.round_times[r]) if r >= 0 else 0
+        exp = f"event {i}: {mine[i][0]}" if i < len(mine) else f"no event {i} (the run audited {len(mine)})"
+        act = f"event {i}: {theirs[i][0]}" if i < len(theirs) else f"no event {i} (the run audited {len(theirs)})"
+        if i < len(mine) and i < len(theirs) and mine[i][0] == theirs[i][0]:
+            exp, act = exp + " with one content", act + " with another"
+        # The kind named is that of the event one run has in excess, when the next events
+        # show it (an extra draw shifts everything after it), else this run's.
+        if i >= len(mine) or (i + 1 < len(theirs) and theirs[i + 1] == mine[i]):
+            tag = theirs[i][0]
+        else:
+            tag = mine[i][0]
+        return Divergence(
+            "auditor", step, t, exp, act,
+            f"the same scheduling decisions, but the {i + 1}th audited event differs, in the round from step "
+            f"{step} (t={format_seconds(t)}s): {exp} vs {act}", _EVENT_KINDS.get(tag.split(".")[0], "other"),
+        )
+
     def _task(self, tid: int) -> str:
         return f"task #{tid} {self.task_label(tid)!r}"
 
@@ -258,10 +297,13 @@ class Schedule:
 class Recorder:
     """Pass to ``deterministic.Runner(..., recorder=...)``; ``.schedule`` holds the result."""
 
-    def __init__(self, checkpoint_every: int = 1024) -> None:
+    def __init__(self, checkpoint_every: int = 1024, *, events: bool = False) -> None:
         if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every <= 0:
             raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
+        if not isinstance(events, bool):
+            raise TypeError(f"events must be a bool, got {events!r}")
         self.checkpoint_every = checkpoint_every
+        self.events = events  # keep every audited event's tag and digest (Schedule.events)
         self.schedule: Schedule | None = None
         self._next_checkpoint = 0
 
@@ -273,6 +315,8 @@ class Recorder:
             holds_back=bool(strategy.holds_back) and loop.ordering == "any",
         )
         self.schedule.labels = loop.task_labels  # shared: labels appear as tasks are created
+        if self.events:
+            self.schedule.events = loop.auditor.trail = []
         self._next_checkpoint = 0
         return self.schedule
 
@@ -281,6 +325,8 @@ class Recorder:
         assert schedule is not None
         schedule.round_steps.append(step)
         schedule.round_times.append(now_ns)
+        if schedule.events is not None:
+            schedule.event_rounds.append(len(schedule.events))
         if step >= self._next_checkpoint:
             schedule.checkpoints.append((step, now_ns, loop.auditor.state()))
             self._next_checkpoint = step + self.checkpoint_every

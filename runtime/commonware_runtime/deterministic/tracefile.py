@@ -105,7 +105,9 @@ _REQUIRED = (
     "format", "version", "test", "seed", "runtime", "config", "outcome", "auditor",
     "steps", "tasks", "checkpoints", "decisions", "python", "commonware_runtime",
 )
-_OPTIONAL = ("error", "extra")
+_OPTIONAL = ("error", "extra", "events")
+_EVENT_KEYS = ("count", "tags", "kinds", "digests", "rounds")
+MAX_EVENT_TAGS = 1_000
 _DECISION_KEYS = (
     "encoding", "checkpoint_every", "ordering", "strategy", "chosen", "holds_back", "rounds", "timing_choices",
     "picks", "ids", "round_steps", "round_times", "timing",
@@ -296,9 +298,27 @@ def _document(trace: Trace) -> dict[str, Any]:
         python=trace.python,
         commonware_runtime=trace.commonware_runtime,
     )
+    if schedule.events is not None:
+        doc["events"] = _encode_events(schedule)
     if trace.extra:
         doc["extra"] = trace.extra
     return doc
+
+
+def _encode_events(schedule: Schedule) -> dict[str, Any]:
+    """The audited events of a run recorded with ``Recorder(events=True)`` (what the
+    determinism check compares): each tag once, then per event its tag's index and its
+    64-bit digest, and per round how many events came before it."""
+    events = schedule.events or []
+    tags: dict[str, int] = {}
+    kinds = [tags.setdefault(tag, len(tags)) for tag, _ in events]
+    return {
+        "count": len(events),
+        "tags": list(tags),
+        "kinds": _Block(_encode_array(kinds, delta=False)),
+        "digests": _Block(_encode_array([int(digest, 16) for _, digest in events], delta=False)),
+        "rounds": _Block(_encode_array(schedule.event_rounds, delta=True)),
+    }
 
 
 class _Block(str):
@@ -394,6 +414,7 @@ _NO_KEY = object()  # a mapping frame waiting for its next key
 _BLOCKS: dict[tuple[Any, ...], str] = {("tasks",): "tasks"}
 _BLOCKS.update({("decisions", k): f"decisions.{k}" for k in ("picks", "ids", "round_steps", "round_times", "timing")})
 _BLOCKS.update({("checkpoints", k): f"checkpoints.{k}" for k in ("steps", "auditors")})
+_BLOCKS.update({("events", k): f"events.{k}" for k in ("kinds", "digests", "rounds")})
 
 
 class _Overrun(Exception):
@@ -796,11 +817,32 @@ def _parse(doc: Any) -> Trace:
     schedule.error = error
     checkpoints = _parse_checkpoints(doc["checkpoints"], schedule, version)
     schedule.checkpoints = [(c["step"], c["time"], c["auditor"]) for c in checkpoints]
+    if "events" in doc:
+        _parse_events(doc["events"], schedule)
     return Trace(
         test=test, seed=seed, runtime=runtime, config=config, outcome=outcome, error=error, auditor=auditor,
         steps=steps, tasks={tid: labels[tid] for tid in range(1, len(labels))}, checkpoints=checkpoints,
         schedule=schedule, python=python, commonware_runtime=runtime_ver, extra=extra,
     )
+
+
+def _parse_events(value: Any, schedule: Schedule) -> None:
+    if not isinstance(value, dict):
+        raise _Problem(f"'events' must be a mapping, got {_type_name(value)}")
+    _keys(value, "events: ", _EVENT_KEYS)
+    count = _int(value, "count", "events.count", hi=MAX_STEPS)
+    tags = value["tags"]
+    if not isinstance(tags, list) or len(tags) > MAX_EVENT_TAGS or not all(isinstance(t, str) and t for t in tags):
+        raise _Problem(f"events.tags must be a list of at most {MAX_EVENT_TAGS} non-empty strings")
+    kinds = _decode_array(value["kinds"], "events.kinds", count, delta=False, typecode="I")
+    if count and max(kinds) >= len(tags):
+        raise _Problem(f"events.kinds names tag {max(kinds)}, but events.tags has {len(tags)}")
+    digests = _decode_array(value["digests"], "events.digests", count, delta=False, typecode="Q")
+    rounds = _decode_array(value["rounds"], "events.rounds", len(schedule.round_steps), delta=True, typecode="Q")
+    if any(map(operator.gt, rounds, itertools.islice(rounds, 1, None))) or (rounds and rounds[-1] > count):
+        raise _Problem("events.rounds must count up, to at most events.count")
+    schedule.events = [(tags[k], f"{d:016x}") for k, d in zip(kinds, digests, strict=True)]
+    schedule.event_rounds = rounds
 
 
 def _keys(value: dict[Any, Any], where: str, required: tuple[str, ...], optional: tuple[str, ...] = (),
