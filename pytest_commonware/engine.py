@@ -183,6 +183,7 @@ class Settings:
     replay: Path | None = None
     bisect: Path | None = None
     check_determinism: bool = False
+    check_pythons: list[str] = field(default_factory=list)  # the cw_check_pythons ini key
     golden: Path | None = None  # the file to compare with / to update
     golden_explicit: bool = False
     update_golden: bool = False

@@ -128,6 +128,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
     flag("--cw-check-determinism", "cw_check_determinism", "rerun every deterministic seed in this process and in a "
          "fresh one with another PYTHONHASHSEED, and fail when the runs differ", "run every deterministic seed twice")
+    parser.addini("cw_check_pythons", type="args", default=[],
+                  help="with --cw-check-determinism: Python interpreters (commands or paths, each with this "
+                       "project and pytest-commonware installed) that also run every checked seed, and must run it "
+                       "the same")
     flag("--cw-update-golden", "cw_update_golden", "write/refresh the golden file instead of comparing with it",
          "write/refresh the golden file")
     flag("--cw-full-tracebacks", "cw_full_tracebacks", "print the full traceback of every failing seed (default: one "
@@ -196,6 +200,7 @@ def _settings(config: pytest.Config, sources: dict[str, str] | None = None) -> S
     if s.replay is not None and s.bisect is not None:
         raise pytest.UsageError("--cw-replay and --cw-bisect cannot be combined (bisect replays the trace itself)")
     s.check_determinism = _flag(config, "cw_check_determinism")
+    s.check_pythons = [str(python) for python in config.getini("cw_check_pythons")]
     if os.environ.get(CHECK_CHILD_ENV):
         s.check_determinism = False  # the other-process run of a check: record, judge nothing
     if s.explore is not None and (s.replay is not None or s.bisect is not None):
@@ -964,14 +969,14 @@ def _hash_seeds() -> tuple[str, str, str]:
 
 
 def _other_process(item: pytest.Item, cw: CommonwareSession, seed: int, config: deterministic.Config, hashseed: str,
-                   directory: Path) -> Path | str:
+                   directory: Path, python: str = sys.executable) -> Path | str:
     """Run the one item again in a fresh interpreter; the path of its trace, or why there is none."""
     settings = cw.settings
     pconfig = item.config
     nodeid = _SEED_ID.sub(lambda m: f"{m.group(1)}seed={seed}", item.nodeid)
     path, sep, rest = nodeid.partition("::")
     target = str(pconfig.rootpath / path) + sep + rest
-    args = [sys.executable, "-m", "pytest", target, "-q", "-p", "no:cacheprovider", f"--rootdir={pconfig.rootpath}",
+    args = [python, "-m", "pytest", target, "-q", "-p", "no:cacheprovider", f"--rootdir={pconfig.rootpath}",
             f"--cw-seed={seed}", "--cw-record=all", f"--cw-traces={directory}", "--cw-fifo-check=0"]
     if pconfig.inipath is not None:
         args += ["-c", str(pconfig.inipath)]
@@ -1044,6 +1049,7 @@ def _check_determinism(item: pytest.Function, cw: CommonwareSession, seed: int, 
         if where is None:
             note.lines.append(f"determinism check: seed {seed} ran the same in this process and in another process "
                               f"(PYTHONHASHSEED {ours} vs {theirs})")
+            _check_pythons(item, cw, seed, config, one, theirs, note)
             return
         paths = _write_pair(settings, item, seed, one, found, "other-process")
     pytest.fail(
@@ -1053,6 +1059,36 @@ def _check_determinism(item: pytest.Function, cw: CommonwareSession, seed: int, 
         f"set (or a dict built from a set) of str/bytes, whose order changes with PYTHONHASHSEED; iterate sorted(...) "
         f"instead. {paths}",
         pytrace=False)
+
+
+def _check_pythons(item: pytest.Function, cw: CommonwareSession, seed: int, config: deterministic.Config, one: Trace,
+                   hashseed: str, note: ItemRun) -> None:
+    """The ini key ``cw_check_pythons``: the seed once more under each listed interpreter
+    (with the other process's PYTHONHASHSEED, which agreed), the same run required."""
+    for python in cw.settings.check_pythons:
+        with tempfile.TemporaryDirectory(prefix="cw-check-") as tmp:
+            found = _other_process(item, cw, seed, config, hashseed, Path(tmp), python)
+            if isinstance(found, str):
+                pytest.fail(f"--cw-check-determinism: the run of seed {seed} under {python} (cw_check_pythons) failed "
+                            f"to produce a trace to compare with: {found}", pytrace=False)
+            try:
+                other = load_trace(found)
+            except TraceError as exc:
+                pytest.fail(f"--cw-check-determinism: the trace written under {python} cannot be read: {exc}",
+                            pytrace=False)
+            where = first_divergence(one, other)
+            if where is None:
+                note.lines.append(f"determinism check: seed {seed} ran the same under {python} (Python "
+                                  f"{other.python})")
+                continue
+            paths = _write_pair(cw.settings, item, seed, one, found, "other-python")
+        pytest.fail(
+            f"nondeterministic: seed {seed} differs under {python} (Python {other.python}, this process "
+            f"{one.python}); the first difference is a {_kind(where)}: {where.message}. The run agreed with itself "
+            f"in this process and in another with PYTHONHASHSEED={hashseed}, so the cause is what differs between "
+            f"the interpreters (iteration or hash order of an object whose hash changed between versions, a "
+            f"library's behaviour, float formatting). {paths}",
+            pytrace=False)
 
 
 def _run_replay(item: pytest.Function, cw: CommonwareSession, make_main: Any, note: ItemRun) -> None:

@@ -115,3 +115,22 @@ def test_random_draws_differing_in_process_are_named(pytester: pytest.Pytester) 
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*seed 0 ran twice in this process and the runs differ; the first difference is a "
                                  "random draw (context.rng)*audited event differs*: event *: storage.open vs event *: rng*"])
+
+
+def test_check_pythons_runs_each_listed_interpreter(pytester: pytest.Pytester) -> None:
+    import sys
+
+    pytester.makeini(f"[pytest]\ncw_check_pythons = {sys.executable}\n")
+    pytester.makepyfile(DETERMINISTIC)
+    result = pytester.runpytest(*QUIET, "--cw-check-determinism", "-rA")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"*determinism check: seed 0 ran the same under {sys.executable} (Python *)*"])
+
+
+def test_check_pythons_names_an_interpreter_that_cannot_run(pytester: pytest.Pytester) -> None:
+    missing = pytester.path / "no-such-python"
+    pytester.makeini(f"[pytest]\ncw_check_pythons = {missing}\n")
+    pytester.makepyfile(DETERMINISTIC)
+    result = pytester.runpytest(*QUIET, "--cw-check-determinism")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([f"*the run of seed 0 under {missing} (cw_check_pythons) failed to produce a trace*"])
