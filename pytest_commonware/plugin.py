@@ -1037,15 +1037,8 @@ def _check_determinism(item: pytest.Function, cw: CommonwareSession, seed: int, 
         return  # nothing recorded to compare with another process
     ours, theirs, random_note = _hash_seeds()
     with tempfile.TemporaryDirectory(prefix="cw-check-") as tmp:
-        found = _other_process(item, cw, seed, config, theirs, Path(tmp))
-        if isinstance(found, str):
-            pytest.fail(f"--cw-check-determinism: the run of seed {seed} in another process (PYTHONHASHSEED={theirs}) "
-                        f"failed to produce a trace to compare with: {found}", pytrace=False)
-        try:
-            other = load_trace(found)
-        except TraceError as exc:
-            pytest.fail(f"--cw-check-determinism: the other process's trace cannot be read: {exc}", pytrace=False)
-        where = first_divergence(one, other)
+        where, found, _ = _run_elsewhere(item, cw, seed, config, one, theirs, Path(tmp), sys.executable,
+                                         f"in another process (PYTHONHASHSEED={theirs})")
         if where is None:
             note.lines.append(f"determinism check: seed {seed} ran the same in this process and in another process "
                               f"(PYTHONHASHSEED {ours} vs {theirs})")
@@ -1061,22 +1054,29 @@ def _check_determinism(item: pytest.Function, cw: CommonwareSession, seed: int, 
         pytrace=False)
 
 
+def _run_elsewhere(item: pytest.Function, cw: CommonwareSession, seed: int, config: deterministic.Config, one: Trace,
+                   hashseed: str, directory: Path, python: str, where: str) -> tuple[Divergence | None, Path, Trace]:
+    """The seed run by ``python`` in a fresh process (``where`` says so in messages), and how
+    its trace differs from ``one``; the item fails when there is no trace to compare."""
+    found = _other_process(item, cw, seed, config, hashseed, directory, python)
+    if isinstance(found, str):
+        pytest.fail(f"--cw-check-determinism: the run of seed {seed} {where} failed to produce a trace to compare "
+                    f"with: {found}", pytrace=False)
+    try:
+        other = load_trace(found)
+    except TraceError as exc:
+        pytest.fail(f"--cw-check-determinism: the trace of the run {where} cannot be read: {exc}", pytrace=False)
+    return first_divergence(one, other), found, other
+
+
 def _check_pythons(item: pytest.Function, cw: CommonwareSession, seed: int, config: deterministic.Config, one: Trace,
                    hashseed: str, note: ItemRun) -> None:
     """The ini key ``cw_check_pythons``: the seed once more under each listed interpreter
     (with the other process's PYTHONHASHSEED, which agreed), the same run required."""
     for python in cw.settings.check_pythons:
         with tempfile.TemporaryDirectory(prefix="cw-check-") as tmp:
-            found = _other_process(item, cw, seed, config, hashseed, Path(tmp), python)
-            if isinstance(found, str):
-                pytest.fail(f"--cw-check-determinism: the run of seed {seed} under {python} (cw_check_pythons) failed "
-                            f"to produce a trace to compare with: {found}", pytrace=False)
-            try:
-                other = load_trace(found)
-            except TraceError as exc:
-                pytest.fail(f"--cw-check-determinism: the trace written under {python} cannot be read: {exc}",
-                            pytrace=False)
-            where = first_divergence(one, other)
+            where, found, other = _run_elsewhere(item, cw, seed, config, one, hashseed, Path(tmp), python,
+                                                 f"under {python} (cw_check_pythons)")
             if where is None:
                 note.lines.append(f"determinism check: seed {seed} ran the same under {python} (Python "
                                   f"{other.python})")

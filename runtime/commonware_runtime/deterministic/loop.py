@@ -530,7 +530,7 @@ class EventLoop(asyncio.BaseEventLoop):
         pending = self._pending
         record = self._decisions.append
         task_type = _Task
-        picks, ids, check = self._observed
+        watched = self._observed != (None, None, None)
         arrive = chooser.arrive
         seq = self._seq
         for handle in batch:
@@ -558,12 +558,9 @@ class EventLoop(asyncio.BaseEventLoop):
                 owner = getattr(callback, "__self__", None)
                 tid = owner._cw_id if type(owner) is task_type else LOOP_CALLBACK
             record(tid)
-            if picks is not None:
-                picks(seq)
-                ids(tid)
-            if check is not None:
+            if watched:
                 try:
-                    check(step, seq, tid, self)
+                    self._watch(step, seq, tid)
                 except BaseException:
                     # The replay diverged: the callback did not run, so it stays pending
                     # (teardown still owes its task a step, to deliver the cancellation).
@@ -597,24 +594,29 @@ class EventLoop(asyncio.BaseEventLoop):
     def _run_batch_fifo_observed(self, batch: list[asyncio.Handle]) -> None:
         """ordering="fifo" under a recorder: asyncio's order (strategies choose timing only)."""
         record = self._decisions.append
-        picks, ids, check = self._observed
         for i, handle in enumerate(batch):
             seq = self._seq = self._seq + 1
             step = self.steps
             tid = self.owner_id(handle)
             record(tid)
-            if picks is not None:
-                picks(seq)
-                ids(tid)
-            if check is not None:
-                try:
-                    check(step, seq, tid, self)
-                except BaseException:
-                    self._ready[:0] = batch[i:]  # not run: as in _run_batch_chosen
-                    raise
+            try:
+                self._watch(step, seq, tid)
+            except BaseException:
+                self._ready[:0] = batch[i:]  # not run (as in _run_batch_chosen)
+                raise
             self.steps = step + 1
             if not handle._cancelled:
                 handle._run()
+
+    def _watch(self, step: int, seq: int, tid: int) -> None:
+        """What the general rounds show the observer of each decision: the recorder's two
+        appends, or the replayer's check (which raises ReplayDivergence)."""
+        picks, ids, check = self._observed
+        if picks is not None:
+            picks(seq)
+            ids(tid)
+        if check is not None:
+            check(step, seq, tid, self)
 
     def _not_ready(self, chooser: Any, step: int, seq: int) -> BaseException:
         diverged = getattr(chooser, "not_ready", None)
