@@ -348,6 +348,20 @@ def test_summary_and_shortening_under_xdist(pytester: pytest.Pytester) -> None:
     assert len([line for line in result.outlines if line.startswith("FAILED ")]) == 20
 
 
+def test_sweep_over_remote_style_workers(pytester: pytest.Pytester) -> None:
+    # pytest-xdist's remote workers (--tx ssh=...//python=...//chdir=...) without ssh: two
+    # popen gateways naming their interpreter, as docs/plugin.md shows for several machines.
+    pytest.importorskip("xdist")
+    pytester.makepyfile(test_two=TWO_WAYS)
+    tx = f"popen//python={sys.executable}"
+    result = pytester.runpytest_subprocess(*QUIET, "-d", "--tx", tx, "--tx", tx, "--cw-seeds=9",
+                                           "--cw-fifo-check=0")
+    result.assert_outcomes(failed=6, passed=3)
+    result.stdout.fnmatch_lines(["*test_two.py::test_two_ways: 6 of 9 seeds failed*"])
+    traces = sorted(p.name for p in (pytester.path / "traces").iterdir())
+    assert len(traces) == 6, traces  # each worker wrote the traces of the seeds it ran
+
+
 def test_places_and_types() -> None:
     root = Path(__file__).parent
 

@@ -43,6 +43,14 @@ class RuntimeCounters:
             "syncs": 0,
         }
 
+    def describe(self) -> list[Metric]:
+        """The families ``collect`` yields, without samples: what the registry asks for to
+        check names when the counters are registered (else it would collect, once per run)."""
+        global _DESCRIPTION
+        if _DESCRIPTION is None:
+            _DESCRIPTION = [Metric(m.name, m.documentation, m.type) for m in RuntimeCounters().collect()]
+        return _DESCRIPTION
+
     def collect(self) -> Iterator[Metric]:
         spawned = CounterMetricFamily("runtime_tasks_spawned", "Total tasks spawned, by task name", labels=["name"])
         for name in sorted(self.tasks_spawned):
@@ -62,6 +70,9 @@ class RuntimeCounters:
         yield CounterMetricFamily("runtime_storage_writes", "Blob writes", value=self.storage["writes"])
         yield CounterMetricFamily("runtime_storage_written_bytes", "Bytes written to blobs", value=self.storage["bytes_written"])
         yield CounterMetricFamily("runtime_storage_syncs", "Blob syncs", value=self.storage["syncs"])
+
+
+_DESCRIPTION: list[Metric] | None = None
 
 
 class _WithoutCreated:
