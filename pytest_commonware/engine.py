@@ -51,7 +51,7 @@ CONTEXT_FIXTURES = ("deterministic_context", "production_context", "runtime_cont
 RUNTIMES = ("deterministic", "production", "both")
 RECORD_MODES = ("failed", "all", "none")
 MARKER_KEYS = ("runtime", "seeds", "timeout", "cycle", "catch_panics", "record", "strategy", "ordering")
-ORDERINGS = strategies.ORDERINGS  # ("any", "fifo"): SPEC 5a
+ORDERINGS = strategies.ORDERINGS  # ("any", "fifo"): docs/SPEC.md section 5a
 DEFAULT_STRATEGY = "swarm"  # the plugin's default (deterministic.Config's own default is "random")
 DEFAULT_ORDERING = "any"
 DEFAULT_EXPLORE_LIMIT = 10_000
@@ -555,7 +555,7 @@ def run_deterministic(
 
 @dataclass
 class FifoCheck:
-    """What re-running a failure found under ``ordering="fifo"`` (SPEC 5a)."""
+    """What re-running a failure found under ``ordering="fifo"`` (docs/SPEC.md section 5a)."""
 
     schedules: int  # how many fifo schedules ran
     seed: int | None = None  # the first fifo schedule that failed the same way

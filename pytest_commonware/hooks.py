@@ -24,7 +24,7 @@ import pytest
 
 @pytest.hookspec
 def pytest_commonware_strategies() -> Mapping[str, Callable[[], Any]]:  # type: ignore[empty-body]
-    """Scheduling strategies to make known by name (SPEC 5a).
+    """Scheduling strategies to make known by name (docs/SPEC.md section 5a).
 
     Return a dict ``{name: factory}``; ``factory()`` builds a fresh
     ``deterministic.Strategy`` (e.g. a ``deterministic.BaseStrategy`` subclass) for each

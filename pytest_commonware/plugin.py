@@ -842,7 +842,7 @@ def _plural(n: int, word: str) -> str:
 
 def _run_explore(item: pytest.Function, cw: CommonwareSession, seed: int, k: int, marker: MarkerArgs, make_main: Any,
                  note: ItemRun) -> None:
-    """``--cw-explore=K``: every schedule within K deviations of the canonical one (SPEC 5a)."""
+    """``--cw-explore=K``: every schedule within K deviations of the canonical one (docs/SPEC.md section 5a)."""
     settings = cw.settings
     config = engine.deterministic_config(seed, marker, settings)
     limit = settings.explore_limit

@@ -1,7 +1,7 @@
 """Validation and normalisation of arguments shared by both runtimes.
 
 Every public call validates its input here *before* any effect, so a bad value
-raises ``TypeError``/``ValueError`` naming the value at the call site (SPEC 3).
+raises ``TypeError``/``ValueError`` naming the value at the call site (docs/SPEC.md section 3).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""Buffers over blobs (SPEC section 4): a ``Pool`` of reusable bytearrays and buffered
+"""Buffers over blobs (docs/SPEC.md section 4): a ``Pool`` of reusable bytearrays and buffered
 sequential ``Read`` / ``Write`` wrappers.
 
-They work over any blob with the SPEC interface (``read_at``, ``write_at``, ``sync``,
+They work over any blob with the Blob interface of docs/SPEC.md (``read_at``, ``write_at``, ``sync``,
 ``close``, ``size``): the production file blob and the deterministic simulated one alike.
 They call only ``blob.read_at(n, offset)`` with an integer length, and hand each flushed
 buffer to ``write_at`` without touching it again, so a blob implementation that keeps a

@@ -1,4 +1,4 @@
-"""The error hierarchy shared by every runtime (SPEC section 3).
+"""The error hierarchy shared by every runtime (docs/SPEC.md section 3).
 
 Every runtime failure is a subclass of :class:`Error`, so callers can catch the
 whole family at once.  Messages name the address, partition or blob involved so a

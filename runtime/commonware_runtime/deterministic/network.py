@@ -1,4 +1,4 @@
-"""The simulated network of the deterministic runtime (SPEC sections 2 and 6).
+"""The simulated network of the deterministic runtime (docs/SPEC.md sections 2 and 6).
 
 No sockets, no threads, no wall clock: connections are pairs of in-memory pipes
 (:mod:`commonware_runtime.pipe`) and every delay is a timer on the running loop, so under

@@ -1,6 +1,6 @@
 """Simulated storage of the deterministic runtime: in memory, with a crash model and faults.
 
-Durability model (SPEC section 6)
+Durability model (docs/SPEC.md section 6)
 ---------------------------------
 Every blob keeps two images: the *current* one (what reads see, including unsynced
 writes) and the *durable* one (the contents as of the last successful ``sync``), plus

@@ -4,7 +4,7 @@ A deterministic run is a sequence of choices.  The loop (``loop.py``) owns the r
 callbacks; a *strategy* only chooses.  Observers (the recorder, the replayer's checks, the
 auditor) watch the choices and never make them, and replay is one more strategy.
 
-Two kinds of choice exist, one per ``ordering`` (SPEC 5a):
+Two kinds of choice exist, one per ``ordering`` (docs/SPEC.md section 5a):
 
 - ``ordering="any"``: which ready callback runs next.  Every callback that becomes ready is
   announced with ``arrive(seq, handle)``; ``seq`` numbers callbacks in the order they became

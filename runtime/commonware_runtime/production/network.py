@@ -9,7 +9,7 @@ buffer that the transport fills in place (``get_buffer``/``buffer_updated``), th
 callback that delivered them, see ``_Waiter``), and ``send`` awaits only while the
 transport is above its high-water mark.
 
-Semantics (SPEC section 2, Network):
+Semantics (docs/SPEC.md section 2, Network):
 
 * ``Stream.recv(n)`` returns exactly ``n`` bytes.  Bytes that arrived before the peer went
   away stay readable; a ``recv`` that cannot be satisfied any more raises ``RecvFailed``.

@@ -1,4 +1,4 @@
-"""Production storage: one real file per blob (SPEC section 2, Storage).
+"""Production storage: one real file per blob (docs/SPEC.md section 2, Storage).
 
 Layout
 ------
@@ -178,7 +178,7 @@ def name_components(name: bytes) -> tuple[list[str], str]:
 
 
 # ----------------------------------------------------------------------------------------
-# Blocking helpers: run in the executor.  They raise the SPEC errors themselves so that the
+# Blocking helpers: run in the executor.  They raise the docs/SPEC.md errors themselves so that the
 # mapping lives next to the system call that failed.
 # ----------------------------------------------------------------------------------------
 
