@@ -434,7 +434,8 @@ class EventLoop(asyncio.BaseEventLoop):
         # strategies.Random.arrive/choose inlined on the batch itself (the same draws): the
         # choice is among the WINDOW oldest remaining callbacks, the whole batch in a round of
         # up to WINDOW; the next oldest refills the window as it empties.  Under a recorder,
-        # ``seqs`` mirrors every move of ``batch`` so that each pick is known by its seq.
+        # each pick is noted as its index in the window and turned into its seq when the
+        # round ends (_seqs_of_picks), so that an unrecorded round pays one test per decision.
         rand = self._scheduler.random
         record = self._decisions.append
         task_type = _Task
@@ -442,65 +443,56 @@ class EventLoop(asyncio.BaseEventLoop):
         base = self._seq
         self._seq += total
         picks, ids, _ = self._observed
-        seqs = rest_seqs = None
         if picks is not None:
             self._round_batch = batch
             self.observer.round(self.steps, self._now_ns, self)
             self._round_batch = []
-            seqs = list(range(base + 1, base + 1 + total))
+            first = len(self.observer.schedule.picks)
         rest = None
         if total > WINDOW:
             rest = batch[WINDOW:]
             rest.reverse()  # popped from the end: oldest first
             del batch[WINDOW:]
-            if seqs is not None:
-                rest_seqs = seqs[WINDOW:]
-                rest_seqs.reverse()
-                del seqs[WINDOW:]
         self.steps += total
-        seq = 0
         n = len(batch)
-        while n:
-            if n == 1:
-                handle = batch.pop()
-                if seqs is not None:
-                    seq = seqs.pop()
-            else:
-                i = int(rand() * n)
-                handle = batch[i]
-                last = batch.pop()
-                if last is not handle:
-                    batch[i] = last
-                if seqs is not None:
-                    seq = seqs[i]
-                    seqs[i] = seqs[-1]
-                    seqs.pop()
-            if rest:
-                batch.append(rest.pop())
-                if rest_seqs is not None:
-                    seqs.append(rest_seqs.pop())  # type: ignore[union-attr]
-            else:
-                n -= 1
-            if handle._cancelled:
-                record(LOOP_CALLBACK)
+        try:
+            while n:
+                i = 0
+                if n == 1:
+                    handle = batch.pop()
+                else:
+                    i = int(rand() * n)
+                    handle = batch[i]
+                    last = batch.pop()
+                    if last is not handle:
+                        batch[i] = last
+                if rest:
+                    batch.append(rest.pop())
+                else:
+                    n -= 1
+                if handle._cancelled:
+                    record(LOOP_CALLBACK)
+                    if picks is not None:
+                        picks(i)
+                        ids(LOOP_CALLBACK)
+                    continue
+                callback = handle._callback  # type: ignore[attr-defined]
+                owner = getattr(callback, "__self__", None)
+                tid = owner._cw_id if type(owner) is task_type else LOOP_CALLBACK
+                record(tid)
                 if picks is not None:
-                    picks(seq)
-                    ids(LOOP_CALLBACK)
-                continue
-            callback = handle._callback  # type: ignore[attr-defined]
-            owner = getattr(callback, "__self__", None)
-            tid = owner._cw_id if type(owner) is task_type else LOOP_CALLBACK
-            record(tid)
+                    picks(i)
+                    ids(tid)
+                # Handle._run inlined: one Python frame less per decision.
+                try:
+                    handle._context.run(callback, *handle._args)  # type: ignore[attr-defined]
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    self._callback_failed(handle, exc)
+        finally:
             if picks is not None:
-                picks(seq)
-                ids(tid)
-            # Handle._run inlined: one Python frame less per decision.
-            try:
-                handle._context.run(callback, *handle._args)  # type: ignore[attr-defined]
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                self._callback_failed(handle, exc)
+                _seqs_of_picks(self.observer.schedule.picks, first, base, total)
 
     def _callback_failed(self, handle: asyncio.Handle, exc: BaseException) -> None:
         """What Handle._run does with a callback's exception: hand it to the loop's handler."""
@@ -742,6 +734,23 @@ class _Wakeup:
             self._cancelled = True
             if self._scheduled:  # still in the heap: let the loop compact dead entries
                 self._loop._timer_handle_cancelled(self)  # type: ignore[arg-type]
+
+
+def _seqs_of_picks(picks: Any, first: int, base: int, total: int) -> None:
+    """Turn the window indices a random round noted in ``picks[first:]`` into the seqs of
+    the callbacks they chose (the round's callbacks are seqs ``base + 1 .. base + total``),
+    by making the round's moves again on the seqs: the same swap-removes and refills."""
+    window = list(range(base + 1, base + 1 + min(total, WINDOW)))
+    rest = list(range(base + total, base + WINDOW, -1))  # popped from the end: oldest first
+    for k in range(first, len(picks)):
+        i = picks[k]
+        seq = window[i]
+        last = window.pop()
+        if i < len(window):
+            window[i] = last
+        if rest:
+            window.append(rest.pop())
+        picks[k] = seq
 
 
 def _latest_due(timers: list[tuple[int, int, Any]], limit: int) -> int:
