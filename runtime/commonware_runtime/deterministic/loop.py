@@ -150,6 +150,14 @@ class EventLoop(asyncio.BaseEventLoop):
     def now_ns(self) -> int:
         return self._now_ns
 
+    def scheduler_state(self) -> object:
+        """The scheduler stream's state: what a crash checkpoint carries to the restarted run."""
+        return self._scheduler.getstate()
+
+    def restore_scheduler(self, state: Any) -> None:
+        """Continue the scheduler stream from ``scheduler_state()`` of an earlier run."""
+        self._scheduler.setstate(state)
+
     def call_at(self, when: float, callback: Callable[..., object], *args: Any, context: Any = None) -> asyncio.TimerHandle:  # type: ignore[override]
         if when is None:
             raise TypeError("when cannot be None")

@@ -196,7 +196,7 @@ class Runner:
             config.seed, cycle=config.cycle, timeout=config.timeout, auditor=auditor, now_ns=cp.now_ns,
             ordering=config.ordering, strategy=config.strategy, horizon=config.horizon,
         )
-        loop._scheduler.setstate(cp.scheduler_state)
+        loop.restore_scheduler(cp.scheduler_state)
         set_blocking_timeout(loop, config.blocking_timeout)
         auditor.event("restart", cp.restarts + 1, cp.now_ns)
         return DeterministicCore(
@@ -232,7 +232,7 @@ class Runner:
             if self.replay is not None and loop.steps != self.replay.steps:
                 raise ReplayDivergence(
                     f"replay diverged: the run ended after {loop.steps} steps, the trace recorded {self.replay.steps}",
-                    step=loop.steps, time_ns=loop._now_ns, expected=f"{self.replay.steps} steps",
+                    step=loop.steps, time_ns=loop.now_ns, expected=f"{self.replay.steps} steps",
                     actual=f"{loop.steps} steps",
                 )
             checkpoint = self._crash(core) if crash else None
@@ -246,8 +246,8 @@ class Runner:
         loop = core.loop
         return Checkpoint(
             config=self.config,
-            now_ns=loop._now_ns,
-            scheduler_state=loop._scheduler.getstate(),
+            now_ns=loop.now_ns,
+            scheduler_state=loop.scheduler_state(),
             user_rng_state=core.rng.getstate(),
             fault_rng_state=core.fault_rng.getstate(),
             auditor=(core.final_auditor or core.auditor).fork(),
