@@ -482,3 +482,16 @@ def test_stall_and_timeout_reports_name_the_waiting_code_not_the_plugin(pytester
         "  - 'ticker' (task id 2) awaiting * at test_hang.py:10 in ticker()",
     ])
     assert "plugin.py" not in result.stdout.str() and "def _run_once" not in result.stdout.str()
+
+
+def test_the_marker_for_short(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        from pytest_commonware import commonware
+
+        @commonware(seeds=3)
+        async def test_seeded(deterministic_context):
+            await deterministic_context.sleep(0.001)
+        """)
+    result = pytester.runpytest(*QUIET, "-v")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["*test_seeded?seed=2? PASSED*"])
