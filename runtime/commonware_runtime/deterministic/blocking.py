@@ -48,12 +48,12 @@ def check_blocking_timeout(value: object) -> float | None:
     """``None`` or positive seconds (an int, float or timedelta); else TypeError/ValueError."""
     if value is None:
         return None
-    from ..arguments import duration_ns
+    from ..arguments import NS_PER_SECOND, duration_ns
 
     ns = duration_ns(value, "blocking_timeout")  # type: ignore[arg-type]
     if ns == 0:
         raise ValueError(f"blocking_timeout must be positive (or None for no bound), got {value!r}")
-    return ns / 1_000_000_000
+    return ns / NS_PER_SECOND
 
 
 def set_blocking_timeout(loop: Any, value: object) -> None:

@@ -55,7 +55,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
-from ..arguments import Address, Duration, duration_ns, format_address, parse_address
+from ..arguments import NS_PER_SECOND, Address, Duration, duration_ns, format_address, parse_address
 from ..auditor import Auditor
 from ..completed import COMPLETED, Completed
 from ..errors import BindFailed, Closed, ConnectionFailed
@@ -75,7 +75,7 @@ def _now_ns(loop: asyncio.AbstractEventLoop) -> int:
     now = getattr(loop, "now_ns", None)
     if isinstance(now, int):
         return now
-    return round(loop.time() * 1_000_000_000)
+    return round(loop.time() * NS_PER_SECOND)
 
 
 def _call_at_ns(loop: asyncio.AbstractEventLoop, when_ns: int, callback: Any) -> asyncio.TimerHandle:
@@ -84,7 +84,7 @@ def _call_at_ns(loop: asyncio.AbstractEventLoop, when_ns: int, callback: Any) ->
     if exact is not None:
         timer: asyncio.TimerHandle = exact(when_ns, callback)
         return timer
-    return loop.call_at(when_ns / 1_000_000_000, callback)
+    return loop.call_at(when_ns / NS_PER_SECOND, callback)
 
 
 def _parse(addr: Address) -> tuple[str, int]:
@@ -547,7 +547,7 @@ class Network:
     def link(self, a: str, b: str) -> tuple[float, float]:
         """``(latency, jitter)`` in seconds from ``a`` to ``b``."""
         latency_ns, jitter_ns = self._seam.links.get((a, b), (0, 0))
-        return latency_ns / 1_000_000_000, jitter_ns / 1_000_000_000
+        return latency_ns / NS_PER_SECOND, jitter_ns / NS_PER_SECOND
 
     def partition(self, group_a: Iterable[str], group_b: Iterable[str]) -> None:
         """Cut every host of ``group_a`` from every host of ``group_b`` (both directions)."""
