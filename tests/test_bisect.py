@@ -25,7 +25,8 @@ from pytest_commonware.engine import run_deterministic
 
 pytest_plugins = ["pytester"]
 
-QUIET = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest")
+# pytest-asyncio (the test extra) stays out of these sessions: test_plugin_workflow.py tests it beside ours.
+QUIET = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:asyncio")
 
 
 def _failing_trace(test: str = "t.py::test_race", strategy: str = "random", main: Any = race_main,

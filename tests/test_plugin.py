@@ -14,7 +14,8 @@ import yaml
 pytest_plugins = ["pytester"]
 
 # Plugins the inner runs do not need (hypothesis' costs ~0.5 s per run).
-QUIET = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest")
+# pytest-asyncio (the test extra) stays out of these sessions: test_plugin_workflow.py tests it beside ours.
+QUIET = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:asyncio")
 
 
 def _ids(result: pytest.RunResult) -> list[str]:

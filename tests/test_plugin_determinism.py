@@ -6,7 +6,8 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
-QUIET = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest")
+# pytest-asyncio (the test extra) stays out of these sessions: test_plugin_workflow.py tests it beside ours.
+QUIET = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:asyncio")
 
 SET_ORDER = """
 async def test_set_order(deterministic_context):

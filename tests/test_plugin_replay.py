@@ -12,7 +12,8 @@ from race_program import RACE as RACE_MODULE
 
 pytest_plugins = ["pytester"]
 
-QUIET = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest")
+# pytest-asyncio (the test extra) stays out of these sessions: test_plugin_workflow.py tests it beside ours.
+QUIET = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:asyncio")
 
 # The lost-update race (race_program.py) plus a test the replay must deselect.
 RACE = RACE_MODULE + """

@@ -16,7 +16,8 @@ import yaml
 
 pytest_plugins = ["pytester"]
 
-QUIET = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest")
+# pytest-asyncio (the test extra) stays out of these sessions: test_plugin_workflow.py tests it beside ours.
+QUIET = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:asyncio")
 
 # Each test reports the strategy and ordering its run was built with.
 SHOW = """
