@@ -263,15 +263,9 @@ class _Driver:
             completions = []
         else:
             completions = self.ring.close()  # blocks until the kernel is done with every buffer
-        for (future, blob), _res, _payload in completions:
-            blob._finished()
-            if not future.done():
-                if error is not None:
-                    future.set_exception(OSError(error.errno, f"io_uring ring closed: {error}"))
-                else:
-                    future.cancel()
-        for _submit, args in backlog:
-            future, blob = args[-1]
+        # What the kernel finished and what never reached it end alike: the waiter is told.
+        abandoned = [user for user, _res, _payload in completions] + [args[-1] for _submit, args in backlog]
+        for future, blob in abandoned:
             blob._finished()
             if not future.done():
                 if error is not None:
