@@ -12,7 +12,10 @@ Three workloads, each a fresh temporary project run by a fresh ``python -m pytes
 - ``sweep-20ms``: the deterministic test with 700 messages (about 20 ms), a third of the seeds.
 
 Rounds alternate ``-n 0`` and ``-n N``; the table gives median wall times and the speed-up,
-and the CPU time of the controller and of its workers (``RUSAGE_CHILDREN``) in the last round.
+the speed-up of the items phase alone (the first item's start to the last report) beside the
+fixed part of each run (interpreter start-up, plugin loading and collection before the first
+item; reporting, worker shutdown and interpreter exit after the last), and the CPU time of the
+controller and of its workers (``RUSAGE_CHILDREN``) in the last round.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 SWEEP = """
@@ -62,16 +66,30 @@ def test_spin(seed):
         pass
 """
 
-# Reports the controller's own CPU time and its workers' (they have exited by then).
+# Reports the controller's own CPU time and its workers' (they have exited by then), and when
+# the first item started and the last report arrived, as wall-clock instants the parent turns
+# into phases: start-up (launch to first item), items, and finish (last report to exit).
 CONFTEST = """
-import resource, sys
+import resource, sys, time
+
+_seen = []
+
+def pytest_runtest_logstart(nodeid, location):
+    if not _seen:
+        _seen.append(time.time())
+
+def pytest_runtest_logreport(report):
+    if len(_seen) < 2:
+        _seen.append(0.0)
+    _seen[1] = time.time()
 
 def pytest_unconfigure(config):
     if hasattr(config, "workerinput"):
         return
     own = resource.getrusage(resource.RUSAGE_SELF)
     workers = resource.getrusage(resource.RUSAGE_CHILDREN)
-    sys.stderr.write(f"CW-CPU {own.ru_utime + own.ru_stime:.3f} {workers.ru_utime + workers.ru_stime:.3f}\\n")
+    sys.stderr.write(f"CW-CPU {own.ru_utime + own.ru_stime:.3f} {workers.ru_utime + workers.ru_stime:.3f} "
+                     f"{_seen[0]:.6f} {_seen[1]:.6f}\\n")
 """
 
 
@@ -87,18 +105,34 @@ def _project(root: Path, name: str, seeds: int) -> tuple[Path, list[str]]:
     return project, [f"--cw-seeds={seeds}"]
 
 
-def _run(project: Path, args: list[str], workers: int) -> tuple[float, float, float]:
+@dataclass
+class Run:
+    wall: float
+    cpu_own: float
+    cpu_children: float
+    startup: float  # launch to the first item's start
+    items: float  # the first item's start to the last item's report
+    finish: float  # the last report to the process's exit
+
+
+def _run(project: Path, args: list[str], workers: int) -> Run:
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:asyncio",
                "-p", "no:randomly", "-n", str(workers), *args]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    launched = time.time()
     start = time.perf_counter()
     done = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed in {project}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     line = next(line for line in done.stderr.splitlines() if line.startswith("CW-CPU "))
-    own, children = (float(x) for x in line.split()[1:])
-    return wall, own, children
+    own, children, first, last = (float(x) for x in line.split()[1:])
+    startup, items = first - launched, last - first
+    return Run(wall, own, children, startup, items, wall - startup - items)
+
+
+def _median(runs: list[Run], what: str) -> float:
+    return statistics.median(getattr(run, what) for run in runs)
 
 
 def main() -> None:
@@ -107,26 +141,32 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=2)
     opts = parser.parse_args()
+    n = opts.workers
     rows = []
     with tempfile.TemporaryDirectory(prefix="cw-bench-xdist-") as tmp:
         for name, seeds in (("sweep", opts.seeds), ("plain", opts.seeds), ("sweep-20ms", opts.seeds // 3)):
             project, args = _project(Path(tmp), name, seeds)
-            walls: dict[int, list[float]] = {0: [], opts.workers: []}
-            cpu: dict[int, tuple[float, float]] = {}
+            runs: dict[int, list[Run]] = {0: [], n: []}
             for r in range(opts.rounds):
-                for n in (0, opts.workers):
-                    wall, own, children = _run(project, args, n)
-                    walls[n].append(wall)
-                    cpu[n] = (own, children)
-                    print(f"  [round {r + 1}/{opts.rounds}] {name:<10} -n {n}: {wall:6.2f} s", file=sys.stderr)
-            serial, parallel = statistics.median(walls[0]), statistics.median(walls[opts.workers])
-            rows.append((name, seeds, serial, parallel, cpu[0][0], cpu[opts.workers]))
-    print(f"\n| workload | items | -n 0 wall | -n {opts.workers} wall | speed-up | CPU -n 0 | "
-          f"CPU -n {opts.workers}: controller + workers |")
-    print("|---|---|---|---|---|---|---|")
-    for name, seeds, serial, parallel, cpu_serial, (own, children) in rows:
-        print(f"| {name} | {seeds} | {serial:.2f} s | {parallel:.2f} s | {serial / parallel:.2f}x | "
-              f"{cpu_serial:.1f} s | {own:.1f} s + {children:.1f} s |")
+                for workers in (0, n):
+                    run = _run(project, args, workers)
+                    runs[workers].append(run)
+                    print(f"  [round {r + 1}/{opts.rounds}] {name:<10} -n {workers}: {run.wall:6.2f} s "
+                          f"(start-up {run.startup:.2f}, items {run.items:.2f}, finish {run.finish:.2f})",
+                          file=sys.stderr)
+            rows.append((name, seeds, runs[0], runs[n]))
+    print(f"\n| workload | items | -n 0 wall | -n {n} wall | speed-up | items phase speed-up | "
+          f"fixed (start-up + finish) -n 0 / -n {n} | CPU -n 0 | CPU -n {n}: controller + workers |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, seeds, serial, parallel in rows:
+        s_wall, p_wall = _median(serial, "wall"), _median(parallel, "wall")
+        s_items, p_items = _median(serial, "items"), _median(parallel, "items")
+        s_fixed = _median(serial, "startup") + _median(serial, "finish")
+        p_fixed = _median(parallel, "startup") + _median(parallel, "finish")
+        last_s, last_p = serial[-1], parallel[-1]
+        print(f"| {name} | {seeds} | {s_wall:.2f} s | {p_wall:.2f} s | {s_wall / p_wall:.2f}x | "
+              f"{s_items / p_items:.2f}x | {s_fixed:.2f} s / {p_fixed:.2f} s | "
+              f"{last_s.cpu_own:.1f} s | {last_p.cpu_own:.1f} s + {last_p.cpu_children:.1f} s |")
 
 
 if __name__ == "__main__":
