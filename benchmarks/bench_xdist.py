@@ -132,7 +132,7 @@ def _run(project: Path, args: list[str], workers: int) -> Run:
 
 
 def _median(runs: list[Run], what: str) -> float:
-    return statistics.median(getattr(run, what) for run in runs)
+    return float(statistics.median(float(getattr(run, what)) for run in runs))
 
 
 def main() -> None:
