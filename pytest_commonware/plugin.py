@@ -223,6 +223,22 @@ def _settings(config: pytest.Config, sources: dict[str, str] | None = None) -> S
     return s
 
 
+def _rootdir_hint(config: pytest.Config) -> str:
+    """Why the rootdir may be the wrong one: a trace path given after a space.
+
+    pytest chooses the rootdir before any plugin's options are known, so the value of
+    ``--cw-replay PATH`` also counts as a test path there; a trace outside the project then
+    moves the rootdir up to a common parent, under which the trace's node id names no file.
+    """
+    given = list(config.invocation_params.args)
+    for option in ("--cw-replay", "--cw-bisect"):
+        if option in given[:-1]:
+            value = given[given.index(option) + 1]
+            return (f"; pytest took {value}, given after a space, for a test path as well and chose the rootdir "
+                    f"from it: write {option}={value}")
+    return ""
+
+
 def _load(path: Path, what: str, settings: Settings) -> Trace:
     try:
         return load_trace(path)
@@ -306,7 +322,14 @@ class CommonwareSession:
                 raise pytest.UsageError(f"{settings.replay or settings.bisect}: only deterministic runs can be replayed")
             # Without explicit paths, collect only the file the trace names (not the whole suite).
             if config.args_source != pytest.Config.ArgsSource.ARGS:
-                config.args = [str(config.rootpath / target.test.split("::")[0])]
+                test_file = config.rootpath / target.test.split("::")[0]
+                if not test_file.exists():
+                    path = settings.replay or settings.bisect or Path()
+                    raise pytest.UsageError(
+                        f"{settings.display_path(path)}: the trace names test {target.test!r}, and there is no "
+                        f"{target.test.split('::')[0]} under the rootdir {config.rootpath}"
+                        f"{_rootdir_hint(config)}")
+                config.args = [str(test_file)]
         elif not settings.update_golden and settings.golden is not None:
             if settings.golden.exists():
                 try:
@@ -348,6 +371,7 @@ class CommonwareSession:
             raise pytest.UsageError(
                 f"{path}: the trace names test {target.test!r} (seed {target.seed}), which this session did not "
                 f"collect (renamed or removed? run pytest from the directory the trace was recorded in)"
+                f"{_rootdir_hint(config)}"
             )
         if drop:
             config.hook.pytest_deselected(items=drop)
@@ -1101,9 +1125,9 @@ def _run_replay(item: pytest.Function, cw: CommonwareSession, make_main: Any, no
     error = result.error
     from commonware_runtime.deterministic import ReplayDivergence
 
+    rerun = _rerun_command(item, cw.settings, trace.seed, strategy=_traced_strategy(trace),
+                           ordering=str(trace.config.get("ordering", "any")))
     if isinstance(error, ReplayDivergence):
-        rerun = _rerun_command(item, cw.settings, trace.seed, strategy=_traced_strategy(trace),
-                               ordering=str(trace.config.get("ordering", "any")))
         note.lines.append(f"replaying {shown} diverged: the test or the code it runs changed since the trace was "
                           f"recorded, so the trace no longer describes a run of today's code")
         note.lines.append(f"rerun the same seed on today's code: {rerun}")
@@ -1116,7 +1140,11 @@ def _run_replay(item: pytest.Function, cw: CommonwareSession, make_main: Any, no
         note.reproduce = _reproduce_command(cw.settings, cw.settings.replay)
         raise error
     if trace.outcome == "failed":
-        pytest.fail(f"replaying {shown} did not reproduce the recorded failure ({recorded}): the run passed", pytrace=False)
+        # The same schedule now passes: the code changed (a fix that kept every scheduling decision).
+        note.lines.append(f"rerun the same seed on today's code: {rerun}")
+        pytest.fail(f"replaying {shown} did not reproduce the recorded failure ({recorded}): the run passed, so the "
+                    f"test or the code it runs changed since the trace was recorded (or the run depends on something "
+                    f"the seed does not fix: --cw-check-determinism tells)", pytrace=False)
     note.lines.append(f"replayed {shown}: passed, as recorded ({result.steps} steps)")
 
 

@@ -574,6 +574,41 @@ def test_the_reproduce_command_works_with_traces_outside_the_rootdir(pytester: p
     replay.stdout.fnmatch_lines(["*reproduced the recorded failure*"])
 
 
+def test_a_trace_path_after_a_space_that_moves_the_rootdir_is_named(pytester: pytest.Pytester,
+                                                                     tmp_path_factory: pytest.TempPathFactory) -> None:
+    # pytest picks the rootdir before plugins add their options, so "--cw-replay PATH" also
+    # counts PATH as a test path: a trace outside the project moves the rootdir up.
+    outside = tmp_path_factory.mktemp("elsewhere") / "traces"
+    project = pytester.mkdir("project")
+    (project / "test_race.py").write_text(textwrap.dedent(RACE))
+    os.chdir(project)
+    pytester.runpytest(*QUIET, "--cw-seeds=12", "--cw-fifo-check=0", f"--cw-traces={outside}")
+    trace = sorted(outside.glob("*.yaml"))[0]
+    result = pytester.runpytest_subprocess(*QUIET, "--cw-replay", str(trace))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: *the trace names test 'test_race.py::*', and there is no test_race.py under the "
+                                 f"rootdir *; pytest took {trace}, given after a space, for a test path as well and chose "
+                                 f"the rootdir from it: write --cw-replay={trace}"])
+    pytester.runpytest_subprocess(*QUIET, f"--cw-replay={trace}").assert_outcomes(failed=1)
+
+
+def test_a_replay_that_now_passes_says_how_to_rerun_the_seed(pytester: pytest.Pytester) -> None:
+    # A fix that keeps every scheduling decision: the trace replays to the end and passes.
+    pytester.makepyfile(test_race=RACE)
+    pytester.runpytest(*QUIET, "--cw-seeds=12", "--cw-fifo-check=0")
+    trace = sorted((pytester.path / "traces").glob("*.yaml"))[0]
+    seed = tracefile.load_trace(trace).seed
+    pytester.makepyfile(test_race=FIXED)
+    result = pytester.runpytest(*QUIET, f"--cw-replay={trace.relative_to(pytester.path)}")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "replaying traces/* did not reproduce the recorded failure (AssertionError: lost update*",
+        "*the run passed, so the test or the code it runs changed since the trace was recorded*",
+        f"rerun the same seed on today's code: pytest --cw-seed={seed} --cw-strategy=swarm --cw-ordering=any "
+        f"'test_race.py::test_race[seed={seed}]'",
+    ])
+
+
 def test_one_precedence_rule(pytester: pytest.Pytester) -> None:
     # command line > ini key > marker > default, for seeds, strategy and ordering alike.
     pytester.makepyfile(test_p="""
