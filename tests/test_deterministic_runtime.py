@@ -701,6 +701,24 @@ def test_replay_divergence_names_task_labels() -> None:
     assert "expected" in str(error)
 
 
+def test_replay_divergence_calls_an_unlabeled_task_so_as_a_stall_does() -> None:
+    async def main(ctx: deterministic.Context) -> None:
+        for _ in range(3):
+            await ctx.spawn(lambda c: c.sleep(0.001))
+
+    recorder = deterministic.Recorder()
+    deterministic.Runner(deterministic.Config(seed=3), recorder=recorder).start(main)
+    assert recorder.schedule is not None
+
+    async def changed(ctx: deterministic.Context) -> None:
+        await ctx.spawn(lambda c: c.sleep(0.002))
+        await main(ctx)
+
+    error = replay_error(recorder.schedule, changed)
+    assert "''" not in str(error), str(error)
+    assert "'<unlabeled>'" in error.expected + error.actual, str(error)
+
+
 def test_replay_under_another_seed_diverges() -> None:
     _, _, schedule = record(seed=3)
     error = replay_error(schedule, replay_program(), seed=4)

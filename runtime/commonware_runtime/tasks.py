@@ -98,9 +98,9 @@ class Handle(Generic[T]):
             value: T = self._value
             return value
         if state == _ABORTED:
-            raise Closed(f"task {self.name or '<unlabeled>'!r} was aborted")
+            raise Closed(f"task {shown_label(self.name)} was aborted")
         exc = self._value
-        raise Exited(f"task {self.name or '<unlabeled>'!r} raised {type(exc).__name__}: {exc}") from exc
+        raise Exited(f"task {shown_label(self.name)} raised {type(exc).__name__}: {exc}") from exc
 
     def __await__(self) -> Generator[Any, None, T]:
         if self._state == _PENDING:
@@ -154,6 +154,11 @@ async def drive(core: RuntimeCore, handle: Handle[Any], awaitable: Awaitable[Any
                 core.release_signals(handle)
             if handle is core.root:
                 core.root_finished()
+
+
+def shown_label(label: str | None) -> str:
+    """A task's label as messages quote it; an unlabeled task says so rather than ``''``."""
+    return repr(label or "<unlabeled>")
 
 
 def discard(awaitable: Any) -> None:

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..tasks import spawned_awaitable
+from ..tasks import shown_label, spawned_awaitable
 from .loop import await_site
 from .runner import Runner
 from .strategies import RankStrategy
@@ -104,8 +104,8 @@ class Decision:
 
     def describe(self) -> str:
         t = f"t={format_seconds(self.time_ns)}s"
-        ran = f"{_show(self.label)} (id {self.tid})" if self.tid else "a loop callback"
-        canon = f"{_show(self.canonical_label)} (id {self.canonical_tid})" if self.canonical_tid else "a loop callback"
+        ran = f"{shown_label(self.label)} (id {self.tid})" if self.tid else "a loop callback"
+        canon = f"{shown_label(self.canonical_label)} (id {self.canonical_tid})" if self.canonical_tid else "a loop callback"
         where = f", resuming from {self.site}" if self.site else ""
         if not self.deviation:
             return f"step {self.step} ({t}): ran {ran}{where} (the canonical choice)"
@@ -152,10 +152,6 @@ class TimingDeviation:
 
     index: int
     value: int
-
-
-def _show(label: str) -> str:
-    return repr(label) if label else "'<unlabeled>'"
 
 
 def _site(task: asyncio.Task[Any]) -> str:

@@ -32,7 +32,7 @@ from typing import Any
 from ..arguments import NS_PER_SECOND, Duration, seconds_to_ns
 from ..auditor import Auditor
 from ..errors import RuntimeStalled, RuntimeTimeout
-from ..tasks import is_runtime_plumbing
+from ..tasks import is_runtime_plumbing, shown_label
 from .strategies import LOOP_CALLBACK, ORDERINGS, WINDOW, Random as _RANDOM, Strategy, Swarm, make_strategy
 from .trace import Replayer as _Replay, format_seconds
 
@@ -685,8 +685,8 @@ class EventLoop(asyncio.BaseEventLoop):
         tasks = self.blocked_tasks()
         lines = []
         for task in tasks[:_REPORT_TASKS]:
-            label = getattr(task, "_cw_label", task.get_name()) or "<unlabeled>"
-            lines.append(f"  - {label!r} (task id {getattr(task, '_cw_id', 0)}) awaiting {await_site(task)}")
+            label = shown_label(getattr(task, "_cw_label", task.get_name()))
+            lines.append(f"  - {label} (task id {getattr(task, '_cw_id', 0)}) awaiting {await_site(task)}")
         if len(tasks) > _REPORT_TASKS:
             lines.append(f"  ... and {len(tasks) - _REPORT_TASKS} more tasks")
         return "\n".join(lines) or "  (none: the awaited future can only be completed from outside the loop)"

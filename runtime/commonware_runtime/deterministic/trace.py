@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 
 from ..arguments import NS_PER_SECOND
 from ..errors import Error
+from ..tasks import shown_label
 
 __all__ = ["Divergence", "Recorder", "Schedule", "Step", "Replayer", "ReplayDivergence", "format_seconds"]
 
@@ -281,7 +282,7 @@ class Schedule:
         )
 
     def _task(self, tid: int) -> str:
-        return f"task #{tid} {self.task_label(tid)!r}"
+        return f"task #{tid} {shown_label(self.task_label(tid))}"
 
     def _at_step(self, step: int) -> tuple[str, int | None]:
         """What ran at ``step`` and when, or the end of the run."""
@@ -384,7 +385,7 @@ class Replayer:
                 step=step, time_ns=now_ns, expected="end of run", actual=f"ready tasks {sorted(pending)}",
             )
         tid = self.schedule.ids[step]
-        expected = f"task {self.schedule.task_label(tid)!r} (id {tid}), ready callback #{seq}"
+        expected = f"task {shown_label(self.schedule.task_label(tid))} (id {tid}), ready callback #{seq}"
         return ReplayDivergence(
             f"replay diverged at step {step} (t={format_seconds(now_ns)}s): the trace ran {expected}, "
             f"which is not ready in this run (ready: {sorted(pending)})",
@@ -414,10 +415,10 @@ class Replayer:
                 expected = f"the end of the run ({schedule.steps} steps)"
             else:
                 at = schedule.round_steps[r]
-                nxt = schedule.task_label(schedule.ids[at]) if at < len(schedule.ids) else "nothing"
-                expected = f"a round at step {at}, t={format_seconds(schedule.round_times[r])}s, running {nxt!r} first"
-            ready_labels = sorted(ready())
-            actual = f"a round at step {step}, t={format_seconds(now_ns)}s, with ready tasks {ready_labels}"
+                nxt = shown_label(schedule.task_label(schedule.ids[at])) if at < len(schedule.ids) else "nothing"
+                expected = f"a round at step {at}, t={format_seconds(schedule.round_times[r])}s, running {nxt} first"
+            ready_labels = ", ".join(shown_label(label) for label in sorted(ready()))
+            actual = f"a round at step {step}, t={format_seconds(now_ns)}s, with ready tasks [{ready_labels}]"
             raise ReplayDivergence(
                 f"replay diverged at step {step}: the trace expected {expected}; the run has {actual}",
                 step=step, time_ns=now_ns, expected=expected, actual=actual,
@@ -438,8 +439,8 @@ class Replayer:
 
     def diverged(self, step: int, now_ns: int, actual_tid: int, actual_label: str) -> ReplayDivergence:
         tid = self.schedule.ids[step]
-        expected = f"task {self.schedule.task_label(tid)!r} (id {tid})"
-        actual = f"task {actual_label!r} (id {actual_tid})"
+        expected = f"task {shown_label(self.schedule.task_label(tid))} (id {tid})"
+        actual = f"task {shown_label(actual_label)} (id {actual_tid})"
         return ReplayDivergence(
             f"replay diverged at step {step} (t={format_seconds(now_ns)}s): the trace expected {expected}, "
             f"the run would run {actual}",
