@@ -12,6 +12,8 @@ import enum
 import gc
 import os
 import socket
+import time
+import warnings
 from datetime import timedelta
 from typing import Any
 
@@ -892,6 +894,39 @@ def test_clock_sleep_until(runner_factory: Any) -> None:
     runner_factory.run(main)
 
 
+def test_clock_sleeps_never_end_early(runner_factory: Any) -> None:
+    # uvloop rounds timers to whole milliseconds; the context still sleeps at least as asked.
+    async def main(ctx: Any) -> None:
+        for _ in range(20):
+            target = ctx.current() + 0.0013
+            await ctx.sleep_until(target)
+            # Virtual time is whole nanoseconds: the float target may lie a hair past it.
+            assert ctx.current() >= target - (1e-9 if runner_factory.deterministic else 0.0)
+            start = time.monotonic() if not runner_factory.deterministic else ctx.current()
+            await ctx.sleep(0.0013)
+            elapsed = (time.monotonic() if not runner_factory.deterministic else ctx.current()) - start
+            assert elapsed >= 0.0013 - (1e-9 if runner_factory.deterministic else 0.0)
+
+    runner_factory.run(main)
+
+
+def test_clock_timeout_refusing_its_arguments_leaves_no_coroutine_behind(runner_factory: Any) -> None:
+    async def main(ctx: Any) -> None:
+        async def work() -> None:
+            pass
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a "never awaited" RuntimeWarning would fail here
+            for bad in ("1s", -1.0):
+                coro = work()
+                with pytest.raises((TypeError, ValueError), match="duration"):
+                    await ctx.timeout(bad, coro)
+                assert coro.cr_frame is None  # closed
+            gc.collect()
+
+    runner_factory.run(main)
+
+
 def test_clock_timeout(runner_factory: Any) -> None:
     async def main(ctx: Any) -> None:
         async def quick() -> str:
@@ -1429,6 +1464,22 @@ def test_network_bind_failed(runner_factory: Any) -> None:
         with pytest.raises(BindFailed) as info:
             await ctx.bind(listener.local_addr())
         assert str(listener.local_addr()[1]) in str(info.value)
+
+    runner_factory.run(main)
+
+
+def test_network_a_wildcard_and_the_hosts_address_share_no_port(runner_factory: Any) -> None:
+    # What one runtime accepts the other accepts: a port held on 0.0.0.0 is taken on 127.0.0.1.
+    async def main(ctx: Any) -> None:
+        wild = await ctx.bind(("0.0.0.0", 0))
+        port = wild.local_addr()[1]
+        with pytest.raises(BindFailed, match=str(port)):
+            await ctx.bind((LOCALHOST, port))
+        wild.close()
+        exact = await ctx.bind((LOCALHOST, port))
+        with pytest.raises(BindFailed, match=str(port)):
+            await ctx.bind(("0.0.0.0", port))
+        exact.close()
 
     runner_factory.run(main)
 

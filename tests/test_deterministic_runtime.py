@@ -974,3 +974,18 @@ def test_checkpoint_auditor_is_the_roots_last_state() -> None:
 
     state, checkpoint = deterministic.Runner().start_and_recover(main)
     assert checkpoint.auditor.state() == state
+
+
+def test_a_runner_inside_a_running_loop_is_refused_leaving_nothing_behind() -> None:
+    async def inner(ctx: deterministic.Context) -> int:
+        return 1
+
+    async def main(ctx: deterministic.Context) -> None:
+        runner = deterministic.Runner()
+        with pytest.raises(RuntimeError, match="running event loop"):
+            runner.start(inner)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a "coroutine ... was never awaited" would fail here
+        deterministic.Runner().start(main)
+        gc.collect()

@@ -137,7 +137,39 @@ def test_wildcard_listener_and_exact_match_precedence() -> None:
         assert wild.host == A
         net.partition([A], [B])
         with pytest.raises(ConnectionFailed, match="partitioned"):
+            await net.dial(B, (A, 500))
+        # A wildcard listens on its own host's addresses only.
+        with pytest.raises(ConnectionFailed, match="nobody is listening"):
             await net.dial(B, ("10.9.9.9", 500))
+
+    run(main)
+
+
+def test_every_host_has_its_own_ports() -> None:
+    async def main() -> None:
+        net = make()
+        on_a = await net.bind(A, ("0.0.0.0", 9000))
+        on_b = await net.bind(B, ("0.0.0.0", 9000))
+        await net.dial(C, (B, 9000))
+        await net.dial(C, (A, 9000))
+        assert (await on_a.accept())[0][0] == C and (await on_b.accept())[0][0] == C
+        assert (on_a.host, on_b.host) == (A, B)
+
+    run(main)
+
+
+@pytest.mark.parametrize("first, second", [(("0.0.0.0", 700), (A, 700)), ((A, 700), ("0.0.0.0", 700)),
+                                           (("0.0.0.0", 700), ("0.0.0.0", 700))])
+def test_a_wildcard_and_an_address_of_one_host_conflict_as_on_linux(first: tuple[str, int],
+                                                                      second: tuple[str, int]) -> None:
+    async def main() -> None:
+        net = make()
+        await net.bind(A, first)
+        with pytest.raises(BindFailed, match="already in use"):
+            await net.bind(A, second)
+        # Another host's address, and the other family's wildcard, are free.
+        await net.bind(B, second if second[0] != A else (B, 700))
+        await net.bind(A, ("::", 700))
 
     run(main)
 

@@ -283,9 +283,14 @@ class BaseContext:
 
     async def timeout(self, duration: Duration, awaitable: Awaitable[T]) -> T:
         """Await ``awaitable``; raise ``Timeout`` if it takes longer than ``duration``."""
-        seconds = duration_seconds(duration, "duration")
         if not inspect.isawaitable(awaitable):
             raise TypeError(f"timeout expects an awaitable, got {type(awaitable).__name__}")
+        try:
+            seconds = duration_seconds(duration, "duration")
+        except (TypeError, ValueError):
+            if inspect.iscoroutine(awaitable):
+                awaitable.close()  # refused before it started: no "never awaited" warning
+            raise
         deadline = asyncio.timeout(seconds)
         try:
             async with deadline:

@@ -8,11 +8,15 @@ Model
 -----
 * **Hosts** are plain strings (IP addresses).  A context placed on a host with
   ``context.with_host(ip)`` binds and dials from it.
-* **Listeners** are keyed by the ``(ip, port)`` they bind.  A dial to ``(ip, port)`` finds
-  the listener bound on exactly that ip, else one bound on the wildcard ``0.0.0.0`` or
-  ``::`` with that port.  A listener belongs to the host named by its ip, or, when bound
-  on a wildcard, to the host of the context that bound it; that host is the far end for
-  latency, partitions and crashes.
+* **Listeners** live on a host: the one named by the ip they bind, or, bound on the
+  wildcard ``0.0.0.0`` or ``::``, the host of the context that bound it; that host is the
+  far end for latency, partitions and crashes.  Each host has its own ports, so every host
+  of a simulated cluster can bind ``0.0.0.0:9000``.  On one host a port is taken as on
+  Linux: by the same address, and between a wildcard and a specific address of its family
+  (``0.0.0.0:P`` and ``10.0.0.1:P`` on host ``10.0.0.1`` conflict, whichever came first),
+  so a bind the simulation accepts is one a real machine accepts.  A dial to
+  ``(ip, port)`` finds the listener bound on exactly that ip, else a wildcard one on host
+  ``ip`` with that port.
 * **Ports**: ``port 0`` and dialer source ports are allocated per host, counting up from
   49152 (wrapping at 65535), skipping ports bound or in use by a live connection.
 * **Window**: each direction of a connection admits at most ``buffer_size`` unread bytes
@@ -68,6 +72,16 @@ __all__ = ["Network", "Listener", "Sink", "Stream", "EPHEMERAL_FIRST", "EPHEMERA
 EPHEMERAL_FIRST = 49152
 EPHEMERAL_LAST = 65535
 _WILDCARDS = ("0.0.0.0", "::")
+
+
+def _wildcards_for(ip: str) -> tuple[str, str]:
+    """The wildcards a dial to ``ip`` may reach, its own family's first."""
+    return ("::", "0.0.0.0") if ":" in ip else ("0.0.0.0", "::")
+
+
+def _listener_host(host: str, ip: str) -> str:
+    """The host a listener on ``ip`` bound from ``host`` lives on."""
+    return host if ip in _WILDCARDS else ip
 _EOF = None  # marker travelling through a flow after the last chunk
 
 
@@ -408,8 +422,9 @@ class Listener:
             return COMPLETED
         self._closed = True
         net = self._net
-        if net._listeners.get(self._addr) is self:
-            del net._listeners[self._addr]
+        key = (self._host, *self._addr)
+        if net._listeners.get(key) is self:
+            del net._listeners[key]
         net._seam.event("net.unbind", format_address(self._addr))
         waiters = self._waiters
         while waiters:
@@ -439,7 +454,8 @@ class Network:
         self._seam = NetworkSeam(auditor, rng)
         self.counters = counters
         self.buffer_size = buffer_size
-        self._listeners: dict[tuple[str, int], Listener] = {}
+        # Keyed by (the host it lives on, the ip it binds, port); insertion order is bind order.
+        self._listeners: dict[tuple[str, str, int], Listener] = {}
         self._conns: dict[int, _Connection] = {}  # insertion (= creation) order: deterministic
         self._next_cid = 0
         self._source_ports: dict[tuple[str, int], _Connection] = {}
@@ -464,13 +480,21 @@ class Network:
         for _ in range(EPHEMERAL_LAST - EPHEMERAL_FIRST + 1):
             candidate = port
             port = port + 1 if port < EPHEMERAL_LAST else EPHEMERAL_FIRST
-            if (ip, candidate) in listeners or (host, candidate) in sources or (ip, candidate) in sources:
-                continue
-            if ip not in _WILDCARDS and any((w, candidate) in listeners for w in _WILDCARDS):
+            if self._taken(host, ip, candidate) or (host, candidate) in sources or (ip, candidate) in sources:
                 continue
             self._next_port[host] = port
             return candidate
         raise ConnectionFailed(f"no free ephemeral port on host {host}")
+
+    def _taken(self, host: str, ip: str, port: int) -> bool:
+        """Whether binding ``ip:port`` on ``host`` conflicts with a listener there: the same
+        address, or a wildcard and a specific address of one family (Linux, no SO_REUSEPORT)."""
+        listeners = self._listeners
+        if (host, ip, port) in listeners:
+            return True
+        if ip in _WILDCARDS:
+            return (":" in host) == (":" in ip) and (host, host, port) in listeners
+        return (host, _wildcards_for(ip)[0], port) in listeners
 
     def _release(self, conn: _Connection) -> None:
         if self._conns.pop(conn.cid, None) is not None:
@@ -483,25 +507,27 @@ class Network:
         """Listen on ``addr`` from ``host`` (port 0 picks an ephemeral port)."""
         _check_host(host)
         ip, port = _parse(addr)
+        lives_on = _listener_host(host, ip)
         if port == 0:
             try:
-                port = self._allocate_port(ip if ip not in _WILDCARDS else host, ip)
+                port = self._allocate_port(lives_on, ip)
             except ConnectionFailed as exc:
                 raise BindFailed(f"cannot bind {format_address((ip, 0))}: {exc}") from None
         key = (ip, port)
-        if key in self._listeners or key in self._source_ports:
+        if self._taken(lives_on, ip, port) or key in self._source_ports:
             self._seam.event("net.bind_failed", host, format_address(key))
             raise BindFailed(f"cannot bind {format_address(key)}: address already in use")
-        listener = Listener(self, key, ip if ip not in _WILDCARDS else host, host)
-        self._listeners[key] = listener
+        listener = Listener(self, key, lives_on, host)
+        self._listeners[(lives_on, ip, port)] = listener
         self._seam.event("net.bind", host, format_address(key))
         return listener
 
     def _lookup(self, ip: str, port: int) -> Listener | None:
-        listener = self._listeners.get((ip, port))
+        listeners = self._listeners
+        listener = listeners.get((ip, ip, port))
         if listener is None:
-            for wildcard in _WILDCARDS:
-                listener = self._listeners.get((wildcard, port))
+            for wildcard in _wildcards_for(ip):
+                listener = listeners.get((ip, wildcard, port))
                 if listener is not None:
                     break
         return listener

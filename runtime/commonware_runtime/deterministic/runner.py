@@ -214,6 +214,8 @@ class Runner:
             raise RuntimeError("a deterministic.Runner runs once; build a new one for another run")
         if not callable(main):
             raise TypeError(f"main must be an async function taking the context, got {main!r}")
+        if asyncio._get_running_loop() is not None:
+            raise RuntimeError("deterministic.Runner.start() cannot run inside a running event loop")
         self._used = True
         core = self._build()
         loop = core.loop

@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..arguments import Address, timestamp_ns
+from ..arguments import Address, Duration, duration_seconds, timestamp_ns
 from ..core import BaseContext, RuntimeCore
 from ..tasks import Handle
 from .network import NetworkConfig, bind, dial
@@ -144,9 +144,18 @@ class Context(BaseContext):
     async def sleep_until(self, deadline: float) -> None:
         """Sleep until the wall-clock instant ``deadline``; a past deadline returns at once."""
         timestamp_ns(deadline, "deadline")
-        delay = deadline - time.time()
-        if delay > 0:
+        # Loops round timers (uvloop to whole milliseconds): sleep again until it has passed.
+        while (delay := deadline - time.time()) > 0:
             await asyncio.sleep(delay)
+
+    async def sleep(self, duration: Duration) -> None:
+        """Sleep at least ``duration``, measured on the monotonic clock."""
+        seconds = duration_seconds(duration, "duration")
+        end = time.monotonic() + seconds
+        await asyncio.sleep(seconds)
+        # uvloop rounds a timer to whole milliseconds and may wake up to one early.
+        while (left := end - time.monotonic()) > 0:
+            await asyncio.sleep(left)
 
     # -- randomness -----------------------------------------------------------------------
 
