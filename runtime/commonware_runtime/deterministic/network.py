@@ -357,14 +357,19 @@ class Listener:
     def local_addr(self) -> tuple[str, int]:
         return self._addr
 
-    def _offer(self, conn: _Connection) -> None:
+    def _offer(self, conn: _Connection, *, first: bool = False) -> None:
+        """Hand ``conn`` to the oldest waiting ``accept``, else queue it (at the front when
+        it goes back after an accept that was cancelled while holding it)."""
         waiters = self._waiters
         while waiters:
             fut = waiters.popleft()
             if not fut.done():
                 fut.set_result(conn)
                 return
-        self._backlog.append(conn)
+        if first:
+            self._backlog.appendleft(conn)
+        else:
+            self._backlog.append(conn)
 
     async def accept(self) -> tuple[tuple[str, int], Sink, Stream]:
         """The next connection: ``(peer_addr, sink, stream)``; ``Closed`` once closed."""
@@ -389,7 +394,7 @@ class Listener:
                     if self._closed:
                         handed.break_(f"listener on {format_address(self._addr)} closed before accept")
                     else:
-                        self._requeue(handed)
+                        self._offer(handed, first=True)
                 else:
                     try:
                         self._waiters.remove(fut)
@@ -398,15 +403,6 @@ class Listener:
                 raise
             if conn is not None and not conn.broken:
                 return self._accepted(conn)
-
-    def _requeue(self, conn: _Connection) -> None:
-        waiters = self._waiters
-        while waiters:
-            fut = waiters.popleft()
-            if not fut.done():
-                fut.set_result(conn)
-                return
-        self._backlog.appendleft(conn)
 
     def _accepted(self, conn: _Connection) -> tuple[tuple[str, int], Sink, Stream]:
         net = self._net
