@@ -34,6 +34,7 @@ from commonware_runtime.deterministic import strategies
 from commonware_runtime.deterministic.golden import GoldenError, load_golden, merge_golden, write_golden
 from commonware_runtime.deterministic.tracefile import (
     Divergence,
+    config_from_dict,
     Trace,
     TraceError,
     first_divergence,
@@ -241,10 +242,13 @@ def _rootdir_hint(config: pytest.Config) -> str:
 
 def _load(path: Path, what: str, settings: Settings) -> Trace:
     try:
-        return load_trace(path)
+        trace = load_trace(path)
+        # A config the Runner would refuse is a problem of the file, told now, not by the item.
+        config_from_dict(trace.config, str(path))
     except TraceError as exc:
         # One line naming the file as the user typed it, and the problem.
         raise pytest.UsageError(f"{what}: {settings.display_path(path)}: {exc.problem}") from None
+    return trace
 
 
 def register_strategies(config: pytest.Config) -> list[str]:

@@ -7,6 +7,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+import yaml
 from commonware_runtime.deterministic.tracefile import load_trace
 from race_program import RACE as RACE_MODULE
 
@@ -144,18 +145,21 @@ def test_malformed_trace_is_a_usage_error(pytester: pytest.Pytester, content: st
     assert "Traceback" not in result.stdout.str() + result.stderr.str()
 
 
-def test_a_version_1_trace_says_to_rerun_its_seed(pytester: pytest.Pytester) -> None:
+def test_an_early_build_trace_says_to_rerun_its_seed(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_race=RACE)
     pytester.runpytest(*QUIET)
     trace = _failing_traces(pytester)[0]
     seed = load_trace(trace).seed
-    trace.write_text(trace.read_text().replace("version: 2\n", "version: 1\n", 1))
+    assert "\nversion: 1\n" in trace.read_text()
+    doc = yaml.safe_load(trace.read_text())
+    del doc["decisions"]["ordering"]  # as the first development builds wrote it
+    trace.write_text(yaml.safe_dump(doc, sort_keys=False))
     result = pytester.runpytest(*QUIET, "--cw-replay", str(trace.relative_to(pytester.path)))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     errors = [line for line in result.stderr.lines if line.strip()]
     assert errors == [
-        f"ERROR: --cw-replay: traces/{trace.name}: trace format version 1 was recorded by an older pytest-commonware "
-        f"whose schedules this version cannot replay; rerun the seed with --cw-seed={seed}"
+        f"ERROR: --cw-replay: traces/{trace.name}: this trace was recorded by an early pytest-commonware whose "
+        f"schedules (picks without an ordering) this version cannot replay; rerun the seed with --cw-seed={seed}"
     ]
     # And the seed does reproduce it.
     rerun = pytester.runpytest(*QUIET, f"--cw-seed={seed}", "test_race.py::test_race")
@@ -187,3 +191,24 @@ def test_missing_trace_file_and_vanished_test(pytester: pytest.Pytester) -> None
     result = pytester.runpytest(*QUIET, "--cw-replay", str(trace))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: *the trace names test 'test_race.py::test_race*which this session did not collect*"])
+
+
+@pytest.mark.parametrize("option", ["--cw-replay", "--cw-bisect"])
+@pytest.mark.parametrize("key, value, problem", [
+    ("evil", 1, "the trace's config has keys this version does not know: evil"),
+    ("cycle", -1, "the trace's config is invalid: cycle must not be negative"),
+    ("timeout", "abc", "the trace's config is invalid: "),
+])
+def test_a_trace_config_the_runner_refuses_is_one_line_before_any_item(pytester: pytest.Pytester, option: str,
+                                                                       key: str, value: object, problem: str) -> None:
+    pytester.makepyfile(test_race=RACE)
+    pytester.runpytest(*QUIET)
+    trace = _failing_traces(pytester)[0]
+    doc = yaml.safe_load(trace.read_text())
+    doc["config"][key] = value
+    trace.write_text(yaml.safe_dump(doc, sort_keys=False))
+    result = pytester.runpytest(*QUIET, f"{option}={trace.relative_to(pytester.path)}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    errors = [line for line in result.stderr.lines if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith(f"ERROR: {option}: traces/{trace.name}: {problem}"), errors
+    assert "collected" not in result.stdout.str()

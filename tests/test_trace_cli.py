@@ -151,7 +151,7 @@ def test_export_chrome(traces: dict[str, Any], tmp_path: Path) -> None:
     first_of = {e["args"]["step"]: e["ts"] for e in complete}
     assert [e["ts"] for e in rounds] == [first_of[step] for step in s.round_steps]  # at the round's first decision
     assert doc["otherData"]["auditor"] == trace.auditor
-    assert (doc["otherData"]["version"], doc["otherData"]["ordering"], doc["otherData"]["strategy"]) == (2, "any", "random")
+    assert (doc["otherData"]["version"], doc["otherData"]["ordering"], doc["otherData"]["strategy"]) == (1, "any", "random")
 
     out = tmp_path / "sub" / "t.json"
     result = cli("trace", "export", str(traces["p1"]), "--format", "chrome", "-o", str(out))
@@ -205,12 +205,16 @@ def test_show_names_the_strategy_and_the_timing_choices(tmp_path: Path, capsys: 
     assert f"schedule: strategy pct:2 (chose {chose}), ordering fifo, {len(timing)} timing choices: {listed}" in out
 
 
-def test_a_version_1_trace_is_one_error_line(tmp_path: Path) -> None:
+def test_an_early_build_trace_is_one_error_line(tmp_path: Path) -> None:
+    # The first development builds wrote picks without an ordering, a schedule this one cannot follow.
     path = tmp_path / "old.yaml"
-    path.write_text("format: commonware-trace\nversion: 1\nseed: 17\ntest: t.py::t[seed=17]\n")
+    path.write_text("format: commonware-trace\nversion: 1\nseed: 17\ntest: t.py::t[seed=17]\n"
+                    "decisions: {encoding: le-zlib-base64, picks: 'u8:'}\n")
     result = cli("trace", "show", str(path))
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == (
-        f"error: {path}: trace format version 1 was recorded by an older pytest-commonware whose schedules this "
-        f"version cannot replay; rerun the seed with --cw-seed=17\n"
+        f"error: {path}: this trace was recorded by an early pytest-commonware whose schedules (picks without an "
+        f"ordering) this version cannot replay; rerun the seed with --cw-seed=17\n"
     )
+
+

@@ -42,7 +42,7 @@ MAX_CPU_SECONDS = 1.0  # the issue's bound: "within a second"
 MAX_SECONDS = 10.0  # wall clock, generous: a loaded machine shares its CPUs (the CPU time is the measure)
 MAX_RSS_MB = 100
 
-HEADER = b"format: commonware-trace\nversion: 2\n"
+HEADER = b"format: commonware-trace\nversion: 1\n"
 
 
 def _fill(path: Path, head: bytes, unit: bytes, size: int, tail: bytes = b"") -> Path:
@@ -351,10 +351,10 @@ def test_a_million_decision_run_with_many_tasks_loads_and_replays(tmp_path: Path
     assert trace.steps > tasks * steps and len(trace.tasks) == tasks + 1
     path = write_trace(tmp_path / "long.yaml", trace)
 
-    # Compact: the labels are one block (version 3); what is left is a few dozen YAML values
+    # Compact: the labels are one block; what is left is a few dozen YAML values
     # and the (readable, at most INLINE_CHECKPOINTS) checkpoints, seven values each.
     doc_head = path.read_text()[:4000]
-    assert "version: 3\n" in doc_head and "tasks: |\n  json:" in doc_head
+    assert "version: 1\n" in doc_head and "tasks: |\n  json:" in doc_head
     assert len(trace.checkpoints) <= tracefile.INLINE_CHECKPOINTS
     assert _count_values(path) < 100 + 7 * len(trace.checkpoints) < tracefile.MAX_NODES // 20
     assert path.stat().st_size < tracefile.MAX_FILE_BYTES // 8
@@ -380,7 +380,7 @@ def test_many_checkpoints_are_one_block_and_replay(tmp_path: Path) -> None:
     assert len(trace.checkpoints) > tracefile.INLINE_CHECKPOINTS and len(trace.tasks) <= tracefile.INLINE_TASKS
     path = write_trace(tmp_path / "cps.yaml", trace)
     doc = yaml.safe_load(path.read_text())
-    assert doc["version"] == 3 and set(doc["checkpoints"]) == {"count", "steps", "auditors"}
+    assert doc["version"] == 1 and set(doc["checkpoints"]) == {"count", "steps", "auditors"}
     assert isinstance(doc["tasks"], dict)  # few tasks: still readable
     assert _count_values(path) < 100
     loaded = load_trace(path)
@@ -438,7 +438,7 @@ def test_compact_blocks_are_checked(tmp_path: Path) -> None:
     assert "which 'tasks' does not list" in edited(labels(["root"]))
     assert "'tasks' is not a valid JSON array" in edited(set_(("tasks",), "json:" + __import__("base64").b64encode(
         __import__("zlib").compress(b"[1, 2")).decode()))
-    assert "a compact block needs format version 3" in edited(set_(("version",), 2))
+    assert "trace format version 2 is newer than this pytest-commonware reads (version 1)" in edited(set_(("version",), 2))
     assert "checkpoints.count must be between 0 and" in edited(set_(("checkpoints", "count"), 10**9))
     assert "checkpoints.steps decodes to more than the" in edited(set_(("checkpoints", "count"), doc["checkpoints"]["count"] - 1))
     assert "checkpoints: unknown key 'times'" in edited(set_(("checkpoints", "times"), "u8:"))

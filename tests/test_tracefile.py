@@ -116,8 +116,8 @@ def test_the_file_has_the_documented_keys(good: Path, recorded: tuple[determinis
     doc = yaml.safe_load(good.read_text())
     assert list(doc) == ["format", "version", "test", "seed", "runtime", "config", "outcome", "auditor", "steps",
                          "tasks", "checkpoints", "decisions", "python", "commonware_runtime"]
-    # A trace without compact blocks is written as version 2 (readable by older readers); VERSION is the newest.
-    assert doc["format"] == FORMAT and doc["version"] == 2 and VERSION == 3 and doc["test"] == NODEID
+    # PLUGIN.md section 9: `version: 1`, with or without compact blocks.
+    assert doc["format"] == FORMAT and doc["version"] == 1 == VERSION and doc["test"] == NODEID
     assert doc["config"]["ordering"] == "any" and doc["config"]["strategy"] == "random"
     assert doc["tasks"][1] == "root" and doc["tasks"][2] == "w0"
     assert doc["checkpoints"][0] == {"step": 0, "time": 0, "auditor": recorded[1].checkpoints[0]["auditor"]}
@@ -280,14 +280,22 @@ def test_a_fifo_timing_difference_is_a_divergence(tmp_path: Path) -> None:
     assert d is not None and d.kind == "schedule"
 
 
-def test_a_version_1_trace_says_to_rerun_the_seed(good: Path) -> None:
-    edit(good, setter("version", value=1))
+def test_an_early_build_trace_says_to_rerun_the_seed(good: Path) -> None:
+    edit(good, deleter("decisions", "ordering"))
     with pytest.raises(TraceError) as info:
         load_trace(good)
     assert str(info.value) == (
-        f"{good}: trace format version 1 was recorded by an older pytest-commonware whose schedules this version "
-        f"cannot replay; rerun the seed with --cw-seed=3"
+        f"{good}: this trace was recorded by an early pytest-commonware whose schedules (picks without an ordering) "
+        f"this version cannot replay; rerun the seed with --cw-seed=3"
     )
+
+
+@pytest.mark.parametrize("version", [0, 2, 3, 99])
+def test_only_version_1_is_read(good: Path, version: int) -> None:
+    edit(good, setter("version", value=version))
+    with pytest.raises(TraceError, match=("newer than this pytest-commonware reads" if version > 1
+                                          else "unknown trace format version")):
+        load_trace(good)
 
 
 # --------------------------------------------------------------------------------------------
@@ -470,7 +478,7 @@ MALFORMED: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("tasks gap", setter("tasks", value={1: "root", 3: "x"}), "2 is missing"),
     ("task label", setter("tasks", 1, value=5), "label of task 1"),
     ("unknown task", unknown_task, "which 'tasks' does not list"),
-    ("checkpoints dict", setter("checkpoints", value={}), "'checkpoints' must be a list"),
+    ("checkpoints str", setter("checkpoints", value="x"), "'checkpoints' must be a list"),
     ("checkpoint keys", setter("checkpoints", 0, value={"step": 0}), "checkpoints[0] must be a mapping with"),
     ("checkpoint auditor", setter("checkpoints", 0, "auditor", value="zz"), "checkpoints[0].auditor"),
     ("checkpoint off round", shifted_checkpoint, "not the first step of a round"),

@@ -68,16 +68,15 @@ __all__ = [
 ]
 
 FORMAT = "commonware-trace"
-VERSION = 3  # the newest version read and written; a trace without compact blocks is written as 2
-VERSIONS = (2, 3)  # the versions this module reads
-ENCODING = "le-zlib-base64"  # the only `decisions.encoding` of versions 2 and 3
-LABELS_ENCODING = "json"  # the prefix of a compact `tasks` block (version 3)
+VERSION = 1  # the format version of docs/PLUGIN.md section 9, the one read and written
+ENCODING = "le-zlib-base64"  # the only `decisions.encoding`
+LABELS_ENCODING = "json"  # the prefix of a compact `tasks` block
 
 # Limits that keep a hostile or corrupt file from exhausting memory or time, each enforced
 # while the file is read, before what it bounds is built (docs/trace-format.md, "Limits").
 # A trace of a 5-million-decision run with many tasks is far below them: its schedule is a
 # few compressed blocks, and more than INLINE_TASKS tasks or INLINE_CHECKPOINTS checkpoints
-# are written as compact blocks too (version 3).
+# are written as compact blocks too.
 MAX_FILE_BYTES = 64 * 1024 * 1024  # the file, checked before reading
 MAX_BLOCK_BYTES = 32 * 1024 * 1024  # the YAML text of one encoded block (`decisions.picks`, ...)
 MAX_TEXT_BYTES = 16 * 1024 * 1024  # everything that is not an encoded block, together
@@ -95,7 +94,7 @@ MAX_PLAIN_DEPTH = 64
 MAX_TIMING = 20_000_000  # timing choices (late wake-ups in both orderings, timer ties in "fifo")
 MAX_STRATEGY_CHARS = 1_000
 
-# Up to these, `tasks` and `checkpoints` are written as readable YAML (a version 2 file).
+# Up to these, `tasks` and `checkpoints` are written as readable YAML.
 INLINE_TASKS = 1_000
 INLINE_CHECKPOINTS = 1_000
 
@@ -252,13 +251,13 @@ def write_trace(path: str | os.PathLike[str], trace: Trace) -> Path:
 
 
 def format_version(trace: Trace) -> int:
-    """The version ``write_trace`` writes ``trace`` as: 2 unless it needs a compact block (3).
+    """The format version ``write_trace`` writes ``trace`` as (every trace: ``VERSION``).
 
     More than ``INLINE_TASKS`` tasks or ``INLINE_CHECKPOINTS`` checkpoints are written as
-    compact blocks (version 3), so that a trace of a long run with many tasks stays a few
-    YAML values; smaller traces stay readable and readable by older pytest-commonware.
+    compact blocks, so that a trace of a long run with many tasks stays a few YAML values;
+    a reader tells the two shapes apart by their type, so both are the same version.
     """
-    return 3 if len(trace.tasks) > INLINE_TASKS or len(trace.checkpoints) > INLINE_CHECKPOINTS else 2
+    return VERSION
 
 
 def _document(trace: Trace) -> dict[str, Any]:
@@ -749,18 +748,19 @@ def _parse(doc: Any) -> Trace:
             f"trace format version {version} is newer than this pytest-commonware reads (version {VERSION}); "
             f"upgrade pytest-commonware"
         )
-    if version == 1:
-        # Version 1 picks were indexes into a swap-remove ready list the runtime no longer has.
+    if version < VERSION:
+        raise _Problem(f"unknown trace format version {version} (this pytest-commonware reads version {VERSION})")
+    decisions = doc.get("decisions")
+    if isinstance(decisions, dict) and "ordering" not in decisions:
+        # The first development builds recorded picks as indexes into a swap-remove ready
+        # list the runtime no longer has; their `decisions` name no ordering.
         seed = doc.get("seed")
         rerun = (f"--cw-seed={seed}" if isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0
                  else "--cw-seed=<its seed>")
         raise _Problem(
-            f"trace format version 1 was recorded by an older pytest-commonware whose schedules this version "
-            f"cannot replay; rerun the seed with {rerun}"
+            f"this trace was recorded by an early pytest-commonware whose schedules (picks without an "
+            f"ordering) this version cannot replay; rerun the seed with {rerun}"
         )
-    if version not in VERSIONS:
-        raise _Problem(f"unknown trace format version {version} (this pytest-commonware reads versions "
-                       f"{', '.join(map(str, VERSIONS))})")
     _keys(doc, "", _REQUIRED, _OPTIONAL, " (put additional data under 'extra')")
 
     test = _str(doc, "test", "'test'")
@@ -805,7 +805,7 @@ def _parse(doc: Any) -> Trace:
         raise _Problem(f"'extra' must be a mapping, got {_type_name(extra)}")
     _plain(extra, "extra")
 
-    labels = _parse_tasks(doc["tasks"], version)
+    labels = _parse_tasks(doc["tasks"])
     schedule = _parse_decisions(doc["decisions"], steps, len(labels) - 1)
     if "ordering" in config and config["ordering"] != schedule.ordering:
         raise _Problem(f"config.ordering is {_short(config['ordering'])} but decisions.ordering is "
@@ -815,7 +815,7 @@ def _parse(doc: Any) -> Trace:
     schedule.auditor = auditor
     schedule.outcome = outcome
     schedule.error = error
-    checkpoints = _parse_checkpoints(doc["checkpoints"], schedule, version)
+    checkpoints = _parse_checkpoints(doc["checkpoints"], schedule)
     schedule.checkpoints = [(c["step"], c["time"], c["auditor"]) for c in checkpoints]
     if "events" in doc:
         _parse_events(doc["events"], schedule)
@@ -857,20 +857,18 @@ def _keys(value: dict[Any, Any], where: str, required: tuple[str, ...], optional
             raise _Problem(f"{where}unknown key {_short(key)}{hint}")
 
 
-def _compact(value: Any, version: int, compact: type, plain: type, expected: str) -> bool:
-    """Whether a part that version 3 may store compactly (as a ``compact``) is so stored; a
-    part that is neither that nor ``plain`` is refused, saying what was ``expected``."""
-    if isinstance(value, compact) and version >= 3:
+def _compact(value: Any, compact: type, plain: type, expected: str) -> bool:
+    """Whether a part that may be stored compactly (as a ``compact``) is so stored; a part
+    that is neither that nor ``plain`` is refused, saying what was ``expected``."""
+    if isinstance(value, compact):
         return True
     if not isinstance(value, plain):
-        hint = f" (a compact {'block' if compact is str else 'mapping'} needs format version 3)" \
-            if isinstance(value, compact) else ""
-        raise _Problem(f"{expected}, got {_type_name(value)}{hint}")
+        raise _Problem(f"{expected}, got {_type_name(value)}")
     return False
 
 
-def _parse_tasks(tasks: Any, version: int) -> list[str]:
-    if _compact(tasks, version, str, dict, "'tasks' must be a mapping of task id to label"):
+def _parse_tasks(tasks: Any) -> list[str]:
+    if _compact(tasks, str, dict, "'tasks' must be a mapping of task id to label"):
         return _decode_labels(tasks)
     if len(tasks) > MAX_TASKS:
         raise _Problem(f"'tasks' lists {len(tasks)} tasks, more than {MAX_TASKS}")
@@ -922,10 +920,10 @@ _COMPACT_CHECKPOINTS = ("count", "steps", "auditors")
 _DERIVED = object()  # the time of a compact checkpoint: its round's
 
 
-def _parse_checkpoints(value: Any, schedule: Schedule, version: int) -> list[dict[str, Any]]:
+def _parse_checkpoints(value: Any, schedule: Schedule) -> list[dict[str, Any]]:
     rounds = len(schedule.round_steps)
     entries: Iterable[dict[str, Any]]
-    if _compact(value, version, dict, list, "'checkpoints' must be a list"):
+    if _compact(value, dict, list, "'checkpoints' must be a list"):
         checked, entries = _decode_checkpoints(value, schedule)
         if checked:
             return list(entries)
