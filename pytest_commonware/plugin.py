@@ -93,12 +93,22 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hooks)
 
 
+# The options whose value may be a number (cw_horizon also takes "auto" and "none").
+NUMBER_OPTIONS = frozenset({"cw_seeds", "cw_seed_base", "cw_seed", "cw_explore", "cw_explore_limit", "cw_fifo_check",
+                            "cw_horizon"})
+# Text first, so that an ini file's text stays text for the option's own parser and errors.
+NUMBER_INI_TYPE: Any = (str | int) if pytest.version_tuple[:2] >= (9, 2) else "string"
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("commonware", "commonware runtime (deterministic simulation)")
 
     def add(flag: str, ini: str, help: str, **kwargs: Any) -> None:
         group.addoption(flag, dest=ini, default=None, help=help, **kwargs)
-        parser.addini(ini, help=help, type="string", default=None)
+        # pytest 9.2 checks the types of its native [tool.pytest] TOML table: a number there
+        # (cw_seeds = 1000) must be declared as one; ini files still hand over text.
+        kind: Any = NUMBER_INI_TYPE if ini in NUMBER_OPTIONS else "string"
+        parser.addini(ini, help=help, type=kind, default=None)
 
     add("--cw-seeds", "cw_seeds", "run each deterministic test on N seeds (default 1; overrides markers' seeds=)", metavar="N")
     add("--cw-seed-base", "cw_seed_base", "the first seed (default 0): seeds are B .. B+N-1", metavar="B")

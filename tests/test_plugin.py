@@ -200,6 +200,18 @@ def test_option_precedence(pytester: pytest.Pytester) -> None:
     assert sum("test_marked" in i for i in ids) == 1
 
 
+@pytest.mark.skipif(pytest.version_tuple[:2] < (9, 2), reason="pytest's native [tool.pytest] table checks types from 9.2")
+def test_numbers_in_pytests_native_toml_table(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("async def test_a(deterministic_context):\n    pass\n")
+    pytester.makepyprojecttoml("[tool.pytest]\ncw_seeds = 3\ncw_seed_base = 10\ncw_horizon = \"none\"\n")
+    ids = _ids_run(pytester)
+    assert [i.split("::")[1] for i in ids] == ["test_a[seed=10]", "test_a[seed=11]", "test_a[seed=12]"]
+    pytester.makepyprojecttoml("[tool.pytest]\ncw_seeds = 0\n")
+    result = pytester.runpytest(*QUIET)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: ini cw_seeds: must be at least 1, got 0"])
+
+
 def test_marker_on_module_and_class(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
