@@ -845,6 +845,7 @@ def _run_seed(item: pytest.Function, cw: CommonwareSession, seed: int, marker: M
             expected = cw.golden[item.nodeid]
             if expected != result.auditor:
                 golden = settings.display_path(settings.golden) if settings.golden else "the golden file"
+                note.reproduce = _rerun_command(item, settings, seed)  # no trace: the run itself passed
                 pytest.fail(
                     f"auditor state changed: {golden} has {expected} for {item.nodeid}, this run ended with "
                     f"{result.auditor} ({result.steps} steps). The run is no longer the same execution; if the "
@@ -1231,7 +1232,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     sections: list[tuple[str, str]] = []
     if failure is not None and first != item.nodeid and not cw.full_tracebacks:
         item.stash[REPEAT] = first
-        longrepr = repeat_line(failure, first)  # no captured output either: it crosses the wire
+        note = item.stash.get(ITEM_RUN, None)
+        # One line, no captured output (it crosses the wire), still ending with its command.
+        longrepr = repeat_line(failure, first, note.reproduce if note is not None else None)
     elif isinstance(error, (RuntimeStalled, RuntimeTimeout, engine.TestTimeout)):
         longrepr = f"TimeoutError: {error}" if isinstance(error, engine.TestTimeout) else call.excinfo.exconly()
         sections = [(f"Captured {key} {when}", content) for when, key, content in item._report_sections]
@@ -1260,9 +1263,10 @@ def pytest_runtest_makereport_wrapper(item: pytest.Item, call: pytest.CallInfo[N
     if note is not None and report.when == "call" and REPEAT not in item.stash:
         lines = list(note.lines)
         if note.reproduce and report.failed:
-            lines.append(f"reproduce with: {note.reproduce}")
+            # PLUGIN.md section 8: the report ends with the command that reproduces the seed.
             if note.picture:
                 lines.append(f"picture: {note.picture}")
+            lines.append(f"reproduce with: {note.reproduce}")
         if lines:
             report.sections.append((SECTION, "\n".join(lines)))
     return report

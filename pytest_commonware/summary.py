@@ -152,11 +152,13 @@ def describe_failure(error: BaseException, fallback_place: str, rootdir: Path) -
     return Failure(kind, place or fallback_place, _first_line(leaf))
 
 
-def repeat_line(failure: Failure, first: str) -> str:
-    """The whole report of a seed that failed like an earlier one (``first``, its node id)."""
+def repeat_line(failure: Failure, first: str, reproduce: str | None = None) -> str:
+    """The whole report of a seed that failed like an earlier one (``first``, its node id),
+    ending with the command that reproduces this seed when there is one."""
     message = f": {failure.message}" if failure.message else ""
+    command = f"; reproduce with: {reproduce}" if reproduce else ""
     return (f"{failure.type} at {failure.place}{message} [the same failure as {first}, shown in full; "
-            f"every one in full: --cw-full-tracebacks]")
+            f"every one in full: --cw-full-tracebacks]{command}")
 
 
 def wilson(failed: int, total: int, z: float = 1.959963984540054) -> tuple[float, float]:
@@ -219,6 +221,8 @@ class Sweep:
         self.traces = traces
         self.tests: dict[str, _Test] = {}
         self.first: dict[tuple[str, str], str] = {}  # distinct failure -> node id of its full report
+        self.failures = 0
+        self.traced = 0  # failing seeds whose reproduce command replays a trace
 
     # -- hooks ---------------------------------------------------------------------------------
 
@@ -256,6 +260,8 @@ class Sweep:
         if failure is None:
             failure = Failure(f"error at {report.when}" if report.when != "call" else "failure", "?", "")
         reproduce = wire.get("reproduce") if isinstance(wire, dict) else None
+        self.failures += 1
+        self.traced += isinstance(reproduce, str) and "--cw-replay=" in reproduce
         distinct = test.distinct.get(failure.key)
         if distinct is None:
             distinct = test.distinct[failure.key] = _Distinct(failure, report.nodeid, seed, reproduce)
@@ -267,7 +273,7 @@ class Sweep:
         first = self.first.setdefault(failure.key, report.nodeid)
         if first != report.nodeid and not self.full:
             # Shown once: this one is a line in the short test summary, not another traceback.
-            report.longrepr = repeat_line(failure, first)
+            report.longrepr = repeat_line(failure, first, reproduce if isinstance(reproduce, str) else None)
             report.sections = []
             report._pdbshown = True  # type: ignore[attr-defined]  # pytest's "already shown" mark
 
@@ -296,7 +302,10 @@ class Sweep:
                     failing.append(f"    seed {d.first_seed}: {d.reproduce}")
         lines = failing
         if failing:
-            where = f" (the trace of every failing seed is in {self.traces.rstrip('/')}/)" if self.traces else ""
+            where = ""
+            if self.traces and self.traced:
+                which = "every failing seed" if self.traced == self.failures else f"{self.traced} failing seeds"
+                where = f" (the trace of {which} is in {self.traces.rstrip('/')}/)"
             how = "" if self.full else "; every traceback in full: -v or --cw-full-tracebacks"
             lines.append(f"each distinct failure's first seed is shown in full above, the others in one line{where}{how}")
         if passing:

@@ -404,6 +404,11 @@ def test_golden_update_and_compare(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest(*QUIET)
     result.assert_outcomes(passed=1, failed=3)
     result.stdout.fnmatch_lines(["*auditor state changed: traces/golden.yaml has*--cw-update-golden*"])
+    # Each report ends with the command that reruns its seed (no trace: the run itself passed),
+    # and the summary claims no traces.
+    out = result.stdout.str()
+    assert "reproduce with: pytest --cw-seed=0 'test_gold.py::test_protocol[seed=0]'" in out
+    assert "--cw-replay" not in out and "the trace of" not in out
     # Updating only a subset keeps the other entries.
     pytester.runpytest(*QUIET, "--cw-update-golden", "-k", "test_protocol").assert_outcomes(passed=3)
     after = yaml.safe_load(golden.read_text())["auditor"]

@@ -38,11 +38,11 @@ def test_failing_seed_writes_trace_and_reproduce_command(pytester: pytest.Pytest
     assert trace.outcome == "failed" and trace.error is not None and trace.error["type"] == "AssertionError"
     assert trace.test == f"test_race.py::test_race[seed={trace.seed}]"
     assert trace.config["seed"] == trace.seed and trace.steps == len(trace.schedule.ids) > 0
-    # The report ends with the command that reproduces the seed, then the one that draws it.
+    # The report ends with the command that reproduces the seed (PLUGIN.md section 8), after the one that draws it.
     text = result.stdout.str()
     section = text[text.index(f"test_race[seed={trace.seed}]"):]
     section = re.split(r"\n(?:_{4}|={4})", section, maxsplit=1)[0]
-    reproduce, picture = [line for line in section.strip().splitlines() if line.strip() and not line.startswith("=")][-2:]
+    picture, reproduce = [line for line in section.strip().splitlines() if line.strip() and not line.startswith("=")][-2:]
     assert reproduce == f"reproduce with: pytest --cw-replay=traces/{traces[0].name}"
     assert picture == (f"picture: python -m pytest_commonware trace export traces/{traces[0].name} --format html "
                        f"-o traces/{traces[0].name}.html")

@@ -296,6 +296,15 @@ def test_summary_counts_distinct_failures_and_shows_each_once(pytester: pytest.P
     assert len(list((pytester.path / "traces").glob("*.yaml"))) == 20
 
 
+def test_a_one_line_report_still_ends_with_its_command(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_two=TWO_WAYS)
+    recorder = pytester.inline_run(*QUIET, "--cw-seeds=6", "--cw-fifo-check=0")
+    calls = {r.nodeid: r for r in recorder.getreports("pytest_runtest_logreport") if r.when == "call"}
+    line = str(calls["test_two.py::test_two_ways[seed=3]"].longrepr)
+    assert "\n" not in line and "[the same failure as test_two.py::test_two_ways[seed=0], shown in full;" in line
+    assert line.endswith("; reproduce with: pytest --cw-replay=traces/test_two.py__test_two_ways__seed-3.yaml"), line
+
+
 @pytest.mark.parametrize("flag", ["-v", "--cw-full-tracebacks"])
 def test_full_tracebacks_on_request(pytester: pytest.Pytester, flag: str) -> None:
     pytester.makepyfile(test_two=TWO_WAYS)
