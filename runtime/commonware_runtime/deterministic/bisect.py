@@ -454,6 +454,13 @@ class _Bisector:
         return items
 
 
+def delay_cost(deviations: Sequence[Decision | TimingDecision]) -> int:
+    """What the schedule costs in ``explore``'s measure: taking the r-th oldest ready
+    callback costs r (each older one is delayed once), a late wake-up 1.  A bisect counts its
+    deviations one per non-canonical choice; exploring with this budget reaches the schedule."""
+    return sum(d.rank if isinstance(d, Decision) else int(d.deviation) for d in deviations)
+
+
 def _deviation(d: Decision | TimingDecision) -> Deviation | TimingDeviation:
     if isinstance(d, Decision):
         return Deviation(d.step, d.tid, d.task_rank)
@@ -520,6 +527,7 @@ def bisect_trace(
             "canonical_fails": canonical_fails,
             decisive_key: decisive_at,
             "deviations": [_plain(d) for d in minimal_run.deviations],
+            "delay_cost": delay_cost(minimal_run.deviations),
         }
     }
     write_trace(output, min_trace)
@@ -567,9 +575,11 @@ def _report(r: BisectResult, trace: Trace, where: str, display: Callable[[Path],
         if r.decisive is not None:
             label = "decisive timing choice" if isinstance(r.decisive, TimingDecision) else "decisive decision"
             lines.append(f"  {label}: {r.decisive.describe()}")
+        cost = delay_cost(r.minimal)
         lines.append(
             f"  minimal schedule: {len(r.minimal)} deviation(s) from the canonical {what} "
-            f"(the recorded run had {r.trace_deviations}):"
+            f"(the recorded run had {r.trace_deviations}); delay cost {cost}, the budget --cw-explore counts "
+            f"(taking the r-th oldest ready callback costs r, a late wake-up 1), so --cw-explore={cost} reaches it:"
         )
         for d in r.minimal:
             lines.append(f"    {d.describe()}")
