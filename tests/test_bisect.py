@@ -16,6 +16,7 @@ from commonware_runtime.deterministic.bisect import (
     TimingDecision,
     TimingDeviation,
     bisect_trace,
+    delay_cost,
     min_trace_path,
 )
 from commonware_runtime.deterministic.tracefile import load_trace, trace_from_schedule
@@ -120,6 +121,46 @@ def test_bisect_finds_the_decisive_decision(tmp_path: Path) -> None:
     again = bisect_trace(minimal, race_main, tmp_path / "again.min.yaml", where="race.min.yaml")
     assert again.decisive is not None and (again.decisive.step, again.decisive.label) == (d.step, d.label)
     assert again.trace_deviations == 1
+
+
+def order_main() -> Any:
+    """b fails unless a finished first; two noisy tasks make the schedule that shows it cost
+    more delays than it has deviations."""
+
+    async def main(ctx: Any) -> None:
+        done = {"a": False}
+
+        async def a(c: Any) -> None:
+            await asyncio.sleep(0)
+            done["a"] = True
+
+        async def b(c: Any) -> None:
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            assert done["a"], "b ran before a finished"
+
+        async def noise(c: Any) -> None:
+            for _ in range(3):
+                await asyncio.sleep(0)
+
+        handles = [ctx.with_label("n1").spawn(noise), ctx.with_label("a").spawn(a),
+                   ctx.with_label("b").spawn(b), ctx.with_label("n2").spawn(noise)]
+        for h in handles:
+            await h
+
+    return main
+
+
+def test_the_minimal_schedules_delay_cost_is_what_explore_needs(tmp_path: Path) -> None:
+    trace = _failing_trace(main=order_main, strategy="pos")
+    result = bisect_trace(trace, order_main, tmp_path / "o.min.yaml", where="o.yaml")
+    cost = delay_cost(result.minimal)
+    assert cost == sum(d.rank for d in result.minimal) >= len(result.minimal) >= 1
+    assert f"; delay cost {cost}, the budget --cw-explore counts" in result.report
+    assert load_trace(tmp_path / "o.min.yaml").extra["bisect"]["delay_cost"] == cost
+    # That budget reaches a failure (this schedule, or a cheaper one).
+    found = deterministic.explore(order_main(), deterministic.Config(seed=trace.seed), max_deviations=cost)
+    assert found.failure is not None
 
 
 @pytest.mark.parametrize("strategy", ["pct:2", "swarm"])
