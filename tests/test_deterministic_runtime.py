@@ -989,3 +989,20 @@ def test_a_runner_inside_a_running_loop_is_refused_leaving_nothing_behind() -> N
         warnings.simplefilter("error")  # a "coroutine ... was never awaited" would fail here
         deterministic.Runner().start(main)
         gc.collect()
+
+
+def test_a_timing_divergence_names_its_step_and_time() -> None:
+    async def main(ctx: deterministic.Context) -> None:
+        await ctx.spawn(lambda c: asyncio.sleep(0))
+
+    recorder = deterministic.Recorder()
+    deterministic.Runner(deterministic.Config(seed=3), recorder=recorder).start(main)
+    assert recorder.schedule is not None and not recorder.schedule.timing
+
+    async def waits(ctx: deterministic.Context) -> None:
+        await ctx.spawn(lambda c: asyncio.sleep(0.5))
+
+    error = replay_error(recorder.schedule, waits)
+    assert re.search(r"replay diverged at step \d+ \(t=\d+\.\d{9}s\): the idle loop makes timing choice 0, and the "
+                     r"trace recorded only 0", str(error)), str(error)
+    assert error.step >= 0

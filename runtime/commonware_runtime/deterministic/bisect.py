@@ -555,10 +555,10 @@ def _report(r: BisectResult, trace: Trace, where: str, display: Callable[[Path],
             f"  test {r.test} (seed {r.seed}), {trace.steps} scheduling decisions, {len(s.timing)} timing choices, "
             f"failure {r.failure}",
             f"  recorded under strategy {trace.strategy}, ordering fifo: callbacks run in the order they became "
-            f"ready, so the schedule's only choices are timing ones (which of the timers due at once fires first, "
-            f"how late an idle loop wakes); the bisect searches those",
+            f"ready, so the schedule's only choices are timing ones (how late an idle loop wakes, which decides "
+            f"which timers due close together fire in one round); the bisect searches those",
         ]
-        canonical, what, unit = "the canonical timing (timers due at once in creation order, every wake-up on time)", \
+        canonical, what, unit = "the canonical timing (every wake-up on time)", \
             "timing", "timing choices"
     else:
         lines += [

@@ -347,11 +347,13 @@ class Replayer:
         self._round = 0
         self._checkpoint = 0
         self._timing = 0
+        self._loop: Any = None
 
     # -- the chooser -------------------------------------------------------------------------
 
     def begin(self, rng: Any, loop: Any) -> None:
         self._round = self._checkpoint = self._timing = 0
+        self._loop = loop  # where a timing divergence happens: its step and virtual time
 
     def arrive(self, seq: int, handle: Any) -> None:
         pass  # the loop keeps the ready callbacks by seq; the trace names which one runs
@@ -366,9 +368,14 @@ class Replayer:
         timing = self.schedule.timing
         i = self._timing
         if i >= len(timing):
+            loop = self._loop
+            step = getattr(loop, "steps", -1)
+            now_ns = getattr(loop, "now_ns", 0)
+            where = f" at step {step} (t={format_seconds(now_ns)}s)" if loop is not None else ""
             raise ReplayDivergence(
-                f"replay diverged: the run makes more timing choices than the trace recorded ({len(timing)})",
-                step=-1, time_ns=0, expected=f"{len(timing)} timing choices", actual="more",
+                f"replay diverged{where}: the idle loop makes timing choice {i}, and the trace recorded only "
+                f"{len(timing)} (a wait the recorded run did not have: a sleep or timeout added or longer)",
+                step=step, time_ns=now_ns, expected=f"{len(timing)} timing choices", actual=f"timing choice {i}",
             )
         self._timing = i + 1
         return int(timing[i])
