@@ -492,3 +492,37 @@ def test_traces_record_strategy_and_ordering_and_replay_uses_them(pytester: pyte
     replay = pytester.runpytest(*QUIET, f"--cw-replay={path}", "--cw-strategy=random", "--cw-ordering=any")
     replay.assert_outcomes(failed=1)
     replay.stdout.fnmatch_lines(["*AssertionError: ran with pct:2 fifo*", "*reproduced the recorded failure*"])
+
+
+RNG_SHAPED = """
+import asyncio
+
+async def test_shaped(deterministic_context):
+    ctx = deterministic_context
+    n = ctx.rng.randint(2, 12)  # the run's shape, and so its canonical run, depends on the seed
+    state = {"b": 0}
+
+    async def bump(c):
+        for _ in range(3):
+            b = state["b"]
+            await asyncio.sleep(0)
+            state["b"] = b + 1
+
+    for h in [ctx.spawn(bump) for _ in range(n)]:
+        await h
+"""
+
+
+@pytest.mark.parametrize("strategy", ["pct", "swarm"])
+def test_the_seed_alone_reproduces_a_sweeps_run(pytester: pytest.Pytester, strategy: str) -> None:
+    # The horizon pct and swarm measure must not depend on which seeds the session runs.
+    pytester.makepyfile(test_shaped=RNG_SHAPED)
+    pytester.runpytest(*QUIET, "--cw-seeds=6", "--cw-seed-base=3", f"--cw-strategy={strategy}", "--cw-record=all")
+    for seed in (3, 5, 8):
+        pytester.runpytest(*QUIET, f"--cw-seed={seed}", f"--cw-strategy={strategy}", "--cw-record=all",
+                           "--cw-traces=alone")
+        name = f"test_shaped.py__test_shaped__seed-{seed}.yaml"
+        swept = yaml.safe_load((pytester.path / "traces" / name).read_text())
+        alone = yaml.safe_load((pytester.path / "alone" / name).read_text())
+        assert swept["config"] == alone["config"]
+        assert swept["auditor"] == alone["auditor"], seed
