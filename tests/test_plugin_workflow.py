@@ -440,11 +440,16 @@ def test_a_passing_run_removes_its_old_failure_trace(pytester: pytest.Pytester) 
     assert sorted(p.name for p in traces.iterdir()) == ["notes.txt", "test_other.py__test_other__seed-0.yaml"]
 
 
-def test_a_stale_replay_says_how_to_rerun_the_seed(pytester: pytest.Pytester) -> None:
+def _a_failing_race_trace(pytester: pytest.Pytester) -> tuple[Path, int]:
+    """A sweep of the racy test; its first failing seed's trace and that seed."""
     pytester.makepyfile(test_race=RACE)
     pytester.runpytest(*QUIET, "--cw-seeds=12", "--cw-fifo-check=0")
     trace = sorted((pytester.path / "traces").glob("*.yaml"))[0]
-    seed = tracefile.load_trace(trace).seed
+    return trace, tracefile.load_trace(trace).seed
+
+
+def test_a_stale_replay_says_how_to_rerun_the_seed(pytester: pytest.Pytester) -> None:
+    trace, seed = _a_failing_race_trace(pytester)
     # The code changed: the recorded schedule no longer fits.
     pytester.makepyfile(test_race=RACE.replace("await asyncio.sleep(0)", "await asyncio.sleep(0)\n        await asyncio.sleep(0)"))
     result = pytester.runpytest(*QUIET, f"--cw-replay={trace.relative_to(pytester.path)}")
@@ -603,10 +608,7 @@ def test_a_trace_path_after_a_space_that_moves_the_rootdir_is_named(pytester: py
 
 def test_a_replay_that_now_passes_says_how_to_rerun_the_seed(pytester: pytest.Pytester) -> None:
     # A fix that keeps every scheduling decision: the trace replays to the end and passes.
-    pytester.makepyfile(test_race=RACE)
-    pytester.runpytest(*QUIET, "--cw-seeds=12", "--cw-fifo-check=0")
-    trace = sorted((pytester.path / "traces").glob("*.yaml"))[0]
-    seed = tracefile.load_trace(trace).seed
+    trace, seed = _a_failing_race_trace(pytester)
     pytester.makepyfile(test_race=FIXED)
     result = pytester.runpytest(*QUIET, f"--cw-replay={trace.relative_to(pytester.path)}")
     result.assert_outcomes(failed=1)
