@@ -72,6 +72,7 @@ __all__ = ["Network", "Listener", "Sink", "Stream", "EPHEMERAL_FIRST", "EPHEMERA
 EPHEMERAL_FIRST = 49152
 EPHEMERAL_LAST = 65535
 _WILDCARDS = ("0.0.0.0", "::")
+_EOF = None  # marker travelling through a flow after the last chunk
 
 
 def _wildcards_for(ip: str) -> tuple[str, str]:
@@ -82,7 +83,6 @@ def _wildcards_for(ip: str) -> tuple[str, str]:
 def _listener_host(host: str, ip: str) -> str:
     """The host a listener on ``ip`` bound from ``host`` lives on."""
     return host if ip in _WILDCARDS else ip
-_EOF = None  # marker travelling through a flow after the last chunk
 
 
 def _now_ns(loop: asyncio.AbstractEventLoop) -> int:
