@@ -12,6 +12,7 @@ expected values below are exact.
 from __future__ import annotations
 
 import asyncio
+import math
 import signal
 import sys
 import threading
@@ -671,3 +672,140 @@ def test_polling_the_clock_with_tiny_sleeps_ends() -> None:
 
     for ordering in ("fifo", "any"):
         assert 0.1 <= run(main, ordering=ordering) < 0.1 + 1e-6
+
+
+# -- what plain asyncio code does on stock asyncio, it does here (found by running a battery on both) --
+
+
+@pytest.mark.parametrize("ordering", ["fifo", "any"])
+def test_awaiting_an_executor_lets_other_tasks_run(ordering: str) -> None:
+    # On stock asyncio a worker thread's result arrives by a callback: the await suspends.
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        async def stopper() -> None:
+            await asyncio.sleep(0)
+            stop.set()
+
+        task = asyncio.create_task(stopper())
+        calls = 0
+        while not stop.is_set():
+            calls += await loop.run_in_executor(None, lambda: 1)
+            if calls > 1000:
+                raise AssertionError("the executor loop starved the other task")
+        await task
+        return calls
+
+    for seed in range(5):
+        assert run(main, seed=seed, ordering=ordering) >= 1
+
+
+def test_infinite_delays_never_fire_and_cancel_cleanly() -> None:
+    async def main() -> list[str]:
+        loop = asyncio.get_running_loop()
+        seen = []
+        sleeper = asyncio.create_task(asyncio.sleep(math.inf))
+        await asyncio.sleep(1)
+        sleeper.cancel()
+        try:
+            await sleeper
+        except asyncio.CancelledError:
+            seen.append("sleep(inf) cancelled")
+        seen.append(await asyncio.wait_for(asyncio.sleep(2, "waited"), math.inf))
+        async with asyncio.timeout(math.inf):
+            await asyncio.sleep(1)
+        seen.append("timeout(inf)")
+        handle = loop.call_at(math.inf, seen.append, "never")
+        handle.cancel()
+        loop.call_later(math.inf, seen.append, "never either")
+        await asyncio.sleep(5)
+        return seen
+
+    assert run(main) == ["sleep(inf) cancelled", "waited", "timeout(inf)"]
+
+
+def test_waiting_only_for_infinity_is_a_stall() -> None:
+    async def main() -> None:
+        await asyncio.sleep(math.inf)
+
+    with pytest.raises(RuntimeStalled):
+        run(main)
+
+
+def test_negative_delays_are_due_before_zero_ones() -> None:
+    loop = deterministic.EventLoop(seed=1)
+    try:
+        seen: list[str] = []
+        loop.call_later(0, seen.append, "zero")
+        loop.call_later(-1, seen.append, "negative")
+        loop.call_at(loop.time() - 0.5, seen.append, "past")
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        assert seen == ["negative", "past", "zero"]
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("ordering", ["fifo", "any"])
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit])
+def test_an_interrupt_in_a_callback_leaves_the_rest_of_its_round_queued(ordering: str, exc: type) -> None:
+    loop = deterministic.EventLoop(seed=3, ordering=ordering)
+    try:
+        seen: list[str] = []
+
+        def boom() -> None:
+            seen.append("boom")
+            raise exc
+
+        loop.call_soon(boom)
+        for name in ("a", "b", "c"):
+            loop.call_soon(seen.append, name)
+        loop.call_soon(loop.stop)
+        with pytest.raises(exc):
+            loop.run_forever()
+        if "a" not in seen or "b" not in seen or "c" not in seen:
+            loop.run_forever()  # what had not run yet runs now, as on asyncio
+        assert sorted(seen) == ["a", "b", "boom", "c"]
+    finally:
+        loop.close()
+
+
+def test_stop_before_run_forever_polls_once_without_waiting_for_timers() -> None:
+    loop = deterministic.EventLoop(seed=1)
+    try:
+        seen: list[str] = []
+        loop.call_later(0.05, seen.append, "timer")
+        loop.stop()
+        loop.run_forever()  # nothing ready: one poll, which finds the timer not due
+        assert seen == [] and loop.time() == 0.0
+        loop.call_later(0.1, loop.stop)
+        loop.run_forever()
+        assert seen == ["timer"]
+    finally:
+        loop.close()
+
+
+def test_tasks_read_as_asyncios_own() -> None:
+    async def main() -> str:
+        task = asyncio.create_task(asyncio.sleep(0))
+        await task
+        return repr(task)
+
+    assert run(main).startswith("<Task finished ")
+
+
+def test_debug_mode_refuses_coroutine_functions_as_timer_callbacks() -> None:
+    async def coroutine_function() -> None:
+        pass
+
+    loop = deterministic.EventLoop(seed=1)
+    loop.set_debug(True)
+    try:
+        for schedule in (lambda: loop.call_later(1, coroutine_function), lambda: loop.call_at(1, coroutine_function)):
+            with pytest.raises(TypeError, match="coroutines cannot be used"):
+                schedule()
+    finally:
+        loop.close()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import math
 import os
 import random
 import threading
@@ -57,8 +58,11 @@ class UnsupportedOperation(NotImplementedError):
     """Real I/O was requested on the deterministic event loop."""
 
 
-class _Task(asyncio.Task[Any]):
-    """An asyncio Task that carries its stable id and label (C Tasks have no __dict__)."""
+class Task(asyncio.Task[Any]):
+    """An asyncio Task that carries its stable id and label (C Tasks have no __dict__).
+
+    Named ``Task`` because asyncio prints the class name: ``<Task pending ...>`` and "Task
+    exception was never retrieved" read as they do on stock asyncio."""
 
     __slots__ = ("_cw_id", "_cw_label")
     _cw_id: int
@@ -161,6 +165,10 @@ class EventLoop(asyncio.BaseEventLoop):
     def call_at(self, when: float, callback: Callable[..., object], *args: Any, context: Any = None) -> asyncio.TimerHandle:  # type: ignore[override]
         if when is None:
             raise TypeError("when cannot be None")
+        if self._debug:  # type: ignore[attr-defined]
+            self._check_callback(callback, "call_at")  # type: ignore[attr-defined]
+        if when == math.inf:
+            return self._never(callback, args, context)
         when_ns = seconds_to_ns(when)
         if when_ns <= self._now_ns and when > self.time():  # later than now, if only by rounding
             when_ns = self._now_ns + 1
@@ -171,10 +179,15 @@ class EventLoop(asyncio.BaseEventLoop):
         # so sleep(d) wakes at now + d to the nanosecond.
         if delay is None:
             raise TypeError("delay must not be None")
+        if self._debug:  # type: ignore[attr-defined]
+            self._check_callback(callback, "call_later")  # type: ignore[attr-defined]
+        if delay == math.inf:  # sleep(math.inf): "until cancelled"
+            return self._never(callback, args, context)
         # A positive delay is at least 1 ns: rounded to 0 it would be due now, and a task that
         # sleeps until loop.time() reaches a float deadline would spin at one instant forever
-        # (on a real loop time passes; aiometer's rate limiter does exactly this).
-        when_ns = self._now_ns + (max(1, seconds_to_ns(delay)) if delay > 0 else 0)
+        # (on a real loop time passes; aiometer's rate limiter does exactly this).  A negative
+        # one is due in the past, before a zero one, as asyncio orders them.
+        when_ns = self._now_ns + (max(1, seconds_to_ns(delay)) if delay > 0 else seconds_to_ns(delay))
         if callback is _SET_RESULT_UNLESS_CANCELLED and context is None and len(args) == 2:
             # asyncio.sleep's timer: resolving a future needs no context copy nor Handle.
             if self._closed:  # type: ignore[attr-defined]
@@ -192,6 +205,15 @@ class EventLoop(asyncio.BaseEventLoop):
             del timer._source_traceback[-1]  # type: ignore[attr-defined]
         timer._scheduled = True  # type: ignore[attr-defined]
         self._push(when_ns, timer)
+        return timer
+
+    def _never(self, callback: Callable[..., object], args: tuple[Any, ...], context: Any) -> asyncio.TimerHandle:
+        """A timer at infinity: a handle that can be cancelled and never fires.  Not in the
+        heap, so it neither moves the clock nor keeps a run that waits only for it from
+        stalling (stock asyncio would wait forever)."""
+        self._check_closed()  # type: ignore[attr-defined]
+        timer = asyncio.TimerHandle(math.inf, callback, args, self, context)
+        timer._scheduled = False  # type: ignore[attr-defined]
         return timer
 
     def wake_at_ns(self, when_ns: int, fut: asyncio.Future[None]) -> None:
@@ -254,13 +276,13 @@ class EventLoop(asyncio.BaseEventLoop):
             raise RuntimeError("Event loop is closed")
         if self._task_factory is not None:  # type: ignore[attr-defined]
             task = self._task_factory(self, coro) if context is None else self._task_factory(self, coro, context=context)  # type: ignore[attr-defined]
-            if not isinstance(task, _Task):
+            if not isinstance(task, Task):
                 if name is not None:  # as BaseEventLoop.create_task: the factory's task gets the name
                     task.set_name(name)
                 foreign: asyncio.Task[Any] = task
                 return foreign
         else:
-            task = _Task(coro, loop=self, name=name, context=context)
+            task = Task(coro, loop=self, name=name, context=context)
             if task._source_traceback:  # type: ignore[attr-defined]
                 del task._source_traceback[-1]  # type: ignore[attr-defined]
         tid = self._next_id
@@ -290,11 +312,15 @@ class EventLoop(asyncio.BaseEventLoop):
         self._check_closed()  # type: ignore[attr-defined]
         future = self.create_future()
         try:
-            future.set_result(run_blocking(self, func, args))
+            result = run_blocking(self, func, args)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:  # noqa: BLE001 - delivered through the future
-            future.set_exception(exc)
+            self.call_soon(_deliver, future, None, exc)
+        else:
+            # Delivered by a callback, as a worker thread's result is (call_soon_threadsafe):
+            # awaiting it lets other tasks run, so a loop of to_thread calls cannot starve them.
+            self.call_soon(_deliver, future, result, None)
         return future
 
     def set_default_executor(self, executor: Any) -> None:
@@ -322,6 +348,8 @@ class EventLoop(asyncio.BaseEventLoop):
                 self._timer_cancelled_count = max(0, self._timer_cancelled_count - 1)
             if timers:
                 if timers[0][0] > now:
+                    if self._stopping:  # type: ignore[attr-defined]
+                        return  # as asyncio's poll with timeout 0: a timer not due yet does not fire
                     # An idle loop's wake-up may come late (bounded by one cycle), as the
                     # operating system's timers do: everything due by then fires together,
                     # and the clock reads the last deadline among them (a lone timer is
@@ -428,15 +456,19 @@ class EventLoop(asyncio.BaseEventLoop):
 
     def _run_batch_fifo(self, batch: list[asyncio.Handle]) -> None:
         record = self._decisions.append
-        task_type = _Task
+        task_type = Task
         self.steps += len(batch)
-        for handle in batch:
-            if handle._cancelled:
-                record(LOOP_CALLBACK)
-                continue
-            owner = getattr(handle._callback, "__self__", None)  # type: ignore[attr-defined]
-            record(owner._cw_id if type(owner) is task_type else LOOP_CALLBACK)
-            handle._run()
+        try:
+            for handle in batch:
+                if handle._cancelled:
+                    record(LOOP_CALLBACK)
+                    continue
+                owner = getattr(handle._callback, "__self__", None)  # type: ignore[attr-defined]
+                record(owner._cw_id if type(owner) is task_type else LOOP_CALLBACK)
+                handle._run()
+        except (SystemExit, KeyboardInterrupt):
+            self._requeue(batch[batch.index(handle) + 1 :])
+            raise
 
     def _run_batch_random(self, batch: list[asyncio.Handle]) -> None:
         # strategies.Random.arrive/choose inlined on the batch itself (the same draws): the
@@ -446,7 +478,7 @@ class EventLoop(asyncio.BaseEventLoop):
         # round ends (_seqs_of_picks), so that an unrecorded round pays one test per decision.
         rand = self._scheduler.random
         record = self._decisions.append
-        task_type = _Task
+        task_type = Task
         total = len(batch)
         base = self._seq
         self._seq += total
@@ -495,12 +527,23 @@ class EventLoop(asyncio.BaseEventLoop):
                 try:
                     handle._context.run(callback, *handle._args)  # type: ignore[attr-defined]
                 except (SystemExit, KeyboardInterrupt):
+                    if rest:
+                        rest.reverse()
+                        batch.extend(rest)
+                    self._requeue(batch)
                     raise
                 except BaseException as exc:
                     self._callback_failed(handle, exc)
         finally:
             if picks is not None:
                 _seqs_of_picks(self.observer.schedule.picks, first, base, total)
+
+    def _requeue(self, unrun: list[asyncio.Handle]) -> None:
+        """A callback raised SystemExit or KeyboardInterrupt, which leave the loop: the
+        round's callbacks not run yet stay queued, first, as asyncio leaves them in its ready
+        queue (its run_forever may be called again, or asyncio.Runner cancels the tasks)."""
+        self._ready[:0] = unrun
+        self.steps -= len(unrun)
 
     def _callback_failed(self, handle: asyncio.Handle, exc: BaseException) -> None:
         """What Handle._run does with a callback's exception: hand it to the loop's handler."""
@@ -529,7 +572,7 @@ class EventLoop(asyncio.BaseEventLoop):
             return
         pending = self._pending
         record = self._decisions.append
-        task_type = _Task
+        task_type = Task
         watched = self._observed != (None, None, None)
         arrive = chooser.arrive
         seq = self._seq
@@ -606,7 +649,11 @@ class EventLoop(asyncio.BaseEventLoop):
                 raise
             self.steps = step + 1
             if not handle._cancelled:
-                handle._run()
+                try:
+                    handle._run()
+                except (SystemExit, KeyboardInterrupt):
+                    self._ready[:0] = batch[i + 1 :]  # not run (as in _run_batch_fifo)
+                    raise
 
     def _watch(self, step: int, seq: int, tid: int) -> None:
         """What the general rounds show the observer of each decision: the recorder's two
@@ -665,7 +712,7 @@ class EventLoop(asyncio.BaseEventLoop):
         if handle._cancelled:
             return LOOP_CALLBACK
         owner = getattr(handle._callback, "__self__", None)  # type: ignore[attr-defined]
-        return owner._cw_id if type(owner) is _Task else LOOP_CALLBACK
+        return owner._cw_id if type(owner) is Task else LOOP_CALLBACK
 
     # -- failure reports --------------------------------------------------------------------
 
@@ -742,6 +789,15 @@ class _Wakeup:
             self._cancelled = True
             if self._scheduled:  # still in the heap: let the loop compact dead entries
                 self._loop._timer_handle_cancelled(self)  # type: ignore[arg-type]
+
+
+def _deliver(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
 
 
 def _seqs_of_picks(picks: Any, first: int, base: int, total: int) -> None:
