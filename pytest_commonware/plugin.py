@@ -316,6 +316,10 @@ class CommonwareSession:
         self.golden_fresh: dict[str, str] = {}  # --cw-update-golden results
         self.golden_written: str | None = None
         self.first_failures: dict[tuple[str, str], str] = {}  # (type, place) -> first node id
+        # --cw-check-determinism: one fresh process per (test function, interpreter, hash
+        # seed) runs every seed of the function this session checks; its traces stay here.
+        self.elsewhere: dict[tuple[str, str, str], Path | str] = {}
+        self._elsewhere_dir: tempfile.TemporaryDirectory[str] | None = None
         # The traces directory's file names when first looked at, plus the traces written since:
         # a passing item prunes its old trace only if one is there, so a sweep over a clean
         # directory costs no system call per item.
@@ -353,6 +357,17 @@ class CommonwareSession:
             elif settings.golden_explicit:
                 raise pytest.UsageError(f"--cw-golden: {settings.display_path(settings.golden)}: no such file "
                                         f"(create it with --cw-update-golden)")
+
+    def elsewhere_dir(self) -> Path:
+        """A directory for the other processes' traces, removed when the session ends."""
+        if self._elsewhere_dir is None:
+            self._elsewhere_dir = tempfile.TemporaryDirectory(prefix="cw-check-")
+        return Path(self._elsewhere_dir.name)
+
+    def close(self) -> None:
+        if self._elsewhere_dir is not None:
+            self._elsewhere_dir.cleanup()
+            self._elsewhere_dir = None
 
     @property
     def target(self) -> Trace | None:
@@ -500,6 +515,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if cw is not None:
         del config.stash[SESSION]
         config.pluginmanager.unregister(cw)
+        cw.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1008,15 +1024,53 @@ def _hash_seeds() -> tuple[str, str, str]:
 
 
 def _other_process(item: pytest.Item, cw: CommonwareSession, seed: int, config: deterministic.Config, hashseed: str,
-                   directory: Path, python: str = sys.executable) -> Path | str:
-    """Run the one item again in a fresh interpreter; the path of its trace, or why there is none."""
+                   python: str = sys.executable) -> Path | str:
+    """The seed run again in a fresh interpreter: the path of its trace, or why there is none.
+
+    The first seed of a test function to ask runs, in one process, every seed of that
+    function this session checks (an interpreter's start costs more than a seed); the other
+    seeds find their traces from it.  An xdist worker runs only its own seed: it does not
+    know which of the function's seeds it will be given."""
+    function = item.nodeid.split("[", 1)[0]
+    if hasattr(item.config, "workerinput"):
+        function = item.nodeid
+    key = (function, python, hashseed)
+    ran = cw.elsewhere.get(key)
+    if ran is None:
+        if function == item.nodeid:
+            nodeids = [item.nodeid]
+        else:
+            nodeids = [it.nodeid for it in item.session.items
+                       if it.nodeid.split("[", 1)[0] == function and _sweep_seed(it) is not None] or [item.nodeid]
+        directory = cw.elsewhere_dir() / str(len(cw.elsewhere))
+        ran = cw.elsewhere[key] = _run_in_fresh_process(item, cw, nodeids, seed, config, hashseed, directory, python)
+    if isinstance(ran, str):
+        return ran
+    found = trace_path(ran, item.nodeid, seed)
+    if not found.exists():
+        return f"it wrote no trace for seed {seed} (the run of the test's seeds in {ran} wrote others)"
+    return found
+
+
+def _run_in_fresh_process(item: pytest.Item, cw: CommonwareSession, nodeids: list[str], seed: int,
+                          config: deterministic.Config, hashseed: str, directory: Path, python: str) -> Path | str:
+    """Run the items ``nodeids`` (seeds of one test) in a fresh ``python`` with PYTHONHASHSEED
+    ``hashseed``, recording every run into ``directory``; the directory, or why it failed."""
     settings = cw.settings
     pconfig = item.config
-    nodeid = _SEED_ID.sub(lambda m: f"{m.group(1)}seed={seed}", item.nodeid)
-    path, sep, rest = nodeid.partition("::")
-    target = str(pconfig.rootpath / path) + sep + rest
-    args = [python, "-m", "pytest", target, "-q", "-p", "no:cacheprovider", f"--rootdir={pconfig.rootpath}",
-            f"--cw-seed={seed}", "--cw-record=all", f"--cw-traces={directory}", "--cw-fifo-check=0"]
+    targets = []
+    for nodeid in nodeids:
+        path, sep, rest = nodeid.partition("::")
+        targets.append(str(pconfig.rootpath / path) + sep + rest)
+    args = [python, "-m", "pytest", *targets, "-q", "-p", "no:cacheprovider", f"--rootdir={pconfig.rootpath}",
+            "--cw-record=all", f"--cw-traces={directory}", "--cw-fifo-check=0"]
+    if nodeids == [item.nodeid]:
+        args.append(f"--cw-seed={seed}")
+    else:  # the child collects the same seeds (node ids) as this session
+        for name in ("cw_seeds", "cw_seed_base", "cw_seed"):
+            value, _, _ = _value(pconfig, name)
+            if value is not None:
+                args.append(f"--{name.replace('_', '-')}={value}")
     if pconfig.inipath is not None:
         args += ["-c", str(pconfig.inipath)]
     given = list(pconfig.invocation_params.args)
@@ -1041,14 +1095,14 @@ def _other_process(item: pytest.Item, cw: CommonwareSession, seed: int, config: 
     env[CHECK_CHILD_ENV] = "1"
     try:
         done = subprocess.run(args, cwd=pconfig.invocation_params.dir, env=env, stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, timeout=600, check=False)
+                              capture_output=True, text=True, timeout=max(600, 10 * len(nodeids)), check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"could not run it: {exc}"
-    found = trace_path(directory, item.nodeid, seed)
-    if not found.exists():
+    if not trace_path(directory, item.nodeid, seed).exists():
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
-        return f"it wrote no trace (exit code {done.returncode}; {shlex.join(args)}):\n{tail}"
-    return found
+        shown = shlex.join(args) if len(nodeids) == 1 else shlex.join(args[:4]) + f" ... ({len(nodeids)} items)"
+        return f"it wrote no trace (exit code {done.returncode}; {shown}):\n{tail}"
+    return directory
 
 
 def _check_determinism(item: pytest.Function, cw: CommonwareSession, seed: int, config: deterministic.Config,
@@ -1075,15 +1129,14 @@ def _check_determinism(item: pytest.Function, cw: CommonwareSession, seed: int, 
     if one is None:
         return  # nothing recorded to compare with another process
     ours, theirs, random_note = _hash_seeds()
-    with tempfile.TemporaryDirectory(prefix="cw-check-") as tmp:
-        where, found, _ = _run_elsewhere(item, cw, seed, config, one, theirs, Path(tmp), sys.executable,
-                                         f"in another process (PYTHONHASHSEED={theirs})")
-        if where is None:
-            note.lines.append(f"determinism check: seed {seed} ran the same in this process and in another process "
-                              f"(PYTHONHASHSEED {ours} vs {theirs})")
-            _check_pythons(item, cw, seed, config, one, theirs, note)
-            return
-        paths = _write_pair(settings, item, seed, one, found, "other-process")
+    where, found, _ = _run_elsewhere(item, cw, seed, config, one, theirs, sys.executable,
+                                     f"in another process (PYTHONHASHSEED={theirs})")
+    if where is None:
+        note.lines.append(f"determinism check: seed {seed} ran the same in this process and in another process "
+                          f"(PYTHONHASHSEED {ours} vs {theirs})")
+        _check_pythons(item, cw, seed, config, one, theirs, note)
+        return
+    paths = _write_pair(settings, item, seed, one, found, "other-process")
     pytest.fail(
         f"nondeterministic: seed {seed} differs across processes; the first difference is a {_kind(where)}: "
         f"{where.message}. The rerun in this process agreed; this process ran with PYTHONHASHSEED={ours}, the other "
@@ -1094,10 +1147,10 @@ def _check_determinism(item: pytest.Function, cw: CommonwareSession, seed: int, 
 
 
 def _run_elsewhere(item: pytest.Function, cw: CommonwareSession, seed: int, config: deterministic.Config, one: Trace,
-                   hashseed: str, directory: Path, python: str, where: str) -> tuple[Divergence | None, Path, Trace]:
+                   hashseed: str, python: str, where: str) -> tuple[Divergence | None, Path, Trace]:
     """The seed run by ``python`` in a fresh process (``where`` says so in messages), and how
     its trace differs from ``one``; the item fails when there is no trace to compare."""
-    found = _other_process(item, cw, seed, config, hashseed, directory, python)
+    found = _other_process(item, cw, seed, config, hashseed, python)
     if isinstance(found, str):
         pytest.fail(f"--cw-check-determinism: the run of seed {seed} {where} failed to produce a trace to compare "
                     f"with: {found}", pytrace=False)
@@ -1113,14 +1166,13 @@ def _check_pythons(item: pytest.Function, cw: CommonwareSession, seed: int, conf
     """The ini key ``cw_check_pythons``: the seed once more under each listed interpreter
     (with the other process's PYTHONHASHSEED, which agreed), the same run required."""
     for python in cw.settings.check_pythons:
-        with tempfile.TemporaryDirectory(prefix="cw-check-") as tmp:
-            where, found, other = _run_elsewhere(item, cw, seed, config, one, hashseed, Path(tmp), python,
-                                                 f"under {python} (cw_check_pythons)")
-            if where is None:
-                note.lines.append(f"determinism check: seed {seed} ran the same under {python} (Python "
-                                  f"{other.python})")
-                continue
-            paths = _write_pair(cw.settings, item, seed, one, found, "other-python")
+        where, found, other = _run_elsewhere(item, cw, seed, config, one, hashseed, python,
+                                             f"under {python} (cw_check_pythons)")
+        if where is None:
+            note.lines.append(f"determinism check: seed {seed} ran the same under {python} (Python "
+                              f"{other.python})")
+            continue
+        paths = _write_pair(cw.settings, item, seed, one, found, "other-python")
         pytest.fail(
             f"nondeterministic: seed {seed} differs under {python} (Python {other.python}, this process "
             f"{one.python}); the first difference is a {_kind(where)}: {where.message}. The run agreed with itself "

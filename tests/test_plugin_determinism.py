@@ -75,6 +75,28 @@ def test_deterministic_test_passes(pytester: pytest.Pytester) -> None:
     assert not (pytester.path / "traces").exists() or not list((pytester.path / "traces").iterdir())
 
 
+def test_one_fresh_process_checks_every_seed_of_a_test(pytester: pytest.Pytester) -> None:
+    # An interpreter's start costs more than a seed: the other-process runs are batched per test.
+    pytester.makeconftest("""
+        import os
+
+        def pytest_sessionstart(session):
+            if os.environ.get("PYTEST_COMMONWARE_CHECK_CHILD"):
+                with open(os.path.join(str(session.config.rootpath), "children.log"), "a") as log:
+                    log.write(f"{os.getpid()}\\n")
+        """)
+    pytester.makepyfile(test_sorted=DETERMINISTIC, test_set=SET_ORDER)
+    result = pytester.runpytest(*QUIET, "--cw-check-determinism", "--cw-seeds=4", "--cw-seed-base=10",
+                                "--cw-full-tracebacks")
+    result.assert_outcomes(passed=4, failed=4)  # every seed of the set-order test differs across processes
+    assert result.stdout.str().count("hash-order") == 4
+    children = (pytester.path / "children.log").read_text().split()
+    assert len(children) == 2  # one per test function, not one per seed
+    # The traces of the other process are the session's own business: nothing of them is left but the pairs written.
+    left = sorted(p.name for p in (pytester.path / "traces").iterdir())
+    assert len(left) == 8 and sum(name.endswith(".other-process.yaml") for name in left) == 4, left
+
+
 def test_ini_check_is_not_inherited_by_the_child(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\ncw_check_determinism = true\n")
     pytester.makepyfile(DETERMINISTIC)
