@@ -318,7 +318,7 @@ class CommonwareSession:
         self.first_failures: dict[tuple[str, str], str] = {}  # (type, place) -> first node id
         # --cw-check-determinism: one fresh process per (test function, interpreter, hash
         # seed) runs every seed of the function this session checks; its traces stay here.
-        self.elsewhere: dict[tuple[str, str, str], Path | str] = {}
+        self.elsewhere: dict[tuple[str, str, str], tuple[Path, str]] = {}  # -> (its traces, how it ended)
         self._elsewhere_dir: tempfile.TemporaryDirectory[str] | None = None
         # The traces directory's file names when first looked at, plus the traces written since:
         # a passing item prunes its old trace only if one is there, so a sweep over a clean
@@ -753,9 +753,11 @@ _SEED_ID = re.compile(r"(?<=[\[-])((?:deterministic-)?)(?:seed|explore)=\d+(?=[\
 
 def _rerun_command(
     item: pytest.Item, settings: Settings, seed: int, *, strategy: str | None = None, ordering: str | None = None,
+    golden: bool = False,
 ) -> str:
     """Without a trace, the seed itself reproduces the run: the same item, alone (with the
-    strategy and ordering it ran under, when they were not the defaults or a marker's)."""
+    strategy, ordering and horizon it ran under, when they were not the defaults or a
+    marker's; with ``golden``, the golden file it was compared with, when one was named)."""
     nodeid = _SEED_ID.sub(lambda m: f"{m.group(1)}seed={seed}", item.nodeid)
     path, sep, rest = nodeid.partition("::")
     shown = settings.display_path(item.config.rootpath / path) + sep + rest
@@ -768,6 +770,10 @@ def _rerun_command(
     ordering = ordering if ordering is not None else settings.ordering
     if ordering is not None:
         options.append(f"--cw-ordering={ordering}")
+    if settings.horizon != "auto":
+        options.append(f"--cw-horizon={settings.horizon}")
+    if golden and settings.golden_explicit and settings.golden is not None:
+        options.append(shlex.quote(f"--cw-golden={settings.display_path(settings.golden)}"))
     return f"pytest {' '.join(options)} {shlex.quote(shown)}"
 
 
@@ -824,8 +830,9 @@ def _classify(item: pytest.Item, cw: CommonwareSession, config: deterministic.Co
 def _run_seed(item: pytest.Function, cw: CommonwareSession, seed: int, marker: MarkerArgs, make_main: Any, note: ItemRun) -> None:
     settings = cw.settings
     config = engine.deterministic_config(seed, marker, settings)
-    # Keyed by the test function, not the seed: every seed of a test shares its measured length.
-    config = engine.with_horizon(config, item.nodeid.split("[", 1)[0], make_main(), settings)
+    # Keyed by the item without its seed: every seed of a test (and of one set of its other
+    # parameters, which may shape the run) shares its measured length.
+    config = engine.with_horizon(config, _SEED_ID.sub(r"\1seed", item.nodeid), make_main(), settings)
     record = settings.record_for(marker)
     check = settings.check_determinism
     checking = check or bool(os.environ.get(CHECK_CHILD_ENV))
@@ -861,7 +868,7 @@ def _run_seed(item: pytest.Function, cw: CommonwareSession, seed: int, marker: M
             expected = cw.golden[item.nodeid]
             if expected != result.auditor:
                 golden = settings.display_path(settings.golden) if settings.golden else "the golden file"
-                note.reproduce = _rerun_command(item, settings, seed)  # no trace: the run itself passed
+                note.reproduce = _rerun_command(item, settings, seed, golden=True)  # no trace: the run passed
                 pytest.fail(
                     f"auditor state changed: {golden} has {expected} for {item.nodeid}, this run ended with "
                     f"{result.auditor} ({result.steps} steps). The run is no longer the same execution; if the "
@@ -1043,19 +1050,21 @@ def _other_process(item: pytest.Item, cw: CommonwareSession, seed: int, config: 
             nodeids = [it.nodeid for it in item.session.items
                        if it.nodeid.split("[", 1)[0] == function and _sweep_seed(it) is not None] or [item.nodeid]
         directory = cw.elsewhere_dir() / str(len(cw.elsewhere))
-        ran = cw.elsewhere[key] = _run_in_fresh_process(item, cw, nodeids, seed, config, hashseed, directory, python)
-    if isinstance(ran, str):
-        return ran
-    found = trace_path(ran, item.nodeid, seed)
+        how = _run_in_fresh_process(item, cw, nodeids, seed, config, hashseed, directory, python)
+        ran = cw.elsewhere[key] = (directory, how)
+    directory, how = ran
+    # Each seed is judged on its own trace: one the process wrote before it ended stands.
+    found = trace_path(directory, item.nodeid, seed)
     if not found.exists():
-        return f"it wrote no trace for seed {seed} (the run of the test's seeds in {ran} wrote others)"
+        return f"it wrote no trace for seed {seed} ({how})"
     return found
 
 
 def _run_in_fresh_process(item: pytest.Item, cw: CommonwareSession, nodeids: list[str], seed: int,
-                          config: deterministic.Config, hashseed: str, directory: Path, python: str) -> Path | str:
+                          config: deterministic.Config, hashseed: str, directory: Path, python: str) -> str:
     """Run the items ``nodeids`` (seeds of one test) in a fresh ``python`` with PYTHONHASHSEED
-    ``hashseed``, recording every run into ``directory``; the directory, or why it failed."""
+    ``hashseed``, recording every run into ``directory``; how the process ended, for the
+    message of a seed whose trace is missing."""
     settings = cw.settings
     pconfig = item.config
     targets = []
@@ -1093,16 +1102,15 @@ def _run_in_fresh_process(item: pytest.Item, cw: CommonwareSession, nodeids: lis
            if not k.startswith("PYTEST_XDIST") and k != "PYTEST_CURRENT_TEST"}
     env["PYTHONHASHSEED"] = hashseed
     env[CHECK_CHILD_ENV] = "1"
+    shown = shlex.join(args) if len(nodeids) == 1 else shlex.join(args[:4]) + f" ... ({len(nodeids)} items)"
     try:
+        # The bound a single seed has had (600 s), for each seed of the batch.
         done = subprocess.run(args, cwd=pconfig.invocation_params.dir, env=env, stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, timeout=max(600, 10 * len(nodeids)), check=False)
+                              capture_output=True, text=True, timeout=600 * len(nodeids), check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"could not run it: {exc}"
-    if not trace_path(directory, item.nodeid, seed).exists():
-        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
-        shown = shlex.join(args) if len(nodeids) == 1 else shlex.join(args[:4]) + f" ... ({len(nodeids)} items)"
-        return f"it wrote no trace (exit code {done.returncode}; {shown}):\n{tail}"
-    return directory
+    tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+    return f"exit code {done.returncode}; {shown}):\n{tail}"
 
 
 def _check_determinism(item: pytest.Function, cw: CommonwareSession, seed: int, config: deterministic.Config,

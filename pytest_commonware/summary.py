@@ -207,6 +207,7 @@ class _Distinct:
 class _Test:
     seeds: dict[str, tuple[int, bool]] = field(default_factory=dict)  # node id -> (seed, failed)
     distinct: dict[tuple[str, str], _Distinct] = field(default_factory=dict)
+    traced: int = 0  # failing seeds whose reproduce command replays a trace
 
     def failed_seeds(self) -> list[int]:
         return sorted(seed for seed, failed in self.seeds.values() if failed)
@@ -221,8 +222,6 @@ class Sweep:
         self.traces = traces
         self.tests: dict[str, _Test] = {}
         self.first: dict[tuple[str, str], str] = {}  # distinct failure -> node id of its full report
-        self.failures = 0
-        self.traced = 0  # failing seeds whose reproduce command replays a trace
 
     # -- hooks ---------------------------------------------------------------------------------
 
@@ -260,8 +259,7 @@ class Sweep:
         if failure is None:
             failure = Failure(f"error at {report.when}" if report.when != "call" else "failure", "?", "")
         reproduce = wire.get("reproduce") if isinstance(wire, dict) else None
-        self.failures += 1
-        self.traced += isinstance(reproduce, str) and "--cw-replay=" in reproduce
+        test.traced += isinstance(reproduce, str) and "--cw-replay=" in reproduce
         distinct = test.distinct.get(failure.key)
         if distinct is None:
             distinct = test.distinct[failure.key] = _Distinct(failure, report.nodeid, seed, reproduce)
@@ -302,9 +300,13 @@ class Sweep:
                     failing.append(f"    seed {d.first_seed}: {d.reproduce}")
         lines = failing
         if failing:
+            # Of the tests listed above (those of two seeds or more).
+            listed = [t for t in self.tests.values() if len(t.seeds) >= 2]
+            traced = sum(t.traced for t in listed)
+            failures = sum(len(t.failed_seeds()) for t in listed)
             where = ""
-            if self.traces and self.traced:
-                which = "every failing seed" if self.traced == self.failures else f"{self.traced} failing seeds"
+            if self.traces and traced:
+                which = "every failing seed" if traced == failures else f"{traced} failing seeds"
                 where = f" (the trace of {which} is in {self.traces.rstrip('/')}/)"
             how = "" if self.full else "; every traceback in full: -v or --cw-full-tracebacks"
             lines.append(f"each distinct failure's first seed is shown in full above, the others in one line{where}{how}")

@@ -809,3 +809,27 @@ def test_debug_mode_refuses_coroutine_functions_as_timer_callbacks() -> None:
                 schedule()
     finally:
         loop.close()
+
+
+def test_an_interrupt_among_timers_that_look_alike_runs_each_once() -> None:
+    # TimerHandles with the same time, callback and arguments compare equal: the round must
+    # find the one that raised by identity.
+    loop = deterministic.EventLoop(seed=1)
+    try:
+        calls: list[str] = []
+
+        def cb(name: str) -> None:
+            calls.append(name)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+
+        when = loop.time() + 1.0
+        for name in ("x", "x", "y"):
+            loop.call_at(when, cb, name)
+        loop.call_at(when + 1, loop.stop)
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_forever()
+        loop.run_forever()
+        assert calls == ["x", "x", "y"]
+    finally:
+        loop.close()

@@ -1468,6 +1468,27 @@ def test_network_bind_failed(runner_factory: Any) -> None:
     runner_factory.run(main)
 
 
+def test_network_a_wildcard_listener_is_reached_at_its_own_and_the_loopback_address(runner_factory: Any) -> None:
+    async def main(ctx: Any) -> None:
+        listener = await ctx.bind(("0.0.0.0", 0))
+        port = listener.local_addr()[1]
+
+        async def serve(c: Any) -> None:
+            for _ in range(2):
+                _, sink, stream = await listener.accept()
+                await sink.send(await stream.recv(1))
+
+        server = ctx.spawn(serve)
+        for addr in (listener.local_addr(), (LOCALHOST, port)):
+            sink, stream = await ctx.dial(addr)
+            await sink.send(b"!")
+            assert await stream.recv(1) == b"!"
+        await server
+        listener.close()
+
+    runner_factory.run(main)
+
+
 def test_network_a_wildcard_and_the_hosts_address_share_no_port(runner_factory: Any) -> None:
     # What one runtime accepts the other accepts: a port held on 0.0.0.0 is taken on 127.0.0.1.
     async def main(ctx: Any) -> None:

@@ -409,6 +409,10 @@ def test_golden_update_and_compare(pytester: pytest.Pytester) -> None:
     out = result.stdout.str()
     assert "reproduce with: pytest --cw-seed=0 'test_gold.py::test_protocol[seed=0]'" in out
     assert "--cw-replay" not in out and "the trace of" not in out
+    # The command carries what shaped the run and what it was compared with, when named.
+    result = pytester.runpytest(*QUIET, "--cw-horizon=none", "--cw-golden=traces/golden.yaml")
+    assert ("reproduce with: pytest --cw-seed=0 --cw-horizon=none --cw-golden=traces/golden.yaml "
+            "'test_gold.py::test_protocol[seed=0]'") in result.stdout.str()
     # Updating only a subset keeps the other entries.
     pytester.runpytest(*QUIET, "--cw-update-golden", "-k", "test_protocol").assert_outcomes(passed=3)
     after = yaml.safe_load(golden.read_text())["auditor"]

@@ -526,3 +526,35 @@ def test_the_seed_alone_reproduces_a_sweeps_run(pytester: pytest.Pytester, strat
         alone = yaml.safe_load((pytester.path / "alone" / name).read_text())
         assert swept["config"] == alone["config"]
         assert swept["auditor"] == alone["auditor"], seed
+
+
+PARAM_SHAPED = """
+import asyncio
+import pytest
+
+@pytest.mark.parametrize("n", [2, 6])
+async def test_shaped(deterministic_context, n):
+    state = {"b": 0}
+
+    async def bump(c):
+        for _ in range(3):
+            b = state["b"]
+            await asyncio.sleep(0)
+            state["b"] = b + 1
+
+    for h in [deterministic_context.spawn(bump) for _ in range(n)]:
+        await h
+"""
+
+
+def test_the_seed_alone_reproduces_a_sweeps_run_of_each_parameter_set(pytester: pytest.Pytester) -> None:
+    # Other parameters may shape the run: each set of them has its own measured horizon.
+    pytester.makepyfile(test_shaped=PARAM_SHAPED)
+    pytester.runpytest(*QUIET, "--cw-seeds=3", "--cw-strategy=pct", "--cw-record=all")
+    pytester.runpytest(*QUIET, "--cw-strategy=pct", "--cw-record=all", "--cw-traces=alone", "--cw-seed=1",
+                       "test_shaped.py::test_shaped[seed=1-6]")
+    (name,) = [p.name for p in (pytester.path / "alone").iterdir()]
+    swept = yaml.safe_load((pytester.path / "traces" / name).read_text())
+    alone = yaml.safe_load((pytester.path / "alone" / name).read_text())
+    assert swept["config"]["horizon"] == alone["config"]["horizon"], name
+    assert swept["auditor"] == alone["auditor"]

@@ -145,6 +145,19 @@ def test_wildcard_listener_and_exact_match_precedence() -> None:
     run(main)
 
 
+def test_loopback_and_wildcard_dials_reach_the_dialing_hosts_own_listeners() -> None:
+    async def main() -> None:
+        net = make()
+        own = await net.bind(A, ("0.0.0.0", 7000))
+        await net.dial(A, ("127.0.0.1", 7000))
+        await net.dial(A, ("0.0.0.0", 7000))
+        assert (await own.accept())[0][0] == A and (await own.accept())[0][0] == A
+        with pytest.raises(ConnectionFailed, match="nobody is listening"):
+            await net.dial(B, ("0.0.0.0", 7000))  # B's own wildcard address: nobody listens on B
+
+    run(main)
+
+
 def test_every_host_has_its_own_ports() -> None:
     async def main() -> None:
         net = make()

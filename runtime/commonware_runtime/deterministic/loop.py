@@ -467,7 +467,9 @@ class EventLoop(asyncio.BaseEventLoop):
                 record(owner._cw_id if type(owner) is task_type else LOOP_CALLBACK)
                 handle._run()
         except (SystemExit, KeyboardInterrupt):
-            self._requeue(batch[batch.index(handle) + 1 :])
+            # By identity: TimerHandles that look alike compare equal.
+            ran = next(i for i, h in enumerate(batch) if h is handle)
+            self._requeue(batch[ran + 1 :])
             raise
 
     def _run_batch_random(self, batch: list[asyncio.Handle]) -> None:

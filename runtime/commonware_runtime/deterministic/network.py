@@ -16,7 +16,8 @@ Model
   (``0.0.0.0:P`` and ``10.0.0.1:P`` on host ``10.0.0.1`` conflict, whichever came first),
   so a bind the simulation accepts is one a real machine accepts.  A dial to
   ``(ip, port)`` finds the listener bound on exactly that ip, else a wildcard one on host
-  ``ip`` with that port.
+  ``ip`` with that port; a dial to a wildcard address (a wildcard listener's own
+  ``local_addr()``) or to loopback reaches the dialing host's own listeners.
 * **Ports**: ``port 0`` and dialer source ports are allocated per host, counting up from
   49152 (wrapping at 65535), skipping ports bound or in use by a live connection.
 * **Window**: each direction of a connection admits at most ``buffer_size`` unread bytes
@@ -518,22 +519,35 @@ class Network:
         self._seam.event("net.bind", host, format_address(key))
         return listener
 
-    def _lookup(self, ip: str, port: int) -> Listener | None:
+    def _lookup(self, source_host: str, ip: str, port: int) -> Listener | None:
+        """The listener a dial from ``source_host`` to ``ip:port`` reaches: bound on exactly
+        that ip, else a wildcard one on host ``ip``.  A wildcard target (a wildcard listener's
+        own ``local_addr()``) and a loopback one mean the dialing host itself, as on a real
+        machine."""
         listeners = self._listeners
         listener = listeners.get((ip, ip, port))
-        if listener is None:
-            for wildcard in _wildcards_for(ip):
-                listener = listeners.get((ip, wildcard, port))
+        if listener is not None:
+            return listener
+        machines = [ip]
+        if ip in _WILDCARDS or ip == "::1" or ip.startswith("127."):
+            machines.append(source_host)
+        for machine in machines:
+            if machine != ip:
+                listener = listeners.get((machine, machine, port))
                 if listener is not None:
-                    break
-        return listener
+                    return listener
+            for wildcard in _wildcards_for(ip):
+                listener = listeners.get((machine, wildcard, port))
+                if listener is not None:
+                    return listener
+        return None
 
     async def dial(self, source_host: str, addr: Address) -> tuple[Sink, Stream]:
         """Connect from ``source_host`` (an ephemeral source port) to ``addr``."""
         _check_host(source_host, "source_host")
         target = _parse(addr)
         loop = asyncio.get_running_loop()
-        listener = self._lookup(*target)
+        listener = self._lookup(source_host, *target)
         reason = None
         if listener is None:
             reason = "nobody is listening"

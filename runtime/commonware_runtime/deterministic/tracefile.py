@@ -69,6 +69,7 @@ __all__ = [
 
 FORMAT = "commonware-trace"
 VERSION = 1  # the format version of docs/PLUGIN.md section 9, the one read and written
+_DEVELOPMENT_VERSIONS = (2, 3)  # what builds before the first release wrote for the same content
 ENCODING = "le-zlib-base64"  # the only `decisions.encoding`
 LABELS_ENCODING = "json"  # the prefix of a compact `tasks` block
 
@@ -743,6 +744,12 @@ def _parse(doc: Any) -> Trace:
     version = doc["version"]
     if isinstance(version, bool) or not isinstance(version, int):
         raise _Problem(f"version must be an integer, got {_type_name(version)} {_short(version)}")
+    if version in _DEVELOPMENT_VERSIONS and isinstance(doc.get("decisions"), dict) and "ordering" in doc["decisions"]:
+        raise _Problem(
+            f"trace format version {version} was written by a development build of pytest-commonware, before the "
+            f"format was fixed at version {VERSION}; its content is version {VERSION}'s: set 'version: {VERSION}' "
+            f"to read it"
+        )
     if version > VERSION:
         raise _Problem(
             f"trace format version {version} is newer than this pytest-commonware reads (version {VERSION}); "
