@@ -448,3 +448,70 @@ def test_a_large_round_overtakes_at_most_a_window_and_replays(strategy: str) -> 
     assert deterministic.Runner(config, recorder=recorder).start(main) == woke  # inlined == general path
     assert recorder.schedule is not None
     assert deterministic.Runner(config, replay=recorder.schedule).start(main) == woke
+
+
+def two_senders(expect_first: bytes | None = None) -> Any:
+    """Hosts a and b each send one byte to c over their own connection, with equal latency,
+    at the same instant; c reads both connections at once and notes the arrival order."""
+
+    async def main(ctx: Any) -> bytes:
+        for host in ("10.0.0.1", "10.0.0.2"):
+            ctx.network.set_link(host, "10.0.0.3", latency=0.01)
+        listener = await ctx.with_host("10.0.0.3").bind(("0.0.0.0", 9000))
+        sink_a, _ = await ctx.with_host("10.0.0.1").dial(("10.0.0.3", 9000))
+        sink_b, _ = await ctx.with_host("10.0.0.2").dial(("10.0.0.3", 9000))
+        streams = [(await listener.accept())[2] for _ in range(2)]
+        got: list[bytes] = []
+
+        async def reader(c: Any, stream: Any) -> None:
+            got.append(await stream.recv(1))
+
+        readers = [ctx.spawn(lambda c, s=s: reader(c, s)) for s in streams]
+        await sink_a.send(b"A")
+        await sink_b.send(b"B")
+        for r in readers:
+            await r
+        order = b"".join(got)
+        if expect_first is not None:
+            assert order[:1] == expect_first, f"{order!r} arrived"
+        return order
+
+    return main
+
+
+@pytest.mark.parametrize("strategy", ["random", "pct", "swarm"])
+def test_fifo_lets_deliveries_on_different_connections_due_at_one_instant_arrive_either_way(strategy: str) -> None:
+    orders = {run(two_senders(), seed=seed, ordering="fifo", strategy=strategy) for seed in range(40)}
+    assert orders == {b"AB", b"BA"}
+    # asyncio's order itself (the canonical strategy): in the order they were sent.
+    assert run(two_senders(), ordering="fifo", strategy="canonical") == b"AB"
+
+
+def test_a_delivery_tie_is_recorded_replayed_explored_and_bisected(tmp_path: Any) -> None:
+    from commonware_runtime.deterministic.bisect import TimingDecision, bisect_trace
+    from commonware_runtime.deterministic.tracefile import trace_from_schedule
+
+    # Systematic: one deviation (the second delivery first) reaches the other order.
+    found = deterministic.explore(two_senders(expect_first=b"A"), deterministic.Config(ordering="fifo"),
+                                  max_deviations=1)
+    assert found.failure is not None and found.schedule is not None
+    # Recorded and replayed: the same arrival order, the same run.
+    for seed in range(40):
+        recorder = deterministic.Recorder()
+        config = deterministic.Config(seed=seed, ordering="fifo", strategy="random")
+        try:
+            deterministic.Runner(config, recorder=recorder).start(two_senders(expect_first=b"A"))
+        except AssertionError:
+            break
+    else:
+        raise AssertionError("no seed delivered B first")
+    schedule = recorder.schedule
+    assert schedule is not None and 1 in list(schedule.timing)
+    with pytest.raises(AssertionError, match="b'BA' arrived"):
+        deterministic.Runner(config, replay=schedule).start(two_senders(expect_first=b"A"))
+    # Bisected: the decisive choice is that tie.
+    trace = trace_from_schedule(schedule, test="t.py::t[seed=0]", seed=seed, config=config.to_dict())
+    result = bisect_trace(trace, lambda: two_senders(expect_first=b"A"), tmp_path / "t.min.yaml", where="t.yaml")
+    assert isinstance(result.decisive, TimingDecision) and result.decisive.kind == "tie"
+    assert "of 2 deliveries due at once, #1 arrived first" in result.report
+    assert result.replay_ok

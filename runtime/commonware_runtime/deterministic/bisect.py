@@ -119,9 +119,9 @@ class TimingDecision:
     index: int  # the choice's position among the run's timing choices
     step: int  # the decisions made before it
     time_ns: int  # the instant the timers were due
-    kind: str  # "late"
-    options: int  # the most it could be late (ns)
-    value: int  # ns late
+    kind: str  # "late" (value: ns late) or "tie" (value: which of options + 1 deliveries due at once came first)
+    options: int  # the most it could be late (ns), or the highest rank of a tie
+    value: int
 
     @property
     def deviation(self) -> bool:
@@ -130,8 +130,12 @@ class TimingDecision:
     def describe(self) -> str:
         t = f"t={format_seconds(self.time_ns)}s"
         head = f"timing choice {self.index} (before step {self.step}, {t})"
-        what = f"the idle loop woke {self.value} ns late (at most {self.options} ns)"
-        canon = "wakes on time"
+        if self.kind == "tie":
+            what = f"of {self.options + 1} deliveries due at once, #{self.value} arrived first"
+            canon = "delivers them in the order they were sent"
+        else:
+            what = f"the idle loop woke {self.value} ns late (at most {self.options} ns)"
+            canon = "wakes on time"
         if not self.deviation:
             return f"{head}: {what} (the canonical choice)"
         return f"{head}: {what}, where the canonical timing {canon}"
@@ -273,6 +277,9 @@ class BisectStrategy(RankStrategy):
         timers = getattr(self.loop, "_timers", None)
         due = timers[0][0] if timers else self.loop.now_ns
         return self._timing_choice("late", limit_ns, due)
+
+    def tie(self, n: int) -> int:
+        return self._timing_choice("tie", n - 1, self.loop.now_ns)
 
 
 class PrefixStrategy(BisectStrategy):
@@ -458,7 +465,8 @@ def delay_cost(deviations: Sequence[Decision | TimingDecision]) -> int:
     """What the schedule costs in ``explore``'s measure: taking the r-th oldest ready
     callback costs r (each older one is delayed once), a late wake-up 1.  A bisect counts its
     deviations one per non-canonical choice; exploring with this budget reaches the schedule."""
-    return sum(d.rank if isinstance(d, Decision) else int(d.deviation) for d in deviations)
+    return sum(d.rank if isinstance(d, Decision) else d.value if d.kind == "tie" else int(d.deviation)
+               for d in deviations)
 
 
 def _deviation(d: Decision | TimingDecision) -> Deviation | TimingDeviation:
@@ -556,9 +564,10 @@ def _report(r: BisectResult, trace: Trace, where: str, display: Callable[[Path],
             f"failure {r.failure}",
             f"  recorded under strategy {trace.strategy}, ordering fifo: callbacks run in the order they became "
             f"ready, so the schedule's only choices are timing ones (how late an idle loop wakes, which decides "
-            f"which timers due close together fire in one round); the bisect searches those",
+            f"which timers due close together fire in one round, and which of the deliveries due at one instant "
+            f"on different connections arrives first); the bisect searches those",
         ]
-        canonical, what, unit = "the canonical timing (every wake-up on time)", \
+        canonical, what, unit = "the canonical timing (every wake-up on time, deliveries in send order)", \
             "timing", "timing choices"
     else:
         lines += [

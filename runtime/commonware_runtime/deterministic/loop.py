@@ -111,6 +111,9 @@ class EventLoop(asyncio.BaseEventLoop):
         # Heap of (when_ns, seq, entry): a TimerHandle, an asyncio.sleep _Wakeup or a wake_at_ns future.
         self._timers: list[tuple[int, int, asyncio.TimerHandle | _Wakeup | asyncio.Future[None]]] = []
         self._timer_seq = 0
+        # Timers (by heap seq) of events whose order at one instant is the outside world's:
+        # simulated network deliveries on different connections.  Membership only.
+        self._ties: set[int] = set()
         self._now_ns = now_ns
         self._last_audited_ns = -1
         self.auditor = auditor if auditor is not None else Auditor()
@@ -197,14 +200,20 @@ class EventLoop(asyncio.BaseEventLoop):
             return wakeup  # type: ignore[return-value]
         return self.call_at_ns(when_ns, callback, *args, context=context)
 
-    def call_at_ns(self, when_ns: int, callback: Callable[..., object], *args: Any, context: Any = None) -> asyncio.TimerHandle:
-        """Schedule at an exact virtual instant (the runtime's own clock uses this)."""
+    def call_at_ns(self, when_ns: int, callback: Callable[..., object], *args: Any, context: Any = None,
+                   tie: bool = False) -> asyncio.TimerHandle:
+        """Schedule at an exact virtual instant (the runtime's own clock uses this).  With
+        ``tie``, under ``ordering="fifo"`` the strategy may fire it before other such timers
+        due at the same instant (a timing choice, recorded), where other timers keep their
+        creation order."""
         self._check_closed()  # type: ignore[attr-defined]
         timer = asyncio.TimerHandle(when_ns / NS_PER_SECOND, callback, args, self, context)
         if timer._source_traceback:  # type: ignore[attr-defined]
             del timer._source_traceback[-1]  # type: ignore[attr-defined]
         timer._scheduled = True  # type: ignore[attr-defined]
         self._push(when_ns, timer)
+        if tie:
+            self._ties.add(self._timer_seq)
         return timer
 
     def _never(self, callback: Callable[..., object], args: tuple[Any, ...], context: Any) -> asyncio.TimerHandle:
@@ -238,6 +247,8 @@ class EventLoop(asyncio.BaseEventLoop):
         timers = self._timers
         # Timeouts that finish early leave cancelled timers behind: compact when they dominate.
         if self._timer_cancelled_count > 256 and self._timer_cancelled_count * 2 > len(timers):
+            if self._ties:
+                self._ties.difference_update(t[1] for t in timers if _dead(t[2]))
             timers[:] = [t for t in timers if not _dead(t[2])]
             heapq.heapify(timers)
             self._timer_cancelled_count = 0
@@ -396,9 +407,13 @@ class EventLoop(asyncio.BaseEventLoop):
         strategy orders them like everything else."""
         timers = self._timers
         future_type = _Future
+        ties = self._ties
         while timers and timers[0][0] <= now:
             # Any: the exact type() checks below tell the three entry kinds apart.
-            timer: Any = heapq.heappop(timers)[2]
+            entry = heapq.heappop(timers)
+            timer: Any = entry[2]
+            if ties:
+                ties.discard(entry[1])  # any: the strategy orders every ready callback anyway
             if type(timer) is future_type:  # a sleep (wake_at_ns)
                 if not timer.done():
                     timer.set_result(None)
@@ -421,9 +436,15 @@ class EventLoop(asyncio.BaseEventLoop):
         behind what is already ready, in deadline order, equal deadlines in creation order
         (on a real clock a timer created later with the same delay is due later)."""
         timers = self._timers
+        ties = self._ties
         due: list[Any] = []
+        tied = False
         while timers and timers[0][0] <= now:
-            when, _, entry = heapq.heappop(timers)
+            when, seq, entry = heapq.heappop(timers)
+            tie = False
+            if ties and seq in ties:
+                ties.discard(seq)
+                tie = tied = True
             timer: Any = entry  # the exact type() checks below tell the three entry kinds apart
             kind = type(timer)
             if kind is _Future:
@@ -437,8 +458,27 @@ class EventLoop(asyncio.BaseEventLoop):
                     continue
             else:
                 timer._scheduled = False
-            due.append((when, timer))
-        self._ready.extend(timer for _, timer in due)
+            due.append((when, tie, timer))
+        if tied:
+            self._choose_ties(due)
+        self._ready.extend(timer for _, _, timer in due)
+
+    def _choose_ties(self, due: list[tuple[int, bool, Any]]) -> None:
+        """Among tie-able timers due at one instant (deliveries on different connections), the
+        strategy picks which fires first: ``tie(n)``, recorded like a late wake-up."""
+        i = 0
+        while i < len(due):
+            j = i
+            while j < len(due) and due[j][1] and due[j][0] == due[i][0]:
+                j += 1
+            if j - i >= 2:
+                tie = getattr(self._chooser, "tie", None)
+                first = tie(j - i) if tie is not None else 0
+                if self.observer is not None:
+                    self.observer.timing(first)
+                if first:
+                    due.insert(i, due.pop(i + first))
+            i = max(j, i + 1)
 
     # -- the rounds: one runner per kind of chooser ------------------------------------------
 

@@ -95,9 +95,11 @@ def _now_ns(loop: asyncio.AbstractEventLoop) -> int:
 
 def _call_at_ns(loop: asyncio.AbstractEventLoop, when_ns: int, callback: Any) -> asyncio.TimerHandle:
     # The deterministic loop schedules on exact integer nanoseconds; others take float seconds.
+    # A delivery is tie-able: deliveries on different connections due at one instant may
+    # arrive in either order on a real network (one connection stays FIFO: see _Flow).
     exact = getattr(loop, "call_at_ns", None)
     if exact is not None:
-        timer: asyncio.TimerHandle = exact(when_ns, callback)
+        timer: asyncio.TimerHandle = exact(when_ns, callback, tie=True)
         return timer
     return loop.call_at(when_ns / NS_PER_SECOND, callback)
 

@@ -73,6 +73,9 @@ class Strategy(Protocol):
     Implement all of it (or subclass ``BaseStrategy``, which draws the timing choices at
     random and keeps nothing else).  ``begin`` is called once per run, before any other
     method, and must reset whatever the strategy remembers: one object may serve many runs.
+    An optional ``tie(n) -> int`` says which of ``n`` simulated deliveries due at one
+    instant arrives first under ``ordering="fifo"`` (``BaseStrategy`` draws it; without
+    it they arrive in send order).
     """
 
     name: str  # how traces and reports name it, e.g. "pct:3"
@@ -117,6 +120,12 @@ class BaseStrategy:
         if rng.random() < 0.5:
             return limit_ns
         return 1 + int(rng.random() * limit_ns)
+
+    def tie(self, n: int) -> int:
+        """Which of ``n`` simulated deliveries due at one instant arrives first (0: the
+        oldest); asked under ``ordering="fifo"`` only (under "any" every ready callback is
+        the strategy's to order)."""
+        return int(self.rng.random() * n)
 
     def __repr__(self) -> str:
         return f"<strategy {self.name}>"
@@ -384,6 +393,9 @@ class RankStrategy(BaseStrategy):
     def late(self, limit_ns: int) -> int:
         return limit_ns if self._take("late", 2) else 0
 
+    def tie(self, n: int) -> int:
+        return self._take("tie", n)
+
 
 class Canonical(RankStrategy):
     """Always the oldest ready callback, never a late timer: asyncio's own order."""
@@ -468,6 +480,9 @@ class Swarm(BaseStrategy):
 
     def late(self, limit_ns: int) -> int:
         return self.inner.late(limit_ns)
+
+    def tie(self, n: int) -> int:
+        return self.inner.tie(n)
 
 
 # -- names ------------------------------------------------------------------------------------

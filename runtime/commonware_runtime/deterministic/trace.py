@@ -383,6 +383,18 @@ class Replayer:
     def late(self, limit_ns: int) -> int:
         return self._timing_value()
 
+    def tie(self, n: int) -> int:
+        value = self._timing_value()
+        if value >= n:
+            loop = self._loop
+            raise ReplayDivergence(
+                f"replay diverged at step {getattr(loop, 'steps', -1)}: the trace had delivery #{value} of those due "
+                f"at one instant arrive first, this run has {n} due then",
+                step=getattr(loop, "steps", -1), time_ns=getattr(loop, "now_ns", 0),
+                expected=f"delivery #{value} first", actual=f"{n} deliveries due",
+            )
+        return value
+
     def not_ready(self, step: int, now_ns: int, seq: int, loop: Any) -> ReplayDivergence:
         pending = loop.pending_labels()
         if step >= len(self.schedule.picks):
