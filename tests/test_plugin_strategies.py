@@ -494,12 +494,8 @@ def test_traces_record_strategy_and_ordering_and_replay_uses_them(pytester: pyte
     replay.stdout.fnmatch_lines(["*AssertionError: ran with pct:2 fifo*", "*reproduced the recorded failure*"])
 
 
-RNG_SHAPED = """
-import asyncio
-
-async def test_shaped(deterministic_context):
-    ctx = deterministic_context
-    n = ctx.rng.randint(2, 12)  # the run's shape, and so its canonical run, depends on the seed
+# n racing bumpers: the run's shape, and so its canonical run (the horizon), depends on n.
+SHAPED_BODY = """
     state = {"b": 0}
 
     async def bump(c):
@@ -508,9 +504,16 @@ async def test_shaped(deterministic_context):
             await asyncio.sleep(0)
             state["b"] = b + 1
 
-    for h in [ctx.spawn(bump) for _ in range(n)]:
+    for h in [deterministic_context.spawn(bump) for _ in range(n)]:
         await h
 """
+
+RNG_SHAPED = """
+import asyncio
+
+async def test_shaped(deterministic_context):
+    n = deterministic_context.rng.randint(2, 12)  # n depends on the seed
+""" + SHAPED_BODY
 
 
 @pytest.mark.parametrize("strategy", ["pct", "swarm"])
@@ -534,17 +537,7 @@ import pytest
 
 @pytest.mark.parametrize("n", [2, 6])
 async def test_shaped(deterministic_context, n):
-    state = {"b": 0}
-
-    async def bump(c):
-        for _ in range(3):
-            b = state["b"]
-            await asyncio.sleep(0)
-            state["b"] = b + 1
-
-    for h in [deterministic_context.spawn(bump) for _ in range(n)]:
-        await h
-"""
+""" + SHAPED_BODY
 
 
 def test_the_seed_alone_reproduces_a_sweeps_run_of_each_parameter_set(pytester: pytest.Pytester) -> None:
