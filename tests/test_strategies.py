@@ -515,3 +515,26 @@ def test_a_delivery_tie_is_recorded_replayed_explored_and_bisected(tmp_path: Any
     assert isinstance(result.decisive, TimingDecision) and result.decisive.kind == "tie"
     assert "of 2 deliveries due at once, #1 arrived first" in result.report
     assert result.replay_ok
+
+
+def test_a_connection_stays_fifo_and_its_second_chunk_is_no_extra_choice() -> None:
+    async def main(ctx: Any) -> bytes:
+        for host in ("10.0.0.1", "10.0.0.2"):
+            ctx.network.set_link(host, "10.0.0.3", latency=0.01)
+        listener = await ctx.with_host("10.0.0.3").bind(("0.0.0.0", 9000))
+        sink_a, _ = await ctx.with_host("10.0.0.1").dial(("10.0.0.3", 9000))
+        sink_b, _ = await ctx.with_host("10.0.0.2").dial(("10.0.0.3", 9000))
+        stream_a = (await listener.accept())[2]
+        await listener.accept()
+        await sink_a.send(b"1")
+        await sink_a.send(b"2")  # due at the same instant as "1", on the same connection
+        await sink_b.send(b"x")
+        return bytes(await stream_a.recv(2))
+
+    for seed in range(30):
+        recorder = deterministic.Recorder()
+        config = deterministic.Config(seed=seed, ordering="fifo", strategy="random")
+        assert deterministic.Runner(config, recorder=recorder).start(main) == b"12"
+        assert recorder.schedule is not None
+        # One choice between the two connections' heads: values 0 or 1, never a third option.
+        assert all(v in (0, 1) for v in recorder.schedule.timing[1:]), list(recorder.schedule.timing)

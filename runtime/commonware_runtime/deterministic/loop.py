@@ -465,20 +465,22 @@ class EventLoop(asyncio.BaseEventLoop):
 
     def _choose_ties(self, due: list[tuple[int, bool, Any]]) -> None:
         """Among tie-able timers due at one instant (deliveries on different connections), the
-        strategy picks which fires first: ``tie(n)``, recorded like a late wake-up."""
+        strategy picks which fires first, in the place of the first of them: ``tie(n)``,
+        recorded like a late wake-up.  The others keep their order."""
         i = 0
         while i < len(due):
             j = i
-            while j < len(due) and due[j][1] and due[j][0] == due[i][0]:
+            while j < len(due) and due[j][0] == due[i][0]:
                 j += 1
-            if j - i >= 2:
+            tied = [k for k in range(i, j) if due[k][1]]
+            if len(tied) >= 2:
                 tie = getattr(self._chooser, "tie", None)
-                first = tie(j - i) if tie is not None else 0
+                first = tie(len(tied)) if tie is not None else 0
                 if self.observer is not None:
                     self.observer.timing(first)
                 if first:
-                    due.insert(i, due.pop(i + first))
-            i = max(j, i + 1)
+                    due.insert(tied[0], due.pop(tied[first]))
+            i = j
 
     # -- the rounds: one runner per kind of chooser ------------------------------------------
 

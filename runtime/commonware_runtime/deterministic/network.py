@@ -93,13 +93,11 @@ def _now_ns(loop: asyncio.AbstractEventLoop) -> int:
     return round(loop.time() * NS_PER_SECOND)
 
 
-def _call_at_ns(loop: asyncio.AbstractEventLoop, when_ns: int, callback: Any) -> asyncio.TimerHandle:
+def _call_at_ns(loop: asyncio.AbstractEventLoop, when_ns: int, callback: Any, tie: bool = False) -> asyncio.TimerHandle:
     # The deterministic loop schedules on exact integer nanoseconds; others take float seconds.
-    # A delivery is tie-able: deliveries on different connections due at one instant may
-    # arrive in either order on a real network (one connection stays FIFO: see _Flow).
     exact = getattr(loop, "call_at_ns", None)
     if exact is not None:
-        timer: asyncio.TimerHandle = exact(when_ns, callback, tie=True)
+        timer: asyncio.TimerHandle = exact(when_ns, callback, tie=tie)
         return timer
     return loop.call_at(when_ns / NS_PER_SECOND, callback)
 
@@ -159,8 +157,12 @@ class _Flow:
         due = _now_ns(loop) + delay_ns
         if due < self.last_due_ns:
             due = self.last_due_ns
+        # Deliveries on different connections due at one instant may arrive in either order
+        # on a real network (the loop lets the strategy choose under fifo); a chunk due with
+        # an earlier one of this flow is not another choice: the flow delivers its head.
+        tie = not (self.inflight and due == self.last_due_ns)
         self.last_due_ns = due
-        self.inflight.append((item, _call_at_ns(loop, due, self._arrive)))
+        self.inflight.append((item, _call_at_ns(loop, due, self._arrive, tie)))
 
     def _arrive(self) -> None:
         item, _ = self.inflight.popleft()
