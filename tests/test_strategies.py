@@ -450,17 +450,22 @@ def test_a_large_round_overtakes_at_most_a_window_and_replays(strategy: str) -> 
     assert deterministic.Runner(config, replay=recorder.schedule).start(main) == woke
 
 
+async def two_connections(ctx: Any) -> tuple[Any, Any, list[Any]]:
+    """Hosts a and b each dial c over links of equal latency: their sinks, and c's streams."""
+    for host in ("10.0.0.1", "10.0.0.2"):
+        ctx.network.set_link(host, "10.0.0.3", latency=0.01)
+    listener = await ctx.with_host("10.0.0.3").bind(("0.0.0.0", 9000))
+    sink_a, _ = await ctx.with_host("10.0.0.1").dial(("10.0.0.3", 9000))
+    sink_b, _ = await ctx.with_host("10.0.0.2").dial(("10.0.0.3", 9000))
+    return sink_a, sink_b, [(await listener.accept())[2] for _ in range(2)]
+
+
 def two_senders(expect_first: bytes | None = None) -> Any:
     """Hosts a and b each send one byte to c over their own connection, with equal latency,
     at the same instant; c reads both connections at once and notes the arrival order."""
 
     async def main(ctx: Any) -> bytes:
-        for host in ("10.0.0.1", "10.0.0.2"):
-            ctx.network.set_link(host, "10.0.0.3", latency=0.01)
-        listener = await ctx.with_host("10.0.0.3").bind(("0.0.0.0", 9000))
-        sink_a, _ = await ctx.with_host("10.0.0.1").dial(("10.0.0.3", 9000))
-        sink_b, _ = await ctx.with_host("10.0.0.2").dial(("10.0.0.3", 9000))
-        streams = [(await listener.accept())[2] for _ in range(2)]
+        sink_a, sink_b, streams = await two_connections(ctx)
         got: list[bytes] = []
 
         async def reader(c: Any, stream: Any) -> None:
@@ -519,13 +524,7 @@ def test_a_delivery_tie_is_recorded_replayed_explored_and_bisected(tmp_path: Any
 
 def test_a_connection_stays_fifo_and_its_second_chunk_is_no_extra_choice() -> None:
     async def main(ctx: Any) -> bytes:
-        for host in ("10.0.0.1", "10.0.0.2"):
-            ctx.network.set_link(host, "10.0.0.3", latency=0.01)
-        listener = await ctx.with_host("10.0.0.3").bind(("0.0.0.0", 9000))
-        sink_a, _ = await ctx.with_host("10.0.0.1").dial(("10.0.0.3", 9000))
-        sink_b, _ = await ctx.with_host("10.0.0.2").dial(("10.0.0.3", 9000))
-        stream_a = (await listener.accept())[2]
-        await listener.accept()
+        sink_a, sink_b, (stream_a, _) = await two_connections(ctx)
         await sink_a.send(b"1")
         await sink_a.send(b"2")  # due at the same instant as "1", on the same connection
         await sink_b.send(b"x")
