@@ -153,3 +153,13 @@ def runner_factory(request: pytest.FixtureRequest, tmp_path: Path) -> RunnerFact
     """A factory of runners of the parametrized runtime (see :class:`RunnerFactory`)."""
     monkeypatch = request.getfixturevalue("monkeypatch") if request.param == "production-iouring" else None
     return RunnerFactory(request.param, tmp_path, monkeypatch)
+
+
+@pytest.fixture(autouse=True)
+def _fixed_terminal_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pytester sessions print to a terminal of one known width, whatever runs this suite.
+
+    Short summary lines are cut to the terminal's width (except when ``CI`` is set), so
+    assertions on them would otherwise hold on one machine and fail on another.
+    """
+    monkeypatch.setenv("COLUMNS", "120")
